@@ -26,6 +26,8 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fsdistill.errors import UserError
+
 COMMAND_LINE = "the command line"
 DEFAULT = "the schema default"
 
@@ -235,7 +237,7 @@ SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 # --------------------------------------------------------------------------------------------------
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """One or more config mistakes, each naming the key and the file (or command line) that set it."""
 
     def __init__(self, problems: list[str]):

@@ -1,0 +1,86 @@
+"""Command-line composition shared by every entry point: config files, --output_dir, overrides.
+
+Imports nothing heavy: a config mistake must fail before torch or transformers load.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fsdistill.config import Config, ConfigError, load_config
+
+METHODS = ("sft", "few_shot_distillation", "zero_shot_teacher", "shuffled_answers")
+ABLATION_CONDITIONS = {
+    "few_shot": [],
+    "zero_shot_teacher": ["fewshot.k=0"],
+    "shuffled_answers": ["fewshot.shuffle_answers=true"],
+}
+
+
+def add_config_args(parser: argparse.ArgumentParser, need_output_dir: bool = False) -> None:
+    parser.add_argument("--config", help="YAML config (may say 'inherit: BASE.yaml').")
+    parser.add_argument("--base_config", help="A YAML config loaded before --config (the original's flag).")
+    parser.add_argument("--output_dir", required=need_output_dir, help="Run folder (sets output.dir).")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="Config overrides, applied last.")
+
+
+def config_from_args(args: argparse.Namespace, extra_overrides: list[str] = ()) -> tuple[Config, dict[str, str]]:
+    if not args.config and not args.base_config:
+        raise ConfigError(["the command line: give --config FILE (see configs/)"])
+    return load_config(args.config, args.base_config, [*extra_overrides, *args.overrides], args.output_dir)
+
+
+def method_of(cfg: Config) -> str:
+    """The distillation condition a config describes (entry points decide whether a teacher is used)."""
+    if cfg.fewshot.k == 0:
+        return "zero_shot_teacher"
+    if cfg.fewshot.shuffle_answers:
+        return "shuffled_answers"
+    return "few_shot_distillation"
+
+
+def explicitly_set(source: dict[str, str], sections: tuple[str, ...]) -> dict[str, str]:
+    """Keys under these sections that a file or the command line set, with where."""
+    return {k: w for k, w in source.items() if k.split(".")[0] in sections}
+
+
+def check_sft(cfg: Config, source: dict[str, str]) -> str:
+    """train_baseline trains CE only: teacher and distillation settings would be ignored, so refuse them."""
+    ignored = explicitly_set(source, ("fewshot", "distill"))
+    if ignored:
+        raise ConfigError(
+            [f"{where}: '{key}' would be ignored by train_baseline.py (CE only); use train_online_v1.py or "
+             "train_ablation.py for a teacher, or remove it" for key, where in sorted(ignored.items())]
+        )
+    return "sft"
+
+
+def check_few_shot_distillation(cfg: Config, source: dict[str, str]) -> str:
+    method = method_of(cfg)
+    if method != "few_shot_distillation":
+        key = "fewshot.k" if method == "zero_shot_teacher" else "fewshot.shuffle_answers"
+        raise ConfigError(
+            [f"{source.get(key, 'the schema default')}: '{key}' makes this the {method} control; "
+             "run it with train_ablation.py"]
+        )
+    return method
+
+
+def parse_training_cli(description: str, argv=None, with_condition: bool = False):
+    """Parse an entry point's arguments; returns (args, config, source)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_config_args(parser, need_output_dir=True)
+    parser.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --output_dir.")
+    parser.add_argument("--overwrite", action="store_true", help="Delete the checkpoints already in --output_dir.")
+    if with_condition:
+        parser.add_argument(
+            "--condition", choices=sorted(ABLATION_CONDITIONS),
+            help="Shortcut for the control's settings (zero_shot_teacher: fewshot.k=0; shuffled_answers: "
+            "fewshot.shuffle_answers=true); checked against the config.",
+        )
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    extra = ABLATION_CONDITIONS[args.condition] if with_condition and args.condition else []
+    cfg, source = config_from_args(args, extra)
+    return args, cfg, source

@@ -1,0 +1,195 @@
+"""The training batch type and the deterministic stream of micro-batches.
+
+The order of examples is a pure function of (training.seed, step): epoch e visits the training rows in
+`random.Random(f"order:{seed}:{e}")`'s permutation, the stream runs on across epochs, and optimizer step
+s owns examples [s*G, (s+1)*G) of it (G = processes x per-device batch x accumulation). Resuming at step
+s therefore needs nothing but s, and every process derives its own disjoint share without talking to
+the others.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+import torch
+
+from fsdistill.data.fewshot import ShotSampler
+from fsdistill.data.gsm8k_loader import Example
+from fsdistill.data.prompts import EncodedExample, PromptBuilder
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    """A right-padded micro-batch. B examples, S = longest student, T = longest teacher sequence.
+
+    student_ids, student_mask, labels: (B, S); labels are IGNORE_INDEX outside the answer part, and
+        labels[b, p] = student_ids[b, p] inside it (the next-token shift is done by the consumer).
+    teacher_ids, teacher_mask: (B, T) (equal to the student's when the teacher has no exemplars).
+    student_answer_start, teacher_answer_start, answer_len: (B,), positions of the answer part.
+    rows: (B,), the examples' rows in the source split.
+    """
+
+    student_ids: torch.Tensor
+    student_mask: torch.Tensor
+    labels: torch.Tensor
+    teacher_ids: torch.Tensor
+    teacher_mask: torch.Tensor
+    student_answer_start: torch.Tensor
+    teacher_answer_start: torch.Tensor
+    answer_len: torch.Tensor
+    rows: torch.Tensor
+
+    def to(self, device) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def size(self) -> int:
+        return self.student_ids.shape[0]
+
+    @property
+    def num_answer_tokens(self) -> int:
+        return int(self.answer_len.sum())
+
+
+def _pad_right(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(s) for s in seqs), default=1)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def collate(encoded: list[EncodedExample], pad_id: int) -> Batch:
+    """Right-pad encoded examples into a Batch (padding side is right for training, always)."""
+    student_ids, student_mask = _pad_right([e.student_ids for e in encoded], pad_id)
+    teacher_ids, teacher_mask = _pad_right([e.teacher_ids for e in encoded], pad_id)
+    labels = torch.full_like(student_ids, IGNORE_INDEX)
+    for i, e in enumerate(encoded):
+        labels[i, e.student_answer_start : len(e.student_ids)] = student_ids[i, e.student_answer_start : len(e.student_ids)]
+    return Batch(
+        student_ids=student_ids,
+        student_mask=student_mask,
+        labels=labels,
+        teacher_ids=teacher_ids,
+        teacher_mask=teacher_mask,
+        student_answer_start=torch.tensor([e.student_answer_start for e in encoded], dtype=torch.long),
+        teacher_answer_start=torch.tensor([e.teacher_answer_start for e in encoded], dtype=torch.long),
+        answer_len=torch.tensor([e.answer_len for e in encoded], dtype=torch.long),
+        rows=torch.tensor([e.row for e in encoded], dtype=torch.long),
+    )
+
+
+class ExampleOrder:
+    """The infinite, seeded, epoch-reshuffled stream of training rows, cut into optimizer steps."""
+
+    def __init__(self, rows: list[int], seed: int, global_batch: int):
+        self.rows = list(rows)
+        self.seed = seed
+        self.global_batch = global_batch
+
+    @lru_cache(maxsize=4)  # noqa: B019 - a handful of epochs, tied to this object's life
+    def epoch_order(self, epoch: int) -> tuple[int, ...]:
+        order = list(self.rows)
+        random.Random(f"order:{self.seed}:{epoch}").shuffle(order)
+        return tuple(order)
+
+    def step_rows(self, step: int) -> list[int]:
+        """The G rows of optimizer step `step` (0-based), in stream order."""
+        n = len(self.rows)
+        out = []
+        for i in range(step * self.global_batch, (step + 1) * self.global_batch):
+            out.append(self.epoch_order(i // n)[i % n])
+        return out
+
+    def micro_rows(self, step: int, micro: int, rank: int, num_processes: int, per_device: int) -> list[int]:
+        """This process's rows for micro-batch `micro` of `step`: disjoint across (micro, rank)."""
+        start = (micro * num_processes + rank) * per_device
+        return self.step_rows(step)[start : start + per_device]
+
+
+@dataclass
+class MicroBatch:
+    batch: Batch
+    dropped_rows: list[int]  # examples over the length limits, left out of this micro-batch
+
+
+class TrainingBatches:
+    """Builds the micro-batches of any (step, micro, rank) from rows, shots and the prompt builder.
+
+    Examples longer than the length limits are dropped (never truncated: truncation would cut the
+    answer) and reported. Student encodings are cached per row; teacher encodings too, except for
+    per_batch shots, which change every step.
+    """
+
+    def __init__(
+        self,
+        examples: list[Example],
+        prompts: PromptBuilder,
+        shots: ShotSampler | None,
+        order: ExampleOrder,
+        max_student_len: int,
+        max_teacher_len: int,
+        pad_id: int,
+    ):
+        self.by_row = {e.row: e for e in examples}
+        self.prompts = prompts
+        self.shots = shots
+        self.order = order
+        self.max_student_len = max_student_len
+        self.max_teacher_len = max_teacher_len
+        self.pad_id = pad_id
+        self._student_cache: dict[int, tuple] = {}
+        self._teacher_cache: dict[tuple, EncodedExample] = {}
+
+    def encode(self, row: int, step: int, step_rows: list[int]) -> EncodedExample:
+        example = self.by_row[row]
+        key = self.shots.cache_key(row, step) if self.shots else (row, 0)
+        if key is not None and key in self._teacher_cache:
+            return self._teacher_cache[key]
+        if row not in self._student_cache:
+            self._student_cache[row] = self.prompts.encode_student(example)
+        shots = self.shots.shots(row, step, step_rows) if self.shots else []
+        encoded = self.prompts.encode_pair(example, shots, self._student_cache[row])
+        if key is not None:
+            self._teacher_cache[key] = encoded
+        return encoded
+
+    def fits(self, e: EncodedExample) -> bool:
+        return len(e.student_ids) <= self.max_student_len and len(e.teacher_ids) <= self.max_teacher_len
+
+    def micro_batch(self, step: int, micro: int, rank: int, num_processes: int, per_device: int) -> MicroBatch:
+        step_rows = self.order.step_rows(step)
+        rows = self.order.micro_rows(step, micro, rank, num_processes, per_device)
+        encoded = [self.encode(r, step, step_rows) for r in rows]
+        kept = [e for e in encoded if self.fits(e)]
+        dropped = [e.row for e in encoded if not self.fits(e)]
+        return MicroBatch(batch=collate(kept, self.pad_id), dropped_rows=dropped)
+
+
+def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: int) -> TrainingBatches:
+    """TrainingBatches for a config: rows (subset, minus validation and fixed exemplars), shots, order."""
+    from fsdistill.data.gsm8k_loader import load_split, split_train_validation
+
+    rows = load_split(cfg.data.source, cfg.data.train_split, cfg.data.hub_config)
+    if cfg.data.max_train_examples is not None:
+        rows = rows[: cfg.data.max_train_examples]
+    train, _validation = split_train_validation(rows, cfg.data.validation_size, cfg.training.seed)
+    shots = None
+    if with_teacher:
+        f = cfg.fewshot
+        shots = ShotSampler(train, f.k, f.selection, f.seed, f.shuffle_answers)
+        fixed = set(shots.fixed_rows)
+        train = [e for e in train if e.row not in fixed]
+    t = cfg.training
+    order = ExampleOrder([e.row for e in train], t.seed, num_processes * t.per_device_batch_size * t.grad_accum_steps)
+    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    return TrainingBatches(
+        train, prompts, shots, order, cfg.data.max_student_len,
+        cfg.data.max_teacher_len if with_teacher else cfg.data.max_student_len, tokenizer.pad_token_id,
+    )
