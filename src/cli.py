@@ -21,10 +21,14 @@ def add_config_args(parser: argparse.ArgumentParser, need_output_dir: bool = Fal
     parser.add_argument("--config", help="YAML config (may say 'inherit: BASE.yaml').")
     parser.add_argument("--base_config", help="A YAML config loaded before --config (the original's flag).")
     parser.add_argument("--output_dir", required=need_output_dir, help="Run folder (sets output.dir).")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="Config overrides, applied last.")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="Config overrides, applied last."
+    )
 
 
-def config_from_args(args: argparse.Namespace, extra_overrides: list[str] = ()) -> tuple[Config, dict[str, str]]:
+def config_from_args(
+    args: argparse.Namespace, extra_overrides: list[str] = ()
+) -> tuple[Config, dict[str, str]]:
     if not args.config and not args.base_config:
         raise ConfigError(["the command line: give --config FILE (see configs/)"])
     return load_config(args.config, args.base_config, [*extra_overrides, *args.overrides], args.output_dir)
@@ -49,8 +53,11 @@ def check_sft(cfg: Config, source: dict[str, str]) -> str:
     ignored = explicitly_set(source, ("fewshot", "distill"))
     if ignored:
         raise ConfigError(
-            [f"{where}: '{key}' would be ignored by train_baseline.py (CE only); use train_online_v1.py or "
-             "train_ablation.py for a teacher, or remove it" for key, where in sorted(ignored.items())]
+            [
+                f"{where}: '{key}' would be ignored by train_baseline.py (CE only); use train_online_v1.py or "
+                "train_ablation.py for a teacher, or remove it"
+                for key, where in sorted(ignored.items())
+            ]
         )
     return "sft"
 
@@ -60,8 +67,10 @@ def check_few_shot_distillation(cfg: Config, source: dict[str, str]) -> str:
     if method != "few_shot_distillation":
         key = "fewshot.k" if method == "zero_shot_teacher" else "fewshot.shuffle_answers"
         raise ConfigError(
-            [f"{source.get(key, 'the schema default')}: '{key}' makes this the {method} control; "
-             "run it with train_ablation.py"]
+            [
+                f"{source.get(key, 'the schema default')}: '{key}' makes this the {method} control; "
+                "run it with train_ablation.py"
+            ]
         )
     return method
 
@@ -70,11 +79,16 @@ def parse_training_cli(description: str, argv=None, with_condition: bool = False
     """Parse an entry point's arguments; returns (args, config, source)."""
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser, need_output_dir=True)
-    parser.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --output_dir.")
-    parser.add_argument("--overwrite", action="store_true", help="Delete the checkpoints already in --output_dir.")
+    parser.add_argument(
+        "--resume", action="store_true", help="Continue from the latest checkpoint in --output_dir."
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Delete the checkpoints already in --output_dir."
+    )
     if with_condition:
         parser.add_argument(
-            "--condition", choices=sorted(ABLATION_CONDITIONS),
+            "--condition",
+            choices=sorted(ABLATION_CONDITIONS),
             help="Shortcut for the control's settings (zero_shot_teacher: fewshot.k=0; shuffled_answers: "
             "fewshot.shuffle_answers=true); checked against the config.",
         )

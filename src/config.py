@@ -71,7 +71,8 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory.")
     attn_implementation: Optional[str] = opt(
-        None, "transformers attention backend (sdpa, eager, flash_attention_2); null lets transformers choose."
+        None,
+        "transformers attention backend (sdpa, eager, flash_attention_2); null lets transformers choose.",
     )
 
 
@@ -133,8 +134,11 @@ class LoraConfig:
 
 @dataclass
 class TrainingConfig:
-    use_lora: bool = opt(True, "true: train a LoRA adapter, the teacher is the adapter switched off. "
-                         "false: full fine-tuning, the teacher is a frozen copy of the initial weights.")
+    use_lora: bool = opt(
+        True,
+        "true: train a LoRA adapter, the teacher is the adapter switched off. "
+        "false: full fine-tuning, the teacher is a frozen copy of the initial weights.",
+    )
     max_steps: int = opt(1000, "Optimizer steps of the schedule.")
     stop_after: Optional[int] = opt(
         None, "End the run after this many optimizer steps without changing the schedule (resume later)."
@@ -189,21 +193,24 @@ class DistillConfig:
 
 @dataclass
 class EvalConfig:
-    backend: str = opt("hf", "Generation backend: hf (transformers, tested on CPU) or vllm (GPU).",
-                       ("hf", "vllm"))
+    backend: str = opt(
+        "hf", "Generation backend: hf (transformers, tested on CPU) or vllm (GPU).", ("hf", "vllm")
+    )
     max_new_tokens: int = opt(512, "Greedy generation length limit.")
     batch_size: int = opt(16, "Prompts per generate call (hf backend).")
     n_samples: Optional[int] = opt(
-        None, "Score a subset of the test split: torch.manual_seed(42); torch.randperm(n_test)[:n] (the "
-        "original's subset, the same for every condition). null scores all."
+        None,
+        "Score a subset of the test split: torch.manual_seed(42); torch.randperm(n_test)[:n] (the "
+        "original's subset, the same for every condition). null scores all.",
     )
     icl_shots: list[int] = opt([0, 8], "Shot counts eval_icl.py scores the base model with.")
     icl_seed: int = opt(42, "Seed of the exemplars drawn from train for k-shot evaluation.")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel degree.")
     gpu_memory_utilization: float = opt(0.85, "vLLM fraction of GPU memory.")
     teacher_forced: bool = opt(
-        False, "Also compute teacher-forced metrics: gold-answer NLL (0-shot prompt) and KL from the "
-        "k-shot base-model teacher, without generation."
+        False,
+        "Also compute teacher-forced metrics: gold-answer NLL (0-shot prompt) and KL from the "
+        "k-shot base-model teacher, without generation.",
     )
     teacher_forced_batch_size: int = opt(4, "Examples per forward pass for teacher-forced metrics.")
 
@@ -265,8 +272,9 @@ def schema_fields() -> list[tuple[str, Any, Any, str, tuple]]:
                 default = f.default_factory()  # type: ignore[misc]
             else:
                 default = f.default
-            rows.append((f"{section}.{f.name}", hints[f.name], default, f.metadata["help"],
-                         f.metadata["choices"]))
+            rows.append(
+                (f"{section}.{f.name}", hints[f.name], default, f.metadata["help"], f.metadata["choices"])
+            )
     return rows
 
 
@@ -433,8 +441,13 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
     m, d, f, t, dist, e = cfg.model, cfg.data, cfg.fewshot, cfg.training, cfg.distill, cfg.eval
     if m.name is None:
         arch_type = isinstance(m.architecture, dict) and "model_type" in m.architecture
-        _check(m.init == "random" and arch_type, "model.name",
-               "may be null only with model.init=random and model.architecture.model_type set", source, p)
+        _check(
+            m.init == "random" and arch_type,
+            "model.name",
+            "may be null only with model.init=random and model.architecture.model_type set",
+            source,
+            p,
+        )
         _check(m.tokenizer is not None, "model.tokenizer", "is required when model.name is null", source, p)
     _check(f.k >= 0, "fewshot.k", f"must be >= 0 (a shot count), got {f.k}", source, p)
     _check(t.lr > 0, "training.lr", f"must be > 0, got {t.lr}", source, p)
@@ -443,42 +456,96 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
     _check(t.warmup_steps >= 0, "training.warmup_steps", f"must be >= 0, got {t.warmup_steps}", source, p)
     _check(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}", source, p)
     _check(t.max_grad_norm >= 0, "training.max_grad_norm", f"must be >= 0, got {t.max_grad_norm}", source, p)
-    _check(t.per_device_batch_size >= 1, "training.per_device_batch_size",
-           f"must be >= 1, got {t.per_device_batch_size}", source, p)
-    _check(t.grad_accum_steps >= 1, "training.grad_accum_steps",
-           f"must be >= 1, got {t.grad_accum_steps}", source, p)
+    _check(
+        t.per_device_batch_size >= 1,
+        "training.per_device_batch_size",
+        f"must be >= 1, got {t.per_device_batch_size}",
+        source,
+        p,
+    )
+    _check(
+        t.grad_accum_steps >= 1,
+        "training.grad_accum_steps",
+        f"must be >= 1, got {t.grad_accum_steps}",
+        source,
+        p,
+    )
     _check(t.log_every >= 1, "training.log_every", f"must be >= 1, got {t.log_every}", source, p)
     if t.stop_after is not None:
-        _check(1 <= t.stop_after <= t.max_steps, "training.stop_after",
-               f"must be between 1 and training.max_steps ({t.max_steps}), got {t.stop_after}", source, p)
+        _check(
+            1 <= t.stop_after <= t.max_steps,
+            "training.stop_after",
+            f"must be between 1 and training.max_steps ({t.max_steps}), got {t.stop_after}",
+            source,
+            p,
+        )
     if t.keep_last is not None:
         _check(t.keep_last >= 1, "training.keep_last", f"must be >= 1 or null, got {t.keep_last}", source, p)
     if t.global_batch_size is not None:
-        _check(t.global_batch_size >= 1, "training.global_batch_size",
-               f"must be >= 1 or null, got {t.global_batch_size}", source, p)
+        _check(
+            t.global_batch_size >= 1,
+            "training.global_batch_size",
+            f"must be >= 1 or null, got {t.global_batch_size}",
+            source,
+            p,
+        )
     _check(dist.weight >= 0, "distill.weight", f"(lambda) must be >= 0, got {dist.weight}", source, p)
     if dist.top_k is not None:
         _check(dist.top_k >= 1, "distill.top_k", f"must be >= 1 or null, got {dist.top_k}", source, p)
     else:
-        _check(dist.loss != "topk_logit_mse", "distill.top_k",
-               "must be set (>= 1) for distill.loss=topk_logit_mse", source, p)
+        _check(
+            dist.loss != "topk_logit_mse",
+            "distill.top_k",
+            "must be set (>= 1) for distill.loss=topk_logit_mse",
+            source,
+            p,
+        )
     _check(dist.temperature > 0, "distill.temperature", f"must be > 0, got {dist.temperature}", source, p)
     _check(0.0 <= dist.beta <= 1.0, "distill.beta", f"must be in [0, 1], got {dist.beta}", source, p)
     if dist.loss == "topk_logit_mse":
-        _check(dist.temperature == 1.0, "distill.temperature",
-               "is not used by distill.loss=topk_logit_mse (raw logits); leave it at 1.0", source, p)
-        _check(not dist.scale_by_temperature_squared, "distill.scale_by_temperature_squared",
-               "is not used by distill.loss=topk_logit_mse", source, p)
-    _check(d.max_student_len >= 8, "data.max_student_len", f"must be >= 8, got {d.max_student_len}", source, p)
-    _check(d.max_teacher_len >= d.max_student_len, "data.max_teacher_len",
-           f"must be >= data.max_student_len ({d.max_student_len}), got {d.max_teacher_len}", source, p)
-    _check("{question}" in d.question_template, "data.question_template",
-           "must contain the placeholder {question}", source, p)
-    _check(d.validation_size >= 0, "data.validation_size", f"must be >= 0, got {d.validation_size}", source, p)
+        _check(
+            dist.temperature == 1.0,
+            "distill.temperature",
+            "is not used by distill.loss=topk_logit_mse (raw logits); leave it at 1.0",
+            source,
+            p,
+        )
+        _check(
+            not dist.scale_by_temperature_squared,
+            "distill.scale_by_temperature_squared",
+            "is not used by distill.loss=topk_logit_mse",
+            source,
+            p,
+        )
+    _check(
+        d.max_student_len >= 8, "data.max_student_len", f"must be >= 8, got {d.max_student_len}", source, p
+    )
+    _check(
+        d.max_teacher_len >= d.max_student_len,
+        "data.max_teacher_len",
+        f"must be >= data.max_student_len ({d.max_student_len}), got {d.max_teacher_len}",
+        source,
+        p,
+    )
+    _check(
+        "{question}" in d.question_template,
+        "data.question_template",
+        "must contain the placeholder {question}",
+        source,
+        p,
+    )
+    _check(
+        d.validation_size >= 0, "data.validation_size", f"must be >= 0, got {d.validation_size}", source, p
+    )
     _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}", source, p)
     if d.max_train_examples is not None:
-        _check(d.max_train_examples >= 1, "data.max_train_examples",
-               f"must be >= 1 or null, got {d.max_train_examples}", source, p)
+        _check(
+            d.max_train_examples >= 1,
+            "data.max_train_examples",
+            f"must be >= 1 or null, got {d.max_train_examples}",
+            source,
+            p,
+        )
     lo = cfg.lora
     _check(lo.r >= 1, "lora.r", f"must be >= 1, got {lo.r}", source, p)
     _check(lo.alpha > 0, "lora.alpha", f"must be > 0, got {lo.alpha}", source, p)
@@ -486,14 +553,29 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
     _check(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module", source, p)
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1, got {e.max_new_tokens}", source, p)
     _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}", source, p)
-    _check(e.teacher_forced_batch_size >= 1, "eval.teacher_forced_batch_size",
-           f"must be >= 1, got {e.teacher_forced_batch_size}", source, p)
-    _check(e.tensor_parallel_size >= 1, "eval.tensor_parallel_size",
-           f"must be >= 1, got {e.tensor_parallel_size}", source, p)
+    _check(
+        e.teacher_forced_batch_size >= 1,
+        "eval.teacher_forced_batch_size",
+        f"must be >= 1, got {e.teacher_forced_batch_size}",
+        source,
+        p,
+    )
+    _check(
+        e.tensor_parallel_size >= 1,
+        "eval.tensor_parallel_size",
+        f"must be >= 1, got {e.tensor_parallel_size}",
+        source,
+        p,
+    )
     if e.n_samples is not None:
         _check(e.n_samples >= 1, "eval.n_samples", f"must be >= 1 or null, got {e.n_samples}", source, p)
-    _check(all(s >= 0 for s in e.icl_shots), "eval.icl_shots", f"must be shot counts >= 0, got {e.icl_shots}",
-           source, p)
+    _check(
+        all(s >= 0 for s in e.icl_shots),
+        "eval.icl_shots",
+        f"must be shot counts >= 0, got {e.icl_shots}",
+        source,
+        p,
+    )
     return p
 
 
@@ -502,8 +584,10 @@ def _missing_problems(node: Any, source: dict[str, str]) -> list[str]:
     for key in valid_keys():
         section, name = key.split(".", 1)
         if OmegaConf.is_missing(node[section], name):
-            problems.append(f"{source.get(key, DEFAULT)}: '{key}' is required but has no value "
-                            f"(set it in the config file or as {key}=...)")
+            problems.append(
+                f"{source.get(key, DEFAULT)}: '{key}' is required but has no value "
+                f"(set it in the config file or as {key}=...)"
+            )
     return problems
 
 

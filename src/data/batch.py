@@ -66,12 +66,28 @@ def _pad_right(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def collate(encoded: list[EncodedExample], pad_id: int) -> Batch:
-    """Right-pad encoded examples into a Batch (padding side is right for training, always)."""
+    """Right-pad encoded examples into a Batch (padding side is right for training, always).
+
+    With no examples (all dropped for length) the batch is one padding row without labels, so every
+    process still runs a forward and backward pass (DDP needs them all) that adds nothing.
+    """
+    if not encoded:
+        encoded = [
+            EncodedExample(
+                row=-1,
+                student_ids=[pad_id],
+                teacher_ids=[pad_id],
+                student_answer_start=1,
+                teacher_answer_start=1,
+            )
+        ]
     student_ids, student_mask = _pad_right([e.student_ids for e in encoded], pad_id)
     teacher_ids, teacher_mask = _pad_right([e.teacher_ids for e in encoded], pad_id)
     labels = torch.full_like(student_ids, IGNORE_INDEX)
     for i, e in enumerate(encoded):
-        labels[i, e.student_answer_start : len(e.student_ids)] = student_ids[i, e.student_answer_start : len(e.student_ids)]
+        labels[i, e.student_answer_start : len(e.student_ids)] = student_ids[
+            i, e.student_answer_start : len(e.student_ids)
+        ]
     return Batch(
         student_ids=student_ids,
         student_mask=student_mask,
@@ -163,7 +179,9 @@ class TrainingBatches:
     def fits(self, e: EncodedExample) -> bool:
         return len(e.student_ids) <= self.max_student_len and len(e.teacher_ids) <= self.max_teacher_len
 
-    def micro_batch(self, step: int, micro: int, rank: int, num_processes: int, per_device: int) -> MicroBatch:
+    def micro_batch(
+        self, step: int, micro: int, rank: int, num_processes: int, per_device: int
+    ) -> MicroBatch:
         step_rows = self.order.step_rows(step)
         rows = self.order.micro_rows(step, micro, rank, num_processes, per_device)
         encoded = [self.encode(r, step, step_rows) for r in rows]
@@ -187,9 +205,16 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
         fixed = set(shots.fixed_rows)
         train = [e for e in train if e.row not in fixed]
     t = cfg.training
-    order = ExampleOrder([e.row for e in train], t.seed, num_processes * t.per_device_batch_size * t.grad_accum_steps)
+    order = ExampleOrder(
+        [e.row for e in train], t.seed, num_processes * t.per_device_batch_size * t.grad_accum_steps
+    )
     prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
     return TrainingBatches(
-        train, prompts, shots, order, cfg.data.max_student_len,
-        cfg.data.max_teacher_len if with_teacher else cfg.data.max_student_len, tokenizer.pad_token_id,
+        train,
+        prompts,
+        shots,
+        order,
+        cfg.data.max_student_len,
+        cfg.data.max_teacher_len if with_teacher else cfg.data.max_student_len,
+        tokenizer.pad_token_id,
     )

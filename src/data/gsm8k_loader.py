@@ -29,7 +29,9 @@ class DataError(UserError):
 
 def _validate_row(obj: object, where: str) -> tuple[str, str]:
     if not isinstance(obj, dict):
-        raise DataError(f"{where}: a row must be a JSON object with 'question' and 'answer', got {type(obj).__name__}")
+        raise DataError(
+            f"{where}: a row must be a JSON object with 'question' and 'answer', got {type(obj).__name__}"
+        )
     for key in ("question", "answer"):
         if key not in obj:
             raise DataError(f"{where}: missing field '{key}'")

@@ -1,0 +1,224 @@
+"""Run folders and checkpoints that carry their own config, written atomically.
+
+A run folder holds:
+  config.yaml        the resolved config, written at start
+  run.json           name, method, config, git commit, global batch, checkpoints so far, status
+  metrics.jsonl      one JSON line per logged optimizer step (what figure scripts read)
+  tensorboard/       event files
+  ranks/rank{r}.json what process r saw (rows per step) and a digest of its trainable parameters
+  checkpoint-{step}/ weights (adapter or full model), training_state.pt (optimizer, scheduler, step),
+                     rng_state_{rank}.pt, config.yaml, checkpoint.json (model identity, step, method)
+
+Each checkpoint is written to a temporary sibling folder and renamed when complete, so a crash during
+a save leaves the earlier checkpoints intact and no half checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsdistill.config import Config, to_dict, to_yaml
+from fsdistill.errors import UserError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Settings a resumed run may change: they do not alter what is computed.
+RESUME_MAY_CHANGE = (
+    "training.stop_after",
+    "training.save_every",
+    "training.keep_last",
+    "training.log_every",
+    "data.num_workers",
+    "output.",
+    "eval.",
+)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and (p / "checkpoint.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> Path | None:
+    """Refuse to clobber a run; returns the checkpoint to resume from (or None).
+
+    Called before any model is loaded, so a refusal costs nothing and touches nothing.
+    """
+    existing = list_checkpoints(run_dir)
+    if resume:
+        if not existing:
+            raise UserError(f"--resume: {run_dir} holds no checkpoint to resume from")
+        return existing[-1][1]
+    if existing and not overwrite:
+        steps = [s for s, _ in existing]
+        raise UserError(
+            f"{run_dir} already holds checkpoints (steps {steps}); pass --resume to continue the run or "
+            "--overwrite to delete them and start again"
+        )
+    if overwrite and is_main and run_dir.exists():
+        for name in ("metrics.jsonl", "run.json", "config.yaml"):
+            (run_dir / name).unlink(missing_ok=True)
+        for sub in ("tensorboard", "ranks"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for _, path in existing:
+            shutil.rmtree(path)
+    return None
+
+
+def config_differences(saved: dict, cfg: Config) -> list[str]:
+    """Keys whose value differs between a saved config and this one, other than RESUME_MAY_CHANGE."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "architecture":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(saved), flat(to_dict(cfg))
+    return [
+        f"{k}: checkpoint has {a.get(k)!r}, now {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+    ]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    accelerator, run_dir: Path, step: int, cfg: Config, meta: dict, model, optimizer, scheduler, tokenizer
+) -> Path:
+    """Write checkpoint-{step}/ atomically from all processes (each saves its RNG state)."""
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(model).model  # a PeftModel (saves the adapter) or a CausalLM
+        inner.save_pretrained(str(tmp), safe_serialization=True)
+        if not cfg.training.use_lora:
+            tokenizer.save_pretrained(str(tmp))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+            tmp / "training_state.pt",
+        )
+        (tmp / "config.yaml").write_text(to_yaml(cfg))
+        write_json_atomic(tmp / "checkpoint.json", {**meta, "step": step, "next_step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    for _, path in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path)
+
+
+def load_training_state(accelerator, checkpoint: Path, cfg: Config, model, optimizer, scheduler) -> int:
+    """Restore weights, optimizer, scheduler and this process's RNG; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((checkpoint / "checkpoint.json").read_text())
+    import yaml
+
+    diffs = config_differences(yaml.safe_load((checkpoint / "config.yaml").read_text()), cfg)
+    if diffs:
+        raise UserError(
+            f"--resume: {checkpoint} was trained with other settings:\n    " + "\n    ".join(diffs)
+        )
+    if meta["num_processes"] != accelerator.num_processes:
+        raise UserError(
+            f"--resume: {checkpoint} was written by {meta['num_processes']} processes, this launch has "
+            f"{accelerator.num_processes}; exact resumption needs the same process count"
+        )
+    inner = accelerator.unwrap_model(model).model
+    if cfg.training.use_lora:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(inner, load_file(str(checkpoint / "adapter_model.safetensors")))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise UserError(f"{checkpoint}: adapter weights do not fit the model: {unexpected[:5]}")
+    else:
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        files = sorted(checkpoint.glob("model*.safetensors"))
+        if (checkpoint / "model.safetensors").is_file():
+            missing, unexpected = inner.load_state_dict(
+                load_file(str(checkpoint / "model.safetensors")), strict=False
+            )
+            tied = set(getattr(inner, "_tied_weights_keys", None) or [])
+            missing = [k for k in missing if k not in tied]
+            if missing or unexpected:
+                raise UserError(
+                    f"{checkpoint}: weights do not fit the model (missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]})"
+                )
+        elif files:
+            load_sharded_checkpoint(inner, str(checkpoint))
+        else:
+            raise UserError(f"{checkpoint}: no model weights found")
+    state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(torch.load(checkpoint / f"rng_state_{accelerator.process_index}.pt", weights_only=False))
+    return int(state["step"])

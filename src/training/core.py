@@ -1,0 +1,464 @@
+"""The one training loop. SFT, few-shot distillation and the controls differ only in the teacher.
+
+    loss of an optimizer step = (sum of CE over answer tokens + λ · sum of distillation over them)
+                                / (answer tokens of the whole step, over all micro-batches and processes)
+
+Per step: every process builds its micro-batches (deterministic in the step, see data/batch.py), the
+step's answer-token count is all-reduced, each micro-batch's backward pass is scaled by
+num_processes / that count (DDP averages gradients over processes), then one clipped AdamW step and one
+scheduler step. The scheduler is not handed to `accelerator.prepare`, which would step it once per
+process (the original's LR hit 0 at step 500 of 1000 on 2 GPUs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fsdistill.config import Config, run_name, to_dict, to_yaml
+from fsdistill.data.batch import build_training_batches
+from fsdistill.data.prompts import load_tokenizer
+from fsdistill.errors import UserError
+from fsdistill.models.student import build_student_teacher, check_answer_logits, eval_mode, model_identity
+from fsdistill.training.alignment import answer_positions
+from fsdistill.training.checkpoint import (
+    git_commit,
+    list_checkpoints,
+    load_training_state,
+    prepare_run_dir,
+    prune_checkpoints,
+    save_checkpoint,
+    write_json_atomic,
+)
+from fsdistill.training.losses import cross_entropy, distillation_loss, teacher_targets_from_logits
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup
+# ------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(cfg: Config):
+    """An Accelerator whose mixed precision is the config's; a disagreeing launcher flag is refused."""
+    from accelerate import Accelerator
+
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    wanted = cfg.training.mixed_precision
+    if launcher not in ("no", wanted):
+        raise UserError(
+            f"accelerate launch --mixed_precision {launcher} disagrees with training.mixed_precision={wanted}; "
+            "the config is the one place precision is set: drop the flag or change the config"
+        )
+    return Accelerator(mixed_precision=wanted)
+
+
+def check_global_batch(cfg: Config, num_processes: int) -> int:
+    t = cfg.training
+    global_batch = num_processes * t.per_device_batch_size * t.grad_accum_steps
+    if t.global_batch_size is not None and t.global_batch_size != global_batch:
+        raise UserError(
+            f"training.global_batch_size={t.global_batch_size} but {num_processes} processes x "
+            f"per_device_batch_size {t.per_device_batch_size} x grad_accum_steps {t.grad_accum_steps} = "
+            f"{global_batch}; change grad_accum_steps (or the process count) so they agree"
+        )
+    return global_batch
+
+
+def make_scheduler(cfg: Config, optimizer):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[
+        cfg.training.lr_schedule
+    ]
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=cfg.training.warmup_steps, num_training_steps=cfg.training.max_steps
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss of one micro-batch
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MicroLosses:
+    ce_sum: torch.Tensor  # 0-dim, float32, with grad
+    dist_sum: torch.Tensor  # 0-dim, float32, with grad (0 without a teacher)
+    tokens: int  # answer tokens (= distilled positions = CE positions)
+
+
+def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroLosses:
+    """CE and distillation sums of one micro-batch, at exactly the same answer positions."""
+    pos = answer_positions(batch)
+    with autocast():
+        student_logits = student(
+            batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
+        )
+    mask = torch.ones(pos.count, dtype=torch.bool, device=student_logits.device)
+    ce_sum, _ = cross_entropy(student_logits, pos.targets, mask)
+    dist_sum = torch.zeros((), device=ce_sum.device)
+    if teacher is not None:
+        d = cfg.distill
+        with autocast():
+            teacher_logits = teacher.logits_at(batch, pos.batch_index, pos.teacher_positions)
+        support = "full" if d.top_k is None else d.topk_support
+        targets = teacher_targets_from_logits(
+            teacher_logits,
+            top_k=d.top_k,
+            keep_full=d.top_k is None,
+            logsumexp_temperature=d.temperature if support == "tail_bucket" else None,
+        )
+        del teacher_logits
+        dist_sum, _ = distillation_loss(
+            d.loss,
+            student_logits,
+            targets,
+            mask,
+            temperature=d.temperature,
+            beta=d.beta,
+            support=support,
+            scale_by_temperature_squared=d.scale_by_temperature_squared,
+        )
+    return MicroLosses(ce_sum, dist_sum, pos.count)
+
+
+# ------------------------------------------------------------------------------------------------
+# Step data
+# ------------------------------------------------------------------------------------------------
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s = this process's micro-batches of optimizer step s (a DataLoader prefetches them)."""
+
+    def __init__(self, batches, rank: int, num_processes: int, cfg: Config):
+        self.batches, self.rank, self.num_processes = batches, rank, num_processes
+        self.per_device, self.accum = cfg.training.per_device_batch_size, cfg.training.grad_accum_steps
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int):
+        return [
+            self.batches.micro_batch(step, m, self.rank, self.num_processes, self.per_device)
+            for m in range(self.accum)
+        ]
+
+
+def step_loader(batches, cfg: Config, rank: int, num_processes: int, start: int, end: int):
+    dataset = StepBatches(batches, rank, num_processes, cfg)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start, end),
+        num_workers=cfg.data.num_workers,
+        collate_fn=lambda x: x,
+        persistent_workers=False,
+        generator=torch.Generator(),  # never draw from the global RNG: resumed runs must match straight ones
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Run records
+# ------------------------------------------------------------------------------------------------
+
+
+class RunRecorder:
+    """run.json, metrics.jsonl and TensorBoard, written by the main process only."""
+
+    def __init__(
+        self, run_dir: Path, cfg: Config, method: str, accelerator, global_batch: int, start_step: int
+    ):
+        self.run_dir, self.is_main = run_dir, accelerator.is_main_process
+        self.writer = None
+        self.manifest = {
+            "name": run_name(cfg),
+            "method": method,
+            "output_dir": str(run_dir),
+            "git_commit": git_commit(),
+            "num_processes": accelerator.num_processes,
+            "global_batch_size": global_batch,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": "running",
+            "dropped_examples": [],
+            "checkpoints": [],
+            "config": to_dict(cfg),
+        }
+        if not self.is_main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        old = run_dir / "run.json"
+        if start_step > 0 and old.is_file():
+            previous = json.loads(old.read_text())
+            self.manifest["dropped_examples"] = previous.get("dropped_examples", [])
+            self.manifest["resumed_from_step"] = start_step
+            self.manifest["started"] = previous.get("started", self.manifest["started"])
+        self.manifest["checkpoints"] = [{"step": s, "path": p.name} for s, p in list_checkpoints(run_dir)]
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self._truncate_metrics(start_step)
+        self.save()
+        if cfg.output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def _truncate_metrics(self, start_step: int) -> None:
+        """On resume, drop records past the checkpoint (a crash may have logged steps that are redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [
+            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step
+        ]
+        path.write_text("".join(f"{line}\n" for line in keep))
+
+    def save(self) -> None:
+        if self.is_main:
+            write_json_atomic(self.run_dir / "run.json", self.manifest)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def close(self, status: str) -> None:
+        self.manifest["status"] = status
+        self.save()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def parameter_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train(cfg: Config, method: str, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train `method` ('sft' has no teacher; the others distil from a live teacher) as `cfg` says."""
+    from accelerate.utils import set_seed
+
+    run_dir = Path(cfg.output.dir)
+    accelerator = make_accelerator(cfg)
+    rank, nproc = accelerator.process_index, accelerator.num_processes
+    global_batch = check_global_batch(cfg, nproc)
+    resume_from = prepare_run_dir(run_dir, resume, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+
+    set_seed(cfg.training.seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    with_teacher = method != "sft"
+    batches = build_training_batches(cfg, tokenizer, with_teacher, nproc)
+    pair = build_student_teacher(cfg, with_teacher)
+    student, teacher = pair.student, pair.teacher
+    student.to(accelerator.device)
+    if teacher is not None and teacher.answer_lm is not student:
+        teacher.answer_lm.to(accelerator.device)
+    with eval_mode(student):
+        check_answer_logits(student, len(tokenizer), accelerator.device)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+    scheduler = make_scheduler(cfg, optimizer)
+    # With LoRA the teacher keeps the unwrapped module: its no-grad passes need no DDP.
+    student, optimizer = accelerator.prepare(student, optimizer)
+
+    start = 0
+    if resume_from is not None:
+        start = load_training_state(accelerator, resume_from, cfg, student, optimizer, scheduler)
+    else:
+        set_seed(cfg.training.seed + rank)  # per-process dropout streams
+    end = min(cfg.training.max_steps, cfg.training.stop_after or cfg.training.max_steps)
+    recorder = RunRecorder(run_dir, cfg, method, accelerator, global_batch, start)
+    meta = {
+        "name": run_name(cfg),
+        "method": method,
+        "model_identity": model_identity(cfg),
+        "num_processes": nproc,
+        "global_batch_size": global_batch,
+    }
+    rows_seen: list[list[int]] = []
+    status = "failed"
+    try:
+        _loop(
+            cfg,
+            accelerator,
+            student,
+            teacher,
+            optimizer,
+            scheduler,
+            batches,
+            recorder,
+            meta,
+            tokenizer,
+            run_dir,
+            start,
+            end,
+            rows_seen,
+        )
+        status = "finished" if end == cfg.training.max_steps else f"stopped_after_{end}"
+    except TrainingDiverged:
+        status = "diverged"
+        raise
+    finally:
+        recorder.close(status)
+        ranks = run_dir / "ranks"
+        ranks.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            ranks / f"rank{rank}.json",
+            {
+                "rank": rank,
+                "world_size": nproc,
+                "first_step": start + 1,
+                "rows_by_step": rows_seen,
+                "trainable_parameters_sha256": parameter_digest(accelerator.unwrap_model(student)),
+            },
+        )
+    return run_dir
+
+
+def _loop(
+    cfg,
+    accelerator,
+    student,
+    teacher,
+    optimizer,
+    scheduler,
+    batches,
+    recorder,
+    meta,
+    tokenizer,
+    run_dir,
+    start,
+    end,
+    rows_seen,
+) -> None:
+    t = cfg.training
+    nproc = accelerator.num_processes
+    params = [p for p in student.parameters() if p.requires_grad]
+    progress = tqdm(
+        total=end,
+        initial=start,
+        disable=not accelerator.is_main_process,
+        desc=meta["method"],
+        unit="step",
+        dynamic_ncols=True,
+    )
+    student.train()
+    for step_index, micro_batches in zip(
+        range(start, end), step_loader(batches, cfg, accelerator.process_index, nproc, start, end)
+    ):
+        step = step_index + 1  # steps are counted from 1: checkpoint-{step} holds `step` updates
+        tick = time.perf_counter()
+        rows_seen.append([r for mb in micro_batches for r in mb.batch.rows.tolist() if r >= 0])
+        dropped = [r for mb in micro_batches for r in mb.dropped_rows]
+        local = torch.tensor(
+            [sum(mb.batch.num_answer_tokens for mb in micro_batches), len(dropped)],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+        step_tokens, step_dropped = accelerator.reduce(local, reduction="sum").tolist()
+        scale = nproc / max(step_tokens, 1.0)
+        ce_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        dist_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        seq_tokens = 0
+        for m, mb in enumerate(micro_batches):
+            batch = mb.batch.to(accelerator.device)
+            sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(student)
+            with sync:
+                losses = micro_batch_losses(cfg, student, teacher, batch, accelerator.autocast)
+                accelerator.backward((losses.ce_sum + cfg.distill.weight * losses.dist_sum) * scale)
+            ce_total += losses.ce_sum.detach().double()
+            dist_total += losses.dist_sum.detach().double()
+            seq_tokens += int(batch.student_mask.sum()) + (int(batch.teacher_mask.sum()) if teacher else 0)
+        sums = accelerator.reduce(
+            torch.stack(
+                [
+                    ce_total,
+                    dist_total,
+                    torch.tensor(float(seq_tokens), dtype=torch.float64, device=accelerator.device),
+                ]
+            ),
+            reduction="sum",
+        )
+        grad_norm = accelerator.clip_grad_norm_(
+            params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        )
+        ce, dist = (sums[0] / max(step_tokens, 1.0)).item(), (sums[1] / max(step_tokens, 1.0)).item()
+        if not all(math.isfinite(v) for v in (ce, dist, float(grad_norm))):
+            optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"non-finite loss or gradient at step {step} (ce={ce}, dist={dist}, grad_norm={float(grad_norm)}); "
+                f"stopped before updating: the last good checkpoint in {run_dir} is intact"
+            )
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dropped or step_dropped:
+            _report_dropped(recorder, step, dropped, int(step_dropped))
+        elapsed = time.perf_counter() - tick
+        values = {
+            "train/ce_loss": ce,
+            "train/dist_loss": dist,
+            "train/total_loss": ce + cfg.distill.weight * dist,
+            "train/lr": lr,
+            "train/grad_norm": float(grad_norm),
+            "train/tokens_per_s": sums[2].item() / max(elapsed, 1e-9),
+            "train/answer_tokens": step_tokens,
+        }
+        if teacher is None:
+            values.pop("train/dist_loss")
+            values["train/total_loss"] = ce
+        if step % t.log_every == 0 or step == end or step == start + 1:
+            recorder.log(step, values)
+        progress.update(1)
+        progress.set_postfix(ce=f"{ce:.4f}", dist=f"{dist:.4f}" if teacher else "-", lr=f"{lr:.2e}")
+        if step % t.save_every == 0 or step == end:
+            path = save_checkpoint(
+                accelerator, run_dir, step, cfg, meta, student, optimizer, scheduler, tokenizer
+            )
+            if accelerator.is_main_process:
+                prune_checkpoints(run_dir, t.keep_last)
+                recorder.manifest["checkpoints"] = [
+                    {"step": s, "path": p.name} for s, p in list_checkpoints(run_dir)
+                ]
+                recorder.save()
+            del path
+    progress.close()
+
+
+def _report_dropped(recorder: RunRecorder, step: int, local_rows: list[int], total: int) -> None:
+    """Count examples left out for length; warn once per run (main process), never silently."""
+    first = not recorder.manifest["dropped_examples"]
+    recorder.manifest["dropped_examples"].append({"step": step, "count": total, "rows_on_main": local_rows})
+    if first and recorder.is_main:
+        tqdm.write(
+            f"warning: step {step}: {total} example(s) longer than data.max_student_len/max_teacher_len were "
+            "dropped (never truncated); every drop is counted in run.json 'dropped_examples'"
+        )
