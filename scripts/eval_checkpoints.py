@@ -1,0 +1,259 @@
+"""Score every checkpoint of one or more runs on GSM8K (0-shot prompts), resumably.
+
+    python scripts/eval_checkpoints.py --config configs/base.yaml --n_samples 1319 \
+        --conditions online_v1 baseline --base_dir experiments --checkpoint_steps 200 400 600 800 1000 \
+        --output experiments/online_v1_full_eval.json --tensor_parallel_size 4 [--backend hf|vllm]
+
+Runs are found through their run.json under --base_dir; a condition is a run's `name` (default: its
+output folder's name). LoRA and full fine-tuning checkpoints are told apart by the run's config. The
+result file is written after every checkpoint (atomically) and (condition, step) pairs already in it are
+skipped, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fsdistill.cli import add_config_args, config_from_args
+from fsdistill.errors import UserError, exit_on_user_error
+
+IDENTITY_KEYS = ("name", "init", "architecture")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument("--conditions", nargs="+", required=True, help="Run names to evaluate.")
+    parser.add_argument("--base_dir", required=True, help="Folder searched (recursively) for run.json files.")
+    parser.add_argument("--checkpoint_steps", type=int, nargs="+", help="Steps to score (default: all).")
+    parser.add_argument(
+        "--output", required=True, help="Result JSON (resumed if it exists with the same settings)."
+    )
+    parser.add_argument("--n_samples", type=int, help="Test subset size (default: eval.n_samples).")
+    parser.add_argument("--tensor_parallel_size", type=int, help="vLLM tensor parallel degree.")
+    parser.add_argument(
+        "--backend", choices=["hf", "vllm"], help="Generation backend (default: eval.backend)."
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="validation: rows held out of train (data.validation_size) to select checkpoints.",
+    )
+    parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
+    args = parser.parse_args(argv)
+    extra = [
+        f"eval.{k}={v}"
+        for k, v in (
+            ("n_samples", args.n_samples),
+            ("backend", args.backend),
+            ("tensor_parallel_size", args.tensor_parallel_size),
+        )
+        if v is not None
+    ]
+    if args.teacher_forced:
+        extra.append("eval.teacher_forced=true")
+    args.overrides = [*extra, *args.overrides]
+    return args
+
+
+def find_runs(base_dir: Path) -> dict[str, list[Path]]:
+    """run name -> run folders holding a run.json with that name."""
+    if not base_dir.is_dir():
+        raise UserError(f"--base_dir {base_dir}: no such folder")
+    runs: dict[str, list[Path]] = {}
+    for manifest in sorted(base_dir.rglob("run.json")):
+        try:
+            name = json.loads(manifest.read_text())["name"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{manifest}: not a run manifest ({e})") from None
+        runs.setdefault(name, []).append(manifest.parent)
+    return runs
+
+
+def resolve_condition(runs: dict[str, list[Path]], name: str) -> Path:
+    found = runs.get(name, [])
+    if len(found) == 1:
+        return found[0]
+    listing = (
+        "\n    ".join(f"{n}: {', '.join(map(str, dirs))}" for n, dirs in sorted(runs.items())) or "(none)"
+    )
+    problem = "matches no run" if not found else f"is ambiguous ({len(found)} runs carry it)"
+    raise UserError(f"condition '{name}' {problem}; runs found:\n    {listing}")
+
+
+def run_checkpoints(run_dir: Path, steps: list[int] | None) -> list[tuple[int, Path]]:
+    from fsdistill.training.checkpoint import list_checkpoints
+
+    have = list_checkpoints(run_dir)
+    if steps is None:
+        return have
+    by_step = dict(have)
+    missing = [s for s in steps if s not in by_step]
+    if missing:
+        raise UserError(f"{run_dir}: no checkpoint for steps {missing}; it has {sorted(by_step)}")
+    return [(s, by_step[s]) for s in steps]
+
+
+def check_same_base(cfg, run_cfg, run_dir: Path) -> None:
+    diffs = [
+        f"model.{k}: run has {getattr(run_cfg.model, k)!r}, --config has {getattr(cfg.model, k)!r}"
+        for k in IDENTITY_KEYS
+        if getattr(run_cfg.model, k) != getattr(cfg.model, k)
+    ]
+    if diffs:
+        raise UserError(
+            f"{run_dir} was trained from another base model than --config describes:\n    "
+            + "\n    ".join(diffs)
+        )
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = parse(argv)
+    cfg, _ = config_from_args(args)
+    from fsdistill.config import from_dict
+
+    runs = find_runs(Path(args.base_dir))
+    plan = []
+    for name in args.conditions:
+        run_dir = resolve_condition(runs, name)
+        manifest = json.loads((run_dir / "run.json").read_text())
+        run_cfg = from_dict(manifest["config"], f"{run_dir / 'run.json'} (config)")
+        check_same_base(cfg, run_cfg, run_dir)
+        plan.append((name, manifest["method"], run_cfg, run_checkpoints(run_dir, args.checkpoint_steps)))
+    sweep(cfg, args, plan)
+
+
+def sweep(cfg, args, plan) -> None:
+    from fsdistill.data.gsm8k_loader import data_files
+    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+    from fsdistill.evaluation import evaluate as ev
+    from fsdistill.evaluation.results import (
+        collect_provenance,
+        find_entry,
+        load_or_new,
+        make_entry,
+        save_results,
+        upsert_entry,
+    )
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    data = ev.load_eval_data(cfg, args.split)
+    settings = ev.result_settings(cfg, "eval_checkpoints", args.split)
+    provenance = collect_provenance(
+        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]),
+        tokenizer=cfg.model.tokenizer or cfg.model.name,
+    )
+    results = load_or_new(args.output, settings, provenance)
+    prompt_ids = ev.generation_prompts(prompts, data.examples, [])
+    teacher_seq = (
+        ev.encode_teacher_forced(prompts, data, cfg.fewshot.k, cfg.fewshot.seed)
+        if cfg.eval.teacher_forced
+        else None
+    )
+    evaluator = CheckpointEvaluator(cfg, tokenizer, prompt_ids, teacher_seq)
+    try:
+        for name, method, run_cfg, checkpoints in plan:
+            for step, path in checkpoints:
+                if find_entry(results, name, step, 0) is not None:
+                    print(f"{name} step {step}: already in {args.output}, skipped")
+                    continue
+                texts, metrics = evaluator.evaluate(run_cfg, path)
+                entry = make_entry(
+                    name,
+                    method,
+                    step,
+                    0,
+                    ev.score_examples(data.examples, texts),
+                    checkpoint=str(path),
+                    teacher_forced_metrics=metrics,
+                )
+                upsert_entry(results, entry)
+                save_results(args.output, results)
+                print(
+                    f"{name} step {step}: accuracy {entry['accuracy']:.2%} (n={entry['n']}, 95% CI "
+                    f"{entry['ci95'][0]:.2%}-{entry['ci95'][1]:.2%})"
+                    + "".join(f", {k} {m['mean']:.4f}" for k, m in (entry["teacher_forced"] or {}).items())
+                )
+    finally:
+        evaluator.close()
+
+
+class CheckpointEvaluator:
+    """Generates with the configured backend and computes teacher-forced metrics with transformers."""
+
+    def __init__(self, cfg, tokenizer, prompt_ids, teacher_seq):
+        from fsdistill.evaluation import evaluate as ev
+
+        self.cfg, self.tokenizer, self.prompt_ids, self.teacher_seq = cfg, tokenizer, prompt_ids, teacher_seq
+        self.settings = ev.generation_settings(cfg, tokenizer)
+        self.device = ev.eval_device()
+        self.engines: dict[str, object] = {}  # vLLM: one engine per base model (LoRA) or checkpoint (full)
+        self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
+
+    def generate_vllm(self, run_cfg, path: Path) -> list[str]:
+        from fsdistill.evaluation.generation import VLLMGenerator
+
+        lora = run_cfg.training.use_lora
+        key = run_cfg.model.name if lora else str(path)
+        if key not in self.engines:
+            for engine in self.engines.values():
+                if not lora:
+                    engine.close()
+            if not lora:
+                self.engines.clear()
+            self.engines[key] = VLLMGenerator(
+                run_cfg.model.name if lora else str(path),
+                tokenizer=run_cfg.model.tokenizer if lora else str(path),
+                settings=self.settings,
+                tensor_parallel_size=self.cfg.eval.tensor_parallel_size,
+                dtype=run_cfg.model.dtype,
+                max_lora_rank=run_cfg.lora.r if lora else None,
+                gpu_memory_utilization=self.cfg.eval.gpu_memory_utilization,
+            )
+        return self.engines[key].generate(self.prompt_ids, lora_path=str(path) if lora else None)
+
+    def evaluate(self, run_cfg, path: Path) -> tuple[list[str], dict | None]:
+        from fsdistill.evaluation import evaluate as ev
+        from fsdistill.evaluation.generation import generate_hf
+        from fsdistill.models.student import load_causal_lm, load_checkpoint_model
+
+        texts = self.generate_vllm(run_cfg, path) if self.cfg.eval.backend == "vllm" else None
+        if texts is not None and self.teacher_seq is None:
+            return texts, None
+        model = load_checkpoint_model(path, run_cfg).to(self.device).eval()
+        if texts is None:
+            texts = generate_hf(
+                model, self.tokenizer, self.prompt_ids, self.settings, self.cfg.eval.batch_size
+            )
+        metrics = None
+        if self.teacher_seq is not None:
+            if run_cfg.training.use_lora:
+                teacher = ev.hf_teacher_logits(model, self.device, adapter_off=model.disable_adapter)
+            else:
+                self.frozen_base = self.frozen_base or load_causal_lm(run_cfg.model).to(self.device).eval()
+                teacher = ev.hf_teacher_logits(self.frozen_base, self.device)
+            metrics = ev.teacher_forced_metrics(
+                ev.hf_answer_logits(model, self.device),
+                teacher,
+                self.teacher_seq,
+                self.tokenizer.pad_token_id,
+                self.cfg.eval.teacher_forced_batch_size,
+                self.device,
+                f"teacher-forced {path.name}",
+            )
+        del model
+        return texts, metrics
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Evaluate the base model 0-shot and k-shot (in-context learning) on GSM8K.
+
+    python scripts/eval_icl.py --config configs/base.yaml --output experiments/icl_eval.json
+    python scripts/eval_icl.py --config configs/base.yaml --shots 0 8 --n_samples 200 --backend vllm
+
+Exemplars: k training rows drawn once with eval.icl_seed, the same for every question. Qwen3 prompts
+have thinking off (enable_thinking=False reaches the template). With --teacher_forced, also the gold
+answer's NLL (0-shot and k-shot prompts) and the KL from the k-shot teacher to the 0-shot model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fsdistill.cli import add_config_args, config_from_args
+from fsdistill.errors import exit_on_user_error
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument(
+        "--output", required=True, help="Result JSON (resumed if it exists with the same settings)."
+    )
+    parser.add_argument("--shots", type=int, nargs="+", help="Shot counts (default: eval.icl_shots).")
+    parser.add_argument("--n_samples", type=int, help="Test subset size (default: eval.n_samples).")
+    parser.add_argument(
+        "--backend", choices=["hf", "vllm"], help="Generation backend (default: eval.backend)."
+    )
+    parser.add_argument("--tensor_parallel_size", type=int, help="vLLM tensor parallel degree.")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
+    args = parser.parse_args(argv)
+    extra = [
+        f"eval.{k}={v}"
+        for k, v in (
+            ("n_samples", args.n_samples),
+            ("backend", args.backend),
+            ("tensor_parallel_size", args.tensor_parallel_size),
+        )
+        if v is not None
+    ]
+    if args.shots is not None:
+        extra.append(f"eval.icl_shots={args.shots}")
+    if args.teacher_forced:
+        extra.append("eval.teacher_forced=true")
+    args.overrides = [*extra, *args.overrides]
+    return args
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = parse(argv)
+    cfg, _ = config_from_args(args)
+
+    from fsdistill.data.gsm8k_loader import data_files
+    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+    from fsdistill.evaluation import evaluate as ev
+    from fsdistill.evaluation.results import (
+        collect_provenance,
+        find_entry,
+        load_or_new,
+        make_entry,
+        save_results,
+        upsert_entry,
+    )
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    data = ev.load_eval_data(cfg, args.split)
+    settings = ev.result_settings(cfg, "eval_icl", args.split)
+    provenance = collect_provenance(
+        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]),
+        tokenizer=cfg.model.tokenizer or cfg.model.name,
+    )
+    results = load_or_new(args.output, settings, provenance)
+    todo = [k for k in cfg.eval.icl_shots if find_entry(results, "base", None, k) is None]
+    if not todo:
+        print(f"{args.output}: every shot count is already evaluated")
+    model = None
+    generator = None
+    device = ev.eval_device()
+    for k in todo:
+        prompt_ids = ev.generation_prompts(
+            prompts, data.examples, ev.icl_exemplars(data.train, k, cfg.eval.icl_seed)
+        )
+        if cfg.eval.backend == "vllm":
+            from fsdistill.evaluation.generation import VLLMGenerator
+
+            generator = generator or VLLMGenerator(
+                cfg.model.name,
+                tokenizer=cfg.model.tokenizer,
+                settings=ev.generation_settings(cfg, tokenizer),
+                tensor_parallel_size=cfg.eval.tensor_parallel_size,
+                dtype=cfg.model.dtype,
+                max_lora_rank=None,
+                gpu_memory_utilization=cfg.eval.gpu_memory_utilization,
+            )
+            texts = generator.generate(prompt_ids)
+        if cfg.eval.backend == "hf" or cfg.eval.teacher_forced:
+            from fsdistill.models.student import load_causal_lm
+
+            model = model or load_causal_lm(cfg.model).to(device).eval()
+        if cfg.eval.backend == "hf":
+            from fsdistill.evaluation.generation import generate_hf
+
+            texts = generate_hf(
+                model, tokenizer, prompt_ids, ev.generation_settings(cfg, tokenizer), cfg.eval.batch_size
+            )
+        metrics = None
+        if cfg.eval.teacher_forced:
+            metrics = base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device)
+        entry = make_entry(
+            "base", "base", None, k, ev.score_examples(data.examples, texts), teacher_forced_metrics=metrics
+        )
+        upsert_entry(results, entry)
+        save_results(args.output, results)
+        print(
+            f"base {k}-shot: accuracy {entry['accuracy']:.2%} (n={entry['n']}, 95% CI "
+            f"{entry['ci95'][0]:.2%}-{entry['ci95'][1]:.2%})"
+            + "".join(f", {name} {m['mean']:.4f}" for name, m in (entry["teacher_forced"] or {}).items())
+        )
+    if generator is not None:
+        generator.close()
+
+
+def base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device) -> dict[str, list[float]]:
+    """The base model's gold-answer NLL under a k-shot prompt (the teacher protocol's exemplars); at k=0
+    also the KL from the fewshot.k-shot teacher to the 0-shot model (the gap distillation closes)."""
+    from fsdistill.evaluation import evaluate as ev
+
+    bs, pad = cfg.eval.teacher_forced_batch_size, tokenizer.pad_token_id
+    seq = ev.encode_teacher_forced(prompts, data, k, cfg.fewshot.seed)
+    on_teacher_side = ev.hf_teacher_logits(model, device)
+    if k > 0:
+        return {
+            "nll": ev.teacher_forced_metrics(on_teacher_side, None, seq, pad, bs, device, f"nll {k}-shot")[
+                "nll"
+            ]
+        }
+    teacher_seq = ev.encode_teacher_forced(prompts, data, cfg.fewshot.k, cfg.fewshot.seed)
+    return ev.teacher_forced_metrics(
+        ev.hf_answer_logits(model, device),
+        on_teacher_side,
+        teacher_seq,
+        pad,
+        bs,
+        device,
+        f"nll/kl 0-shot vs {cfg.fewshot.k}-shot teacher",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""results.py: building entries, the schema checks, atomic saving, resuming and merging."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsdistill.evaluation import results as R
+from fsdistill.evaluation.results import (
+    PACKAGES,
+    ResultsError,
+    best_entry,
+    collect_provenance,
+    entry_key,
+    find_entry,
+    load_or_new,
+    load_results,
+    make_entry,
+    merge_results,
+    new_results,
+    paired_correctness,
+    save_results,
+    upsert_entry,
+)
+from fsdistill.evaluation.stats import bootstrap_mean_ci
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"model": "tiny", "backend": "hf", "max_new_tokens": 64, "n_samples": 4, "split": "test"}
+PROVENANCE = {
+    "git_commit": None,
+    "packages": {},
+    "data_sha256": None,
+    "tokenizer": None,
+    "created": "2025-01-01",
+}
+
+
+def examples(flags, start=0):
+    return [
+        {
+            "index": start + i,
+            "prediction": f"#### {i}",
+            "extracted": str(i),
+            "gold": str(i if ok else -1),
+            "correct": ok,
+        }
+        for i, ok in enumerate(flags)
+    ]
+
+
+def entry(condition="run", step=100, correct=(True, True, True, False), shots=0, method="sft"):
+    return make_entry(condition, method, step, shots, examples(correct))
+
+
+def a_file(*entries):
+    res = new_results(SETTINGS, PROVENANCE)
+    for e in entries:
+        upsert_entry(res, e)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# make_entry
+# --------------------------------------------------------------------------------------------------
+
+
+def test_make_entry_numbers_by_hand():
+    e = make_entry(
+        "online_v1", "few_shot_distillation", 200, 0, examples([True, False, True, True]), "ck/200"
+    )
+    assert (e["accuracy"], e["n"], e["n_correct"]) == (0.75, 4, 3)
+    # Wilson 95% for 3/4 (published: 0.3006 to 0.9544)
+    assert e["ci95"] == pytest.approx([0.300642, 0.954413], abs=1e-6)
+    assert entry_key(e) == ("online_v1", 200, 0)
+    assert e["checkpoint"] == "ck/200"
+    assert e["teacher_forced"] is None
+
+
+def test_make_entry_teacher_forced_metrics():
+    rows = examples([True, False, True, True])
+    nll = [1.0, 2.0, 3.0, 6.0]
+    e = make_entry("base", "base", None, 0, rows, teacher_forced_metrics={"nll": nll, "kl": [0.5] * 4})
+    mean, lo, hi = bootstrap_mean_ci(nll)
+    assert e["teacher_forced"]["nll"] == {"mean": 3.0, "ci95": [lo, hi], "n": 4}
+    assert mean == 3.0 and 1.0 <= lo < 3.0 < hi <= 6.0
+    assert e["teacher_forced"]["kl"] == {"mean": 0.5, "ci95": [0.5, 0.5], "n": 4}
+    as_numpy = make_entry(
+        "base", "base", None, 0, rows, teacher_forced_metrics={"nll": np.array(nll, np.float32)}
+    )
+    assert as_numpy["teacher_forced"]["nll"] == e["teacher_forced"]["nll"]
+    assert [ex["nll"] for ex in e["examples"]] == nll
+    assert "nll" not in rows[0]  # the caller's dicts are left alone
+
+
+def test_make_entry_refuses_bad_input():
+    with pytest.raises(ResultsError, match="'nll' has 3 values for 4 examples"):
+        make_entry("r", "sft", 1, 0, examples([True] * 4), teacher_forced_metrics={"nll": [1.0, 2.0, 3.0]})
+    with pytest.raises(ResultsError, match="non-finite"):
+        make_entry("r", "sft", 1, 0, examples([True]), teacher_forced_metrics={"kl": [float("inf")]})
+    with pytest.raises(ResultsError, match="field 'method'"):
+        make_entry("r", "dpo", 1, 0, examples([True]))
+    with pytest.raises(ResultsError, match="'step' must be null for the base model"):
+        make_entry("base", "base", 5, 0, examples([True]))
+    with pytest.raises(ResultsError, match="no examples"):
+        make_entry("r", "sft", 1, 0, [])
+    bad = examples([True, False])
+    del bad[1]["gold"]
+    with pytest.raises(ResultsError, match=r"examples\[1\]: missing field 'gold'"):
+        make_entry("r", "sft", 1, 0, bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def test_round_trip(tmp_path):
+    res = a_file(
+        entry("base", None, shots=8, method="base"), entry(step=100), entry(step=200, correct=(True,) * 4)
+    )
+    path = tmp_path / "deep" / "evals.json"
+    save_results(path, res)
+    assert load_results(path) == res
+    assert [p.name for p in path.parent.iterdir()] == ["evals.json"]
+
+
+def test_failed_serialisation_keeps_old_file(tmp_path):
+    path = tmp_path / "evals.json"
+    save_results(path, a_file(entry()))
+    before = path.read_bytes()
+    broken = a_file(entry())
+    broken["settings"]["tokenizer"] = object()
+    with pytest.raises(ResultsError, match="evals.json.*not JSON-serialisable"):
+        save_results(path, broken)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["evals.json"]
+
+
+def test_failed_write_removes_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "evals.json"
+    save_results(path, a_file(entry()))
+    before = path.read_bytes()
+
+    def no_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(R.os, "replace", no_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_results(path, a_file(entry(step=5)))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["evals.json"]
+
+
+def write_raw(tmp_path, res, name="evals.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(res))
+    return path
+
+
+def test_load_names_file_entry_and_missing_field(tmp_path):
+    res = a_file(entry(step=100), entry(step=200))
+    del res["results"][1]["accuracy"]
+    path = write_raw(tmp_path, res)
+    with pytest.raises(ResultsError, match=r"evals\.json: results\[1\]: missing field 'accuracy'"):
+        load_results(path)
+
+
+def test_load_names_example_field_and_type(tmp_path):
+    res = a_file(entry())
+    del res["results"][0]["examples"][2]["correct"]
+    with pytest.raises(ResultsError, match=r"results\[0\], examples\[2\]: missing field 'correct'"):
+        load_results(write_raw(tmp_path, res))
+    res = a_file(entry())
+    res["results"][0]["step"] = "100"
+    with pytest.raises(ResultsError, match=r"results\[0\]: field 'step' must be int or null"):
+        load_results(write_raw(tmp_path, res))
+
+
+def test_load_refuses_other_version_kind_and_bad_json(tmp_path):
+    res = a_file(entry())
+    res["schema_version"] = 2
+    with pytest.raises(ResultsError, match=r"evals\.json: schema_version 2"):
+        load_results(write_raw(tmp_path, res))
+    res["schema_version"], res["kind"] = 1, "mmlu_eval"
+    with pytest.raises(ResultsError, match="not a 'gsm8k_eval' result file"):
+        load_results(write_raw(tmp_path, res))
+    path = tmp_path / "torn.json"
+    path.write_text('{"schema_version": 1,\n "kind": ')
+    with pytest.raises(ResultsError, match=r"torn\.json: not valid JSON \(line 2"):
+        load_results(path)
+    with pytest.raises(ResultsError, match=r"missing\.json: cannot read"):
+        load_results(tmp_path / "missing.json")
+
+
+def test_load_refuses_inconsistent_counts_and_duplicate_keys(tmp_path):
+    res = a_file(entry())
+    res["results"][0]["n_correct"] = 4
+    with pytest.raises(ResultsError, match="'n_correct' is 4 but 3 examples are correct"):
+        load_results(write_raw(tmp_path, res))
+    res = a_file(entry())
+    res["results"].append(res["results"][0])
+    with pytest.raises(ResultsError, match=r"results\[1\] repeats .* of results\[0\]"):
+        load_results(write_raw(tmp_path, res))
+    res = a_file(entry())
+    del res["provenance"]["git_commit"]
+    with pytest.raises(ResultsError, match="provenance: missing field 'git_commit'"):
+        load_results(write_raw(tmp_path, res))
+
+
+# --------------------------------------------------------------------------------------------------
+# Lookup and update
+# --------------------------------------------------------------------------------------------------
+
+
+def test_upsert_replaces_in_place_and_appends():
+    res = a_file(entry(step=100), entry(step=200), entry("other", 100))
+    newer = entry(step=200, correct=(False,) * 4)
+    upsert_entry(res, newer)
+    assert [entry_key(e) for e in res["results"]] == [("run", 100, 0), ("run", 200, 0), ("other", 100, 0)]
+    assert res["results"][1]["accuracy"] == 0.0
+    upsert_entry(res, entry(step=300))
+    assert entry_key(res["results"][-1]) == ("run", 300, 0)
+    with pytest.raises(ResultsError, match="missing field 'ci95'"):
+        upsert_entry(res, {k: v for k, v in newer.items() if k != "ci95"})
+
+
+def test_find_entry_distinguishes_base_shots_and_steps():
+    base0 = entry("base", None, correct=(False,) * 4, method="base")
+    base8 = entry("base", None, shots=8, method="base")
+    res = a_file(base0, base8, entry(step=100))
+    assert find_entry(res, "base") is res["results"][0]
+    assert find_entry(res, "base", shots=8)["accuracy"] == 0.75
+    assert find_entry(res, "run", 100)["step"] == 100
+    assert find_entry(res, "run") is None
+    assert find_entry(res, "run", 200) is None
+
+
+def test_best_entry_max_accuracy_earliest_on_ties():
+    res = a_file(
+        entry(step=300, correct=(True, True, False, False)),
+        entry(step=100, correct=(True, True, True, False)),
+        entry(step=200, correct=(True, True, False, True)),
+        entry("other", 100, correct=(True,) * 4),
+    )
+    assert entry_key(best_entry(res, "run")) == ("run", 100, 0)
+    with pytest.raises(ResultsError, match=r"no entries for condition 'nope'.*\['other', 'run'\]"):
+        best_entry(res, "nope")
+
+
+def test_paired_correctness_aligns_by_index_and_refuses_mismatch():
+    a = make_entry("a", "sft", 1, 0, list(reversed(examples([True, False, True]))))
+    b = make_entry("b", "sft", 1, 0, examples([False, False, True]))
+    assert paired_correctness(a, b) == ([True, False, True], [False, False, True])
+    c = make_entry("c", "sft", 1, 0, examples([True, False, True], start=1))
+    with pytest.raises(
+        ResultsError, match=r"different examples: 1 indices only in the first \(e\.g\. \[0\]\)"
+    ):
+        paired_correctness(a, c)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming and merging
+# --------------------------------------------------------------------------------------------------
+
+
+def test_load_or_new_creates_then_resumes(tmp_path):
+    path = tmp_path / "sweep.json"
+    res = load_or_new(path, SETTINGS, PROVENANCE)
+    assert res["results"] == [] and not path.exists()
+    upsert_entry(res, entry())
+    save_results(path, res)
+    later = {**PROVENANCE, "created": "2025-01-02"}
+    resumed = load_or_new(path, {**SETTINGS, "batch_size": 64}, later)  # a throughput knob may change
+    assert resumed["results"] == res["results"]
+    assert resumed["provenance"]["resumed"] == [later]
+    assert resumed["settings"] == SETTINGS
+
+
+def test_load_or_new_refuses_mismatched_settings(tmp_path):
+    path = tmp_path / "sweep.json"
+    save_results(path, a_file(entry()))
+    changed = {**SETTINGS, "max_new_tokens": 512, "shots_protocol": "fixed"}
+    with pytest.raises(
+        ResultsError, match=r"sweep\.json.*differing keys: max_new_tokens: 64 vs 512, shots_protocol"
+    ):
+        load_or_new(path, changed, PROVENANCE)
+
+
+def test_merge_keeps_identical_duplicates_once_and_refuses_conflicts():
+    one = a_file(entry(step=100), entry(step=200))
+    two = a_file(entry(step=200), entry("other", 100))
+    merged = merge_results([("one.json", one), ("two.json", two)])
+    assert [entry_key(e) for e in merged["results"]] == [("run", 100, 0), ("run", 200, 0), ("other", 100, 0)]
+    assert [m["file"] for m in merged["provenance"]["merged_from"]] == ["one.json", "two.json"]
+    clash = a_file(entry(step=200, correct=(False,) * 4))
+    with pytest.raises(
+        ResultsError, match=r"conflicting entries .*\('run', 200, 0\) in one\.json and three\.json"
+    ):
+        merge_results([("one.json", one), ("three.json", clash)])
+
+
+def test_merge_refuses_different_settings():
+    one = a_file(entry(step=100))
+    two = new_results({**SETTINGS, "split": "train"}, PROVENANCE)
+    with pytest.raises(ResultsError, match="cannot merge two.json into one.json: settings differ on split"):
+        merge_results([("one.json", one), ("two.json", two)])
+    assert len(merge_results([("one.json", one), ("two.json", two)], check_settings=False)["results"]) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------
+
+
+def test_collect_provenance(tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_bytes(b'{"question": "1+1?", "answer": "#### 2"}\n')
+    prov = collect_provenance([data], tokenizer="Qwen/Qwen3-1.7B")
+    assert prov["data_sha256"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
+    assert prov["tokenizer"] == "Qwen/Qwen3-1.7B"
+    assert set(prov["packages"]) == set(PACKAGES)
+    assert prov["packages"]["torch"] == importlib.metadata.version("torch")
+    if (REPO / ".git").exists() and shutil.which("git"):
+        assert re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"])
+        assert isinstance(prov["git_dirty"], bool)
+    created = datetime.fromisoformat(prov["created"])
+    assert created.utcoffset() == timezone.utc.utcoffset(None)
+    assert collect_provenance()["data_sha256"] is None
+    new_results(SETTINGS, prov)  # a valid provenance for the schema
+
+
+def test_collect_provenance_without_git(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(R.subprocess, "run", no_git)
+    prov = collect_provenance()
+    assert prov["git_commit"] is None and prov["git_dirty"] is None
