@@ -1,0 +1,457 @@
+"""Greedy generation backends: hf on a tiny random Qwen3 (CPU), vllm through a recording stand-in.
+
+The tiny model uses initializer_range=0.3: with the default 0.02 and tied embeddings it echoes the last
+prompt token ("\\n") for every prompt, so order and padding bugs would go unseen; at 0.3 each prompt gets
+its own greedy path, and the top-2 logit gap along those paths stays above 4e-3, far above float32
+rounding (no near-ties for batching to flip).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import subprocess
+import sys
+import weakref
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+from fsdistill.evaluation.generation import (
+    GenerationSettings,
+    VLLMGenerator,
+    generate_hf,
+    left_pad,
+    stop_token_ids_for,
+)
+
+QUESTIONS = [  # deliberately not in length order
+    "What is 2 + 2?",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "Hi",
+    "Janet's ducks lay 16 eggs per day. How many eggs is that per week?",
+]
+MAX_NEW_TOKENS = 8
+IM_END = 151645
+ENDOFTEXT = 151643
+
+
+def tiny_qwen3(**overrides) -> Qwen3ForCausalLM:
+    """A 2-layer Qwen3 with the real 151,936-token vocabulary, random weights (seed 0), float32, eval.
+
+    `overrides` replace or add Qwen3Config fields.
+    """
+    fields = dict(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    )
+    config = Qwen3Config(**{**fields, **overrides})
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(config).eval()
+
+
+def chat_prompt_ids(tokenizer, questions: list[str]) -> list[list[int]]:
+    """Prompts as the data layer builds them: rendered chat template, tokenised without special tokens."""
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        for question in questions
+    ]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_qwen3()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(qwen3_tokenizer):
+    return chat_prompt_ids(qwen3_tokenizer, QUESTIONS)
+
+
+@pytest.fixture(scope="module")
+def settings(qwen3_tokenizer):
+    return GenerationSettings(
+        max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=stop_token_ids_for(qwen3_tokenizer)
+    )
+
+
+@pytest.fixture(scope="module")
+def unbatched(model, qwen3_tokenizer, prompt_ids, settings):
+    """Reference: each prompt generated alone, so no padding is involved."""
+    return [
+        generate_hf(model, qwen3_tokenizer, [ids], settings, batch_size=1, progress=False)[0]
+        for ids in prompt_ids
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# stop ids
+# --------------------------------------------------------------------------------------------------
+
+
+def test_stop_token_ids_for_qwen3(qwen3_tokenizer):
+    assert stop_token_ids_for(qwen3_tokenizer) == (ENDOFTEXT, IM_END)
+    config = GenerationConfig(eos_token_id=[IM_END, 7])
+    assert stop_token_ids_for(qwen3_tokenizer, config) == (7, ENDOFTEXT, IM_END)
+    assert stop_token_ids_for(qwen3_tokenizer, GenerationConfig(eos_token_id=9)) == (9, ENDOFTEXT, IM_END)
+
+
+def test_stop_token_ids_for_llama_style_vocab():
+    """A template marker other than eos (Llama 3's <|eot_id|>) is found; absent markers are ignored."""
+    tokenizer = SimpleNamespace(eos_token_id=128001, get_vocab=lambda: {"<|eot_id|>": 128009, "a": 0})
+    assert stop_token_ids_for(tokenizer) == (128001, 128009)
+
+
+# --------------------------------------------------------------------------------------------------
+# hf backend
+# --------------------------------------------------------------------------------------------------
+
+
+def test_left_pad_puts_padding_first():
+    input_ids, attention_mask = left_pad([[5, 6, 7], [8]], pad_token_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="empty prompt"):
+        left_pad([[5], []], pad_token_id=0)
+
+
+def test_batched_generation_matches_unbatched(model, qwen3_tokenizer, prompt_ids, settings, unbatched):
+    assert len({len(ids) for ids in prompt_ids}) == len(prompt_ids), "prompts must differ in length"
+    batched = generate_hf(
+        model, qwen3_tokenizer, prompt_ids, settings, batch_size=len(prompt_ids), progress=False
+    )
+    assert batched == unbatched
+
+
+def test_results_come_back_in_input_order(model, qwen3_tokenizer, prompt_ids, settings, unbatched):
+    lengths = [len(ids) for ids in prompt_ids]
+    assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)
+    assert len(set(unbatched)) == len(unbatched), "completions must be distinguishable to check order"
+    texts = generate_hf(model, qwen3_tokenizer, prompt_ids, settings, batch_size=2, progress=False)
+    assert texts == unbatched
+
+
+def test_eval_mode_for_generation_and_training_mode_restored(
+    qwen3_tokenizer, prompt_ids, settings, unbatched
+):
+    """Dropout must be off while generating; a model handed over in training mode goes back to it."""
+    model = tiny_qwen3(attention_dropout=0.5)
+    model.train()
+    texts = generate_hf(model, qwen3_tokenizer, prompt_ids, settings, batch_size=2, progress=False)
+    assert texts == unbatched
+    assert model.training
+
+
+def test_peft_wrapper_with_zero_b_matches_base(model, qwen3_tokenizer, prompt_ids, settings, unbatched):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(copy.deepcopy(model), lora)  # lora_B starts at zero
+    texts = generate_hf(peft_model, qwen3_tokenizer, prompt_ids, settings, batch_size=2, progress=False)
+    assert texts == unbatched
+
+    # The adapter really is on the generation path: a non-zero B changes the output.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=1.0)
+    changed = generate_hf(peft_model, qwen3_tokenizer, prompt_ids, settings, batch_size=2, progress=False)
+    assert changed != unbatched
+
+
+class ScriptedHead:
+    """Forces the model's greedy choices: prompt `p` (identified by its last token) emits `plans[p]`.
+
+    Hooks the embedding layer to see each batch's prompts at prefill, and the lm_head to replace the
+    last position's logits with a one-hot choice per row. After a plan runs out, the row emits `filler`.
+    """
+
+    def __init__(self, model, plans: dict[int, list[int]], filler: int):
+        self.plans, self.filler = plans, filler
+        self.rows: list[list[int]] = []
+        self.step = 0
+        model.get_input_embeddings().register_forward_hook(self.see_prompts)
+        model.get_output_embeddings().register_forward_hook(self.force_logits)
+
+    def see_prompts(self, module, inputs, output):
+        input_ids = inputs[0]
+        if input_ids.shape[1] > 1:  # prefill of a new batch; decoding steps feed one token
+            self.rows = [self.plans[int(last)] for last in input_ids[:, -1]]
+            self.step = 0
+
+    def force_logits(self, module, inputs, logits):
+        forced = torch.full_like(logits, -1e4)
+        for row, plan in enumerate(self.rows):
+            forced[row, -1, plan[self.step] if self.step < len(plan) else self.filler] = 0.0
+        self.step += 1
+        return forced
+
+
+def single_token(tokenizer, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) == 1, f"{text!r} is {len(ids)} tokens"
+    return ids[0]
+
+
+@pytest.fixture
+def word_ids(qwen3_tokenizer):
+    return [single_token(qwen3_tokenizer, word) for word in [" The", " answer", " is", " forty", " two"]]
+
+
+def raw_prompts(tokenizer) -> list[list[int]]:
+    """Short prompts with distinct last tokens (ScriptedHead tells them apart by that token).
+
+    Each has at least 2 tokens: ScriptedHead recognises a batch's prefill by its length.
+    """
+    prompts = [
+        tokenizer.encode(text, add_special_tokens=False)
+        for text in ["Question: one", "Q: two two", "Q: three"]
+    ]
+    assert min(len(ids) for ids in prompts) >= 2 and len({ids[-1] for ids in prompts}) == len(prompts)
+    return prompts
+
+
+def test_generation_stops_at_end_of_turn(qwen3_tokenizer, settings, word_ids):
+    """Rows end at different steps; each text stops before <|im_end|>, whatever the model would add after."""
+    prompts = raw_prompts(qwen3_tokenizer)
+    plans = {ids[-1]: word_ids[:n] + [IM_END] for ids, n in zip(prompts, [1, 3, 5])}
+    model = tiny_qwen3()
+    ScriptedHead(model, plans, filler=word_ids[0])
+    texts = generate_hf(model, qwen3_tokenizer, prompts, settings, batch_size=3, progress=False)
+    assert texts == [" The", " The answer is", " The answer is forty two"]
+
+
+def test_non_special_stop_token_is_cut(qwen3_tokenizer, word_ids):
+    """skip_special_tokens cannot hide an ordinary stop id: the text must be cut before it."""
+    prompts = raw_prompts(qwen3_tokenizer)[:1]
+    stop = word_ids[2]  # " is"
+    plans = {prompts[0][-1]: word_ids}
+    model = tiny_qwen3()
+    ScriptedHead(model, plans, filler=word_ids[0])
+    settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=(stop,))
+    assert generate_hf(model, qwen3_tokenizer, prompts, settings, batch_size=1, progress=False) == [
+        " The answer"
+    ]
+
+
+def test_max_new_tokens_is_respected(qwen3_tokenizer, settings, word_ids):
+    prompts = raw_prompts(qwen3_tokenizer)
+    plans = {ids[-1]: word_ids * 3 for ids in prompts}  # 15 tokens, never a stop token
+    model = tiny_qwen3()
+    ScriptedHead(model, plans, filler=IM_END)
+    short = GenerationSettings(max_new_tokens=7, stop_token_ids=settings.stop_token_ids)
+    texts = generate_hf(model, qwen3_tokenizer, prompts, short, batch_size=2, progress=False)
+    assert texts == [qwen3_tokenizer.decode((word_ids * 3)[:7])] * 3
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM backend through a recording stand-in
+# --------------------------------------------------------------------------------------------------
+
+
+class RecordingVLLM:
+    """Stands in for the vllm module: records engine arguments and generate requests.
+
+    Completions are "<last prompt token id>" so tests can check that results keep the input order.
+    Engines hold the recorder, not the other way round, so closing a generator really frees its engine.
+    """
+
+    def __init__(self):
+        self.engine_args: list[dict] = []
+        self.requests: list[dict] = []
+
+    def LLM(self, **kwargs):
+        self.engine_args.append(kwargs)
+        return RecordingEngine(self)
+
+    @staticmethod
+    def SamplingParams(**kwargs):
+        return SimpleNamespace(**kwargs)
+
+    @staticmethod
+    def LoRARequest(lora_name, lora_int_id, lora_path):
+        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
+
+
+class RecordingEngine:
+    def __init__(self, recorder: RecordingVLLM):
+        self.recorder = recorder
+
+    def generate(self, prompts, sampling_params, lora_request):
+        self.recorder.requests.append(
+            dict(prompts=prompts, sampling_params=sampling_params, lora_request=lora_request)
+        )
+        return [
+            SimpleNamespace(outputs=[SimpleNamespace(text=str(p["prompt_token_ids"][-1]))]) for p in prompts
+        ]
+
+
+def vllm_generator(recorder, settings, max_lora_rank=None) -> VLLMGenerator:
+    return VLLMGenerator(
+        "some/model",
+        tokenizer="some/tokenizer",
+        settings=settings,
+        tensor_parallel_size=2,
+        dtype="bfloat16",
+        max_lora_rank=max_lora_rank,
+        gpu_memory_utilization=0.5,
+        seed=3,
+        vllm_module=recorder,
+    )
+
+
+def test_vllm_gets_the_same_prompts_and_settings_as_hf(
+    model, qwen3_tokenizer, prompt_ids, settings, monkeypatch
+):
+    hf_calls = []
+    original_generate = model.generate
+
+    def recording_generate(**kwargs):
+        hf_calls.append(kwargs)
+        return original_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    generate_hf(model, qwen3_tokenizer, prompt_ids, settings, batch_size=3, progress=False)
+    hf_prompts = []
+    for call in hf_calls:
+        for ids, mask in zip(call["input_ids"].tolist(), call["attention_mask"].tolist()):
+            assert mask == sorted(mask), "padding must be on the left"
+            hf_prompts.append([token for token, keep in zip(ids, mask) if keep])
+
+    recorder = RecordingVLLM()
+    texts = vllm_generator(recorder, settings).generate(prompt_ids)
+
+    (request,) = recorder.requests
+    vllm_prompts = [prompt["prompt_token_ids"] for prompt in request["prompts"]]
+    assert vllm_prompts == prompt_ids
+    assert sorted(hf_prompts) == sorted(vllm_prompts)
+    assert texts == [str(ids[-1]) for ids in prompt_ids]
+
+    params = request["sampling_params"]
+    assert params.temperature == 0.0
+    assert params.skip_special_tokens is True
+    assert params.max_tokens == MAX_NEW_TOKENS == hf_calls[0]["max_new_tokens"]
+    assert params.stop_token_ids == hf_calls[0]["eos_token_id"] == [ENDOFTEXT, IM_END]
+    assert hf_calls[0]["do_sample"] is False
+    assert request["lora_request"] is None
+
+
+def test_vllm_engine_args_without_and_with_lora(settings):
+    recorder = RecordingVLLM()
+    vllm_generator(recorder, settings, max_lora_rank=None)
+    vllm_generator(recorder, settings, max_lora_rank=16)
+    common = dict(
+        model="some/model",
+        tokenizer="some/tokenizer",
+        tensor_parallel_size=2,
+        dtype="bfloat16",
+        gpu_memory_utilization=0.5,
+        seed=3,
+    )
+    assert recorder.engine_args == [common, dict(common, enable_lora=True, max_lora_rank=16)]
+
+
+def test_vllm_lora_ids_distinct_per_path_and_stable(settings, tmp_path, monkeypatch):
+    recorder = RecordingVLLM()
+    generator = vllm_generator(recorder, settings, max_lora_rank=16)
+    paths = [tmp_path / "checkpoint-100", tmp_path / "checkpoint-200", tmp_path / "checkpoint-100"]
+    for path in paths:
+        generator.generate([[1, 2, 3]], lora_path=str(path))
+    # A relative spelling of an already seen path is the same adapter.
+    monkeypatch.chdir(tmp_path)
+    generator.generate([[1, 2, 3]], lora_path="checkpoint-200")
+    generator.generate([[1, 2, 3]], lora_path=str(tmp_path / "checkpoint-300"))
+
+    loras = [request["lora_request"] for request in recorder.requests]
+    assert [lora.lora_int_id for lora in loras] == [1, 2, 1, 2, 3]
+    assert [lora.lora_path for lora in loras] == [
+        str(tmp_path / name)
+        for name in ["checkpoint-100", "checkpoint-200", "checkpoint-100", "checkpoint-200", "checkpoint-300"]
+    ]
+    assert len({lora.lora_name for lora in loras}) == 3
+
+
+def test_vllm_lora_path_needs_a_lora_engine(settings):
+    generator = vllm_generator(RecordingVLLM(), settings, max_lora_rank=None)
+    with pytest.raises(ValueError, match="max_lora_rank=None"):
+        generator.generate([[1, 2]], lora_path="adapter")
+
+
+def test_vllm_close_releases_the_engine(settings):
+    generator = vllm_generator(RecordingVLLM(), settings)
+    engine = weakref.ref(generator.llm)
+    generator.close()
+    assert engine() is None
+    generator.close()  # idempotent
+    with pytest.raises(RuntimeError, match="after close"):
+        generator.generate([[1, 2]])
+
+
+def test_vllm_missing_gives_a_clear_error(settings, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now fails, installed or not
+    with pytest.raises(ImportError, match=r"compute\.md.*--backend hf"):
+        VLLMGenerator(
+            "some/model",
+            tokenizer=None,
+            settings=settings,
+            tensor_parallel_size=1,
+            dtype="bfloat16",
+            max_lora_rank=None,
+            gpu_memory_utilization=0.5,
+        )
+
+
+def test_importing_the_module_does_not_import_vllm():
+    code = "import sys; sys.modules['vllm'] = None; import fsdistill.evaluation.generation"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# real vLLM (GPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_real_vllm_matches_hf_on_a_tiny_model(qwen3_tokenizer, prompt_ids, settings, tmp_path):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (it lives in the separate vLLM environment, see compute.md)")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    # head_dim 64 suits vLLM's attention kernels; float32 on both sides keeps kernel differences far
+    # below the model's top-2 logit gaps, so the greedy paths must agree.
+    model = tiny_qwen3(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    model.save_pretrained(tmp_path)
+    qwen3_tokenizer.save_pretrained(tmp_path)
+    expected = generate_hf(model.cuda(), qwen3_tokenizer, prompt_ids, settings, batch_size=4, progress=False)
+    del model
+    torch.cuda.empty_cache()
+
+    generator = VLLMGenerator(
+        str(tmp_path),
+        tokenizer=None,
+        settings=settings,
+        tensor_parallel_size=1,
+        dtype="float32",
+        max_lora_rank=None,
+        gpu_memory_utilization=0.3,
+    )
+    try:
+        assert generator.generate(prompt_ids) == expected
+    finally:
+        generator.close()
