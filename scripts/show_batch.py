@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     parser.add_argument("--index", type=int, default=0, help="Position in the training order (step-major).")
     parser.add_argument("--step", type=int, default=None, help="Show the example at this step's first slot.")
     parser.add_argument("--sft", action="store_true", help="Show the student only (no teacher).")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may sit before and after options
     cfg, _ = config_from_args(args)
 
     from fsdistill.data.batch import build_training_batches
@@ -49,11 +49,20 @@ def main(argv=None) -> None:
     shot_rows = batches.shots.shot_rows(row, step, step_rows) if batches.shots else []
 
     print(f"# training example: step {step}, slot {slot}, row {row} of split '{cfg.data.train_split}'")
-    print(f"# exemplar rows ({cfg.fewshot.selection}, shuffle_answers={cfg.fewshot.shuffle_answers}): {shot_rows}")
-    print(f"# student: {len(enc.student_ids)} tokens (max {cfg.data.max_student_len}); "
-          f"answer part: {enc.answer_len} tokens, label positions {label_positions[0]}..{label_positions[-1]}")
-    print(f"# teacher: {len(enc.teacher_ids)} tokens (max {cfg.data.max_teacher_len}); "
-          f"answer part starts at {enc.teacher_answer_start}")
+    if args.sft:
+        print("# no teacher (--sft)")
+    else:
+        f = cfg.fewshot
+        print(f"# exemplar rows ({f.selection}, shuffle_answers={f.shuffle_answers}): {shot_rows}")
+    print(
+        f"# student: {len(enc.student_ids)} tokens (max {cfg.data.max_student_len}); answer part: "
+        f"{enc.answer_len} tokens, label positions {label_positions[0]}..{label_positions[-1]}"
+    )
+    if not args.sft:
+        print(
+            f"# teacher: {len(enc.teacher_ids)} tokens (max {cfg.data.max_teacher_len}); "
+            f"answer part starts at {enc.teacher_answer_start}"
+        )
     if not batches.fits(enc):
         print("# NOTE: this example exceeds a length limit and is dropped from training")
     print(f"\n===== STUDENT (answer part between {START} {END}) =====")

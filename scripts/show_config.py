@@ -1,6 +1,6 @@
 """Print the fully resolved config (all keys, defaults filled in) of a config file plus overrides.
 
-    python scripts/show_config.py --config configs/online_v1.yaml training.lr=1e-4
+python scripts/show_config.py --config configs/online_v1.yaml training.lr=1e-4
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(parser)
     parser.add_argument("--sources", action="store_true", help="Also list where each set key came from.")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may sit before and after options
     cfg, source = config_from_args(args)
     print(to_yaml(cfg), end="")
     if args.sources:

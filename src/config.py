@@ -9,6 +9,9 @@ Composition, the same for every entry point:
      say ``inherit: OTHER.yaml`` (a path relative to that file; chains allowed, cycles refused);
   2. ``--output_dir DIR`` (sets ``output.dir``);
   3. ``key.sub=value`` overrides from the command line, last.
+A later setting of a key replaces the earlier one, except the dict field ``model.architecture``, whose
+fields merge. YAML timestamps are not resolved (``2024-07-26`` is a string), and a string-typed
+override keeps its text as typed (``data.question_template=Q: {question}``).
 All errors (unknown key, wrong type, missing value, out-of-range value) are collected, each naming
 the key and where it was set, and raised together as one :class:`ConfigError`.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +65,8 @@ class ModelConfig:
     architecture: dict[str, Any] = opt(
         {},
         "Model config fields. With init=random and name=null, a full config including model_type; "
-        "otherwise fields that override model.name's config.",
+        "otherwise fields that override model.name's config. Later files and model.architecture.FIELD=value "
+        "overrides change single fields (merged, not replaced).",
     )
     tokenizer: Optional[str] = opt(None, "Hub id or local folder of the tokenizer; null means model.name.")
     dtype: str = opt(
@@ -282,11 +288,41 @@ def valid_keys() -> list[str]:
     return [r[0] for r in schema_fields()]
 
 
+# Names other training scripts (HF Trainer, the original's argparse) use for a setting here.
+_ALIASES = {
+    "learning_rate": "training.lr",
+    "gradient_accumulation_steps": "training.grad_accum_steps",
+    "per_device_train_batch_size": "training.per_device_batch_size",
+    "max_train_steps": "training.max_steps",
+    "lr_scheduler_type": "training.lr_schedule",
+    "num_shots": "fewshot.k",
+    "n_shots": "fewshot.k",
+    "shots": "fewshot.k",
+    "lambda": "distill.weight",
+    "distill_weight": "distill.weight",
+    "topk": "distill.top_k",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "model_name_or_path": "model.name",
+    "output_dir": "output.dir",
+}
+
+
 def _nearest(key: str) -> str:
+    """'; did you mean ...?' naming the valid key closest to an unknown one."""
     keys = valid_keys()
-    leaf_matches = [k for k in keys if k.split(".")[-1] == key.split(".")[-1]]
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.0)
-    best = leaf_matches[0] if leaf_matches else (close[0] if close else None)
+    section, _, leaf = key.rpartition(".")
+    same_section = [k for k in keys if k.split(".")[0] == section]
+    leaf_matches = [k for k in keys if k.split(".")[-1] == leaf]
+    close_leaf = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in same_section], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, leaf_matches or keys, n=1, cutoff=0.0)
+    if leaf in _ALIASES:
+        best = _ALIASES[leaf]
+    elif close_leaf:
+        best = f"{section}.{close_leaf[0]}"
+    else:
+        best = close[0] if close else None
     return f"; did you mean '{best}'?" if best else ""
 
 
@@ -295,13 +331,28 @@ def _nearest(key: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader without implicit timestamps: `2024-07-26` stays a string (no setting is a date,
+    and OmegaConf cannot hold a datetime.date)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read config file ({e.strerror})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -314,10 +365,15 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; dict-typed fields (model.architecture) stay whole."""
+    """{'a': {'b': 1}} -> {'a.b': 1}; dict-typed fields (model.architecture) stay whole.
+
+    An empty section (`fewshot:` with every key commented out) sets nothing.
+    """
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
+        if not prefix and key in SECTIONS and (v is None or v == {}):
+            continue
         if isinstance(v, dict) and key not in _DICT_FIELDS and v:
             out.update(_flatten(v, key + "."))
         else:
@@ -326,6 +382,27 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 _DICT_FIELDS = {"model.architecture"}
+
+
+def _merge_dicts(base: dict, new: dict) -> dict:
+    """Recursive merge, `new` winning (a child config or override changes single architecture fields)."""
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set(values: dict[str, Any], source: dict[str, str], key: str, value: Any, where: str) -> None:
+    """Set one flat key; a dict field merges (whole or `model.architecture.x.y=v`) instead of replacing."""
+    for dict_field in _DICT_FIELDS:
+        if key.startswith(dict_field + "."):
+            for part in reversed(key[len(dict_field) + 1 :].split(".")):
+                value = {part: value}
+            key = dict_field
+        if key == dict_field and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = _merge_dicts(values[key], value)
+    values[key] = value
+    source[key] = where
 
 
 def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
@@ -345,16 +422,26 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dic
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """'training.lr=1e-4' -> ('training.lr', 1e-4); the value is parsed as YAML."""
+    """'training.lr=1e-4' -> ('training.lr', 1e-4); the value is parsed as YAML.
+
+    A string setting keeps the text as typed unless it is null: `data.question_template=Q: {question}`
+    is that text, not the YAML mapping {'Q': {'question': None}}.
+    """
     if "=" not in item:
         raise ConfigError([f"{COMMAND_LINE}: override '{item}' is not of the form key.sub=value"])
     key, raw = item.split("=", 1)
     key = key.strip().lstrip("+")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if value is not None and not isinstance(value, str) and _is_str_field(key):
+        value = raw
     return key, value
+
+
+def _is_str_field(key: str) -> bool:
+    return any(r[0] == key and r[1] in (str, Optional[str]) for r in schema_fields())
 
 
 def _display(path: Path) -> str:
@@ -380,21 +467,23 @@ def compose(
         files += _load_chain(Path(config))
     for path, data in files:
         for key, value in _flatten(data).items():
-            values[key] = value
-            source[key] = _display(path)
+            _set(values, source, key, value, _display(path))
     if output_dir is not None:
-        values["output.dir"] = output_dir
-        source["output.dir"] = f"{COMMAND_LINE} (--output_dir)"
+        _set(values, source, "output.dir", output_dir, f"{COMMAND_LINE} (--output_dir)")
     for item in overrides or []:
         key, value = parse_override(item)
-        values[key] = value
-        source[key] = COMMAND_LINE
+        _set(values, source, key, value, COMMAND_LINE)
     return values, source
 
 
 # --------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _section_node(section: str) -> Any:
+    return OmegaConf.structured(SECTIONS[section])
 
 
 def _type_problems(values: dict[str, Any], source: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
@@ -413,9 +502,8 @@ def _type_problems(values: dict[str, Any], source: dict[str, str]) -> tuple[list
                 problems.append(f"{where}: unknown key '{key}'{_nearest(key)}")
             continue
         section, name = key.split(".", 1)
-        try:
-            node = OmegaConf.structured(SECTIONS[section])
-            OmegaConf.update(node, name, value, merge=False)
+        try:  # the same conversion build_config applies, one key at a time
+            OmegaConf.merge(_section_node(section), {name: value})  # merge copies, never mutates
         except OmegaConfBaseException as e:
             msg = str(e).splitlines()[0]
             problems.append(f"{where}: '{key}' has a wrong type or value ({value!r}): {msg}")
@@ -429,8 +517,11 @@ def _check(cond: bool, key: str, message: str, source: dict[str, str], problems:
         problems.append(f"{source.get(key, DEFAULT)}: '{key}' {message}")
 
 
-def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
-    """Values of the right type that are out of range or inconsistent with each other."""
+def _range_problems(cfg: Config, source: dict[str, str], missing: frozenset[str] = frozenset()) -> list[str]:
+    """Values of the right type that are out of range or inconsistent with each other.
+
+    Keys in `missing` (required, no value: already reported) hold a None stand-in and are not checked.
+    """
     p: list[str] = []
     from_fields = {row[0]: row[4] for row in schema_fields()}
     for key, choices in from_fields.items():
@@ -439,7 +530,7 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
             value = getattr(getattr(cfg, section), name)
             _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}", source, p)
     m, d, f, t, dist, e = cfg.model, cfg.data, cfg.fewshot, cfg.training, cfg.distill, cfg.eval
-    if m.name is None:
+    if m.name is None and "model.name" not in missing:
         arch_type = isinstance(m.architecture, dict) and "model_type" in m.architecture
         _check(
             m.init == "random" and arch_type,
@@ -450,7 +541,9 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
         )
         _check(m.tokenizer is not None, "model.tokenizer", "is required when model.name is null", source, p)
     _check(f.k >= 0, "fewshot.k", f"must be >= 0 (a shot count), got {f.k}", source, p)
-    _check(t.lr > 0, "training.lr", f"must be > 0, got {t.lr}", source, p)
+    _check(
+        math.isfinite(t.lr) and t.lr > 0, "training.lr", f"must be a finite number > 0, got {t.lr}", source, p
+    )
     _check(t.max_steps >= 1, "training.max_steps", f"must be >= 1, got {t.max_steps}", source, p)
     _check(t.save_every >= 1, "training.save_every", f"must be >= 1, got {t.save_every}", source, p)
     _check(t.warmup_steps >= 0, "training.warmup_steps", f"must be >= 0, got {t.warmup_steps}", source, p)
@@ -489,7 +582,13 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
             source,
             p,
         )
-    _check(dist.weight >= 0, "distill.weight", f"(lambda) must be >= 0, got {dist.weight}", source, p)
+    _check(
+        math.isfinite(dist.weight) and dist.weight >= 0,
+        "distill.weight",
+        f"(lambda) must be a finite number >= 0, got {dist.weight}",
+        source,
+        p,
+    )
     if dist.top_k is not None:
         _check(dist.top_k >= 1, "distill.top_k", f"must be >= 1 or null, got {dist.top_k}", source, p)
     else:
@@ -579,16 +678,8 @@ def _range_problems(cfg: Config, source: dict[str, str]) -> list[str]:
     return p
 
 
-def _missing_problems(node: Any, source: dict[str, str]) -> list[str]:
-    problems = []
-    for key in valid_keys():
-        section, name = key.split(".", 1)
-        if OmegaConf.is_missing(node[section], name):
-            problems.append(
-                f"{source.get(key, DEFAULT)}: '{key}' is required but has no value "
-                f"(set it in the config file or as {key}=...)"
-            )
-    return problems
+def _missing_keys(node: Any) -> list[str]:
+    return [k for k in valid_keys() if OmegaConf.is_missing(node[k.split(".")[0]], k.split(".", 1)[1])]
 
 
 def build_config(values: dict[str, Any], source: dict[str, str]) -> Config:
@@ -603,11 +694,22 @@ def build_config(values: dict[str, Any], source: dict[str, str]) -> Config:
         section, name = key.split(".", 1)
         nested.setdefault(section, {})[name] = value
     node = OmegaConf.merge(OmegaConf.structured(Config), nested)
-    missing = _missing_problems(node, source)
-    problems += missing
-    if not missing:
+    missing = _missing_keys(node)
+    problems += [
+        f"{source.get(key, DEFAULT)}: '{key}' is required but has no value (set it in the config file or as {key}=...)"
+        for key in missing
+    ]
+    # Range checks still run with a None stand-in for each missing value (required fields are Optional:
+    # a null is meaningful for some, see model.name), so every mistake is reported in one run.
+    try:
+        for key in missing:
+            OmegaConf.update(node, key, None, merge=False)
         cfg: Config = OmegaConf.to_object(node)  # type: ignore[assignment]
-        problems += _range_problems(cfg, source)
+    except OmegaConfBaseException:  # a required field that cannot be null: report what we have
+        if not problems:
+            raise
+    else:
+        problems += _range_problems(cfg, source, frozenset(missing))
     if problems:
         raise ConfigError(problems)
     return cfg

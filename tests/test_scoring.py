@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fsdistill.evaluation.scoring import (
     Score,
     extract_answer,

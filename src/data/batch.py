@@ -208,6 +208,8 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
     order = ExampleOrder(
         [e.row for e in train], t.seed, num_processes * t.per_device_batch_size * t.grad_accum_steps
     )
+    if shots is not None:
+        shots.check_step_size(order.global_batch)
     prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
     return TrainingBatches(
         train,

@@ -18,6 +18,11 @@ import random
 from collections.abc import Sequence
 
 from fsdistill.data.gsm8k_loader import Example
+from fsdistill.errors import UserError
+
+
+class FewShotError(UserError, ValueError):
+    """fewshot.k cannot be drawn from the rows available (shown without a traceback by the CLIs)."""
 
 
 class ShotSampler:
@@ -25,7 +30,9 @@ class ShotSampler:
 
     def __init__(self, pool: Sequence[Example], k: int, selection: str, seed: int, shuffle_answers: bool):
         if k > len(pool) - 1:
-            raise ValueError(f"fewshot.k={k} needs at least {k + 1} training rows, the pool has {len(pool)}")
+            raise FewShotError(
+                f"fewshot.k={k} needs at least {k + 1} training rows, the pool has {len(pool)}"
+            )
         self.by_row = {e.row: e for e in pool}
         self.pool_rows = [e.row for e in pool]
         self.k = k
@@ -60,3 +67,14 @@ class ShotSampler:
     def cache_key(self, row: int, step: int) -> tuple[int, int] | None:
         """Key under which the teacher ids of `row` can be cached (None: they change every step)."""
         return None if self.selection == "per_batch" and self.k > 0 else (row, 0)
+
+    def check_step_size(self, global_batch: int) -> None:
+        """per_batch draws k rows outside the step's G rows: refuse at launch what would fail mid-run."""
+        if self.selection != "per_batch" or self.k == 0:
+            return
+        free = len(self.pool_rows) - min(global_batch, len(self.pool_rows))
+        if free < self.k:
+            raise FewShotError(
+                f"fewshot.selection=per_batch with fewshot.k={self.k}: a step takes {global_batch} of the "
+                f"{len(self.pool_rows)} training rows, leaving {free} to draw exemplars from"
+            )

@@ -6,8 +6,9 @@ answer as the final assistant turn.
 
 The boundary is never hard-coded. We render the conversation twice, with the final assistant turn and
 as a generation prompt without it, require the second to be a prefix of the first, and call the rest
-the *answer part*: the answer plus whatever the template closes the turn with (Qwen3: `<|im_end|>\\n`,
-Llama 3: `<|eot_id|>`, Gemma 3: `<end_of_turn>\\n`), i.e. what the model must produce to stop.
+the *answer part*: the answer plus whatever the template closes the turn with (Qwen3: its im_end token
+and a newline; Llama 3: its eot_id token; Gemma 3: its end_of_turn token and a newline), i.e. what the
+model must produce to stop. (No template token is written in this package's data code; a test checks.)
 
 Prompt and answer part are tokenised separately and their ids concatenated. Retokenising the joined
 text could merge BPE tokens across the boundary and make the student's and teacher's answer ids differ.

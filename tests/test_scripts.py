@@ -1,0 +1,188 @@
+"""scripts/show_config.py on every shipped config; scripts/show_batch.py on the tiny and Qwen3 configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import CONFIGS, OFFLINE_OVERRIDES, REPO
+
+from fsdistill.config import load_config, to_dict
+from fsdistill.data.gsm8k_loader import load_split
+
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+SFT_CONFIGS = {"base.yaml", "qwen8b.yaml", "tiny/base.yaml", "tiny/full_ft.yaml"}
+BATCH_CONFIGS = sorted(
+    [
+        *CONFIGS.glob("tiny/*.yaml"),
+        CONFIGS / "base.yaml",
+        CONFIGS / "online_v1.yaml",
+        *CONFIGS.glob("ablation_*.yaml"),
+        *CONFIGS.glob("qwen8b*.yaml"),
+    ]
+)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rel(path) -> str:
+    return str(path.relative_to(CONFIGS))
+
+
+# --------------------------------------------------------------------------------------------------
+# show_config.py
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=rel)
+def test_show_config_prints_the_resolved_config(path, capsys):
+    show_config = load_script("show_config")
+    show_config.main(["--config", str(path), "--sources", "training.seed=7"])
+    out = capsys.readouterr().out
+    body, _, sources = out.partition("# set explicitly:")
+    cfg, source = load_config(str(path), overrides=["training.seed=7"])
+    assert yaml.safe_load(body) == to_dict(cfg)  # every key, defaults filled in
+    assert "#   training.seed: the command line" in sources
+    for key in source:
+        assert f"#   {key}: " in sources
+
+
+def test_show_config_subprocess_exit_status(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run(
+        [sys.executable, "scripts/show_config.py", "--config", "configs/online_v1.yaml", "fewshot.k=4"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["fewshot"]["k"] == 4
+    none = subprocess.run(
+        [sys.executable, "scripts/show_config.py"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    assert none.returncode == 2 and "give --config FILE" in none.stderr and "Traceback" not in none.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# show_batch.py
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def show_batch_module(qwen3_tokenizer_path):
+    """show_batch with load_tokenizer cached: the real loader, called once per module, not per config."""
+    from fsdistill.data import prompts
+
+    real = prompts.load_tokenizer
+    cache: dict[str, object] = {}
+
+    def cached(name_or_path):
+        assert str(name_or_path) == str(qwen3_tokenizer_path)
+        if name_or_path not in cache:
+            cache[name_or_path] = real(name_or_path)
+        return cache[name_or_path]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prompts, "load_tokenizer", cached)
+    yield load_script("show_batch")
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def train_rows(gsm8k_dir):
+    return load_split(str(gsm8k_dir), "train")
+
+
+HEADER = re.compile(
+    r"# training example: step (?P<step>\d+), slot (?P<slot>\d+), row (?P<row>\d+) of split 'train'\n"
+    r"(?:# no teacher \(--sft\)|# exemplar rows \((?P<sel>\w+), shuffle_answers=(?P<shuffle>\w+)\): "
+    r"\[(?P<shots>[\d, ]*)\])\n"
+    r"# student: (?P<s_len>\d+) tokens \(max (?P<s_max>\d+)\); answer part: (?P<a_len>\d+) tokens, "
+    r"label positions (?P<l0>\d+)\.\.(?P<l1>\d+)\n"
+    r"(?:# teacher: (?P<t_len>\d+) tokens \(max (?P<t_max>\d+)\); answer part starts at (?P<t_start>\d+)\n)?"
+)
+
+
+@pytest.mark.parametrize("path", BATCH_CONFIGS, ids=rel)
+def test_show_batch_marks_the_answer_span_and_counts_tokens(path, show_batch_module, train_rows, capsys):
+    sft = rel(path) in SFT_CONFIGS
+    args = ["--config", str(path), "--step", "2", *(["--sft"] if sft else []), *OFFLINE_OVERRIDES]
+    show_batch_module.main(args)
+    out = capsys.readouterr().out
+    m = HEADER.search(out)
+    assert m, out[:1000]
+    cfg, _ = load_config(str(path), overrides=OFFLINE_OVERRIDES)
+    h = {k: v for k, v in m.groupdict().items()}
+    assert (int(h["step"]), int(h["slot"])) == (2, 0)
+    assert int(h["s_max"]) == cfg.data.max_student_len
+    ex = train_rows[int(h["row"])]
+    answer_part = ex.answer + "<|im_end|>\n"
+    s_len, a_len = int(h["s_len"]), int(h["a_len"])
+    assert (int(h["l0"]), int(h["l1"])) == (s_len - a_len, s_len - 1)
+    assert (h["shots"] is None) == sft and (h["t_len"] is None) == sft
+    # the marked spans: exactly the answer part, once for the student and once for the teacher
+    body = out.replace("(answer part between \u27e6 \u27e7)", "")  # the section titles name the markers
+    spans = re.findall("\u27e6(.*?)\u27e7", body, flags=re.S)
+    assert spans == [answer_part] * (1 if sft else 2)
+    assert "===== STUDENT" in out and ("===== TEACHER" in out) != sft
+    student = out.split("===== STUDENT")[1].split("\n", 1)[1]
+    assert f"Question: {ex.question}<|im_end|>" in student and "<think>\n\n</think>\n\n\u27e6" in student
+    if not sft:
+        shots = [int(x) for x in h["shots"].split(",") if x.strip()]
+        assert len(shots) == cfg.fewshot.k and int(h["row"]) not in shots
+        assert (h["sel"], h["shuffle"]) == (cfg.fewshot.selection, str(cfg.fewshot.shuffle_answers))
+        teacher = out.split("===== TEACHER")[1]
+        assert teacher.count("<|im_start|>user\nQuestion: ") == cfg.fewshot.k + 1
+        if cfg.fewshot.k == 0:
+            assert int(h["t_len"]) == s_len
+        else:
+            assert int(h["t_len"]) > s_len
+        assert int(h["t_max"]) == cfg.data.max_teacher_len
+        assert int(h["t_len"]) - int(h["t_start"]) == a_len
+
+
+def test_show_batch_reports_a_too_long_example(show_batch_module, capsys):
+    path = CONFIGS / "tiny" / "online_v1.yaml"
+    show_batch_module.main(["--config", str(path), *OFFLINE_OVERRIDES, "data.max_student_len=16"])
+    assert "exceeds a length limit and is dropped" in capsys.readouterr().out
+
+
+def test_show_batch_user_errors_exit_2_without_traceback(show_batch_module, capsys):
+    path = CONFIGS / "tiny" / "online_v1.yaml"
+    for extra in (["data.max_train_examples=2"], ["--index", "-1"]):  # k=2 needs 3 rows; a bad index
+        with pytest.raises(SystemExit) as e:
+            show_batch_module.main(["--config", str(path), *OFFLINE_OVERRIDES, *extra])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_overrides_may_come_before_and_after_options(show_batch_module, capsys):
+    show_config = load_script("show_config")
+    show_config.main(
+        ["fewshot.k=3", "--config", str(CONFIGS / "online_v1.yaml"), "training.lr=1e-3", "--sources"]
+    )
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out.split("# set explicitly:")[0])["fewshot"]["k"] == 3
+    assert "#   training.lr: the command line" in out
+    path = CONFIGS / "tiny" / "online_v1.yaml"
+    show_batch_module.main(
+        [OFFLINE_OVERRIDES[0], "--config", str(path), OFFLINE_OVERRIDES[1], "--index", "5"]
+    )
+    assert "slot 1, row " in capsys.readouterr().out  # index 5 with G = 4: step 1, slot 1
