@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from fsdistill.data.fewshot import ShotSampler
@@ -161,19 +162,25 @@ class TrainingBatches:
         self.max_teacher_len = max_teacher_len
         self.pad_id = pad_id
         self._student_cache: dict[int, tuple] = {}
-        self._teacher_cache: dict[tuple, EncodedExample] = {}
+        # Encoded pairs as int32 arrays: ~8 bytes per token instead of ~36 for Python lists of ints
+        # (k=8 on the full split: ~15 M teacher tokens per process).
+        self._teacher_cache: dict[tuple, tuple[np.ndarray, np.ndarray, int, int]] = {}
 
     def encode(self, row: int, step: int, step_rows: list[int]) -> EncodedExample:
         example = self.by_row[row]
         key = self.shots.cache_key(row, step) if self.shots else (row, 0)
         if key is not None and key in self._teacher_cache:
-            return self._teacher_cache[key]
+            student_ids, teacher_ids, student_start, teacher_start = self._teacher_cache[key]
+            return EncodedExample(row, student_ids.tolist(), teacher_ids.tolist(), student_start, teacher_start)
         if row not in self._student_cache:
             self._student_cache[row] = self.prompts.encode_student(example)
         shots = self.shots.shots(row, step, step_rows) if self.shots else []
         encoded = self.prompts.encode_pair(example, shots, self._student_cache[row])
         if key is not None:
-            self._teacher_cache[key] = encoded
+            self._teacher_cache[key] = (
+                np.asarray(encoded.student_ids, dtype=np.int32), np.asarray(encoded.teacher_ids, dtype=np.int32),
+                encoded.student_answer_start, encoded.teacher_answer_start,
+            )
         return encoded
 
     def fits(self, e: EncodedExample) -> bool:
