@@ -201,6 +201,55 @@ def accuracy_curves(
     return drawn
 
 
+TEACHER_FORCED_LABELS = {
+    "nll": "gold-answer NLL per token (nats)",
+    "kl": "KL(k-shot base teacher || model) per token (nats)",
+}
+
+
+def _metric_point(label: str, entry: Mapping[str, Any], metric: str) -> tuple[Any, float, float, float]:
+    summary = (entry.get("teacher_forced") or {}).get(metric)
+    if summary is None:
+        raise ResultsError(
+            f"{label!r}: entry {entry_key(entry)} has no teacher-forced metric {metric!r} "
+            "(evaluate with --teacher_forced)"
+        )
+    return entry["step"], summary["mean"], *map(float, summary["ci95"])
+
+
+def teacher_forced_curves(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    metric: str,
+    out_png: str | Path,
+    title: str,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, list[tuple]]:
+    """A teacher-forced metric (``nll`` or ``kl``) vs. step per label, with its bootstrap 95% band;
+    ``references`` (base model entries) are dashed lines.
+
+    Returns {label: [(step, mean, lo, hi), ...]}, references as [(None, mean, lo, hi)].
+    """
+    fig, ax = _new_axes(title, TEACHER_FORCED_LABELS.get(metric, metric))
+    drawn: dict[str, list[tuple]] = {}
+    for i, (label, entries) in enumerate(curves.items()):
+        points = sorted(_metric_point(label, e, metric) for e in entries)
+        steps = [p[0] for p in points]
+        if None in steps or len(set(steps)) != len(steps):
+            raise ValueError(f"curve {label!r}: steps must be distinct checkpoint steps, got {steps}")
+        ax.plot(steps, [p[1] for p in points], "o-", color=f"C{i}", label=label, markersize=4)
+        ax.fill_between(steps, [p[2] for p in points], [p[3] for p in points], color=f"C{i}", alpha=0.2)
+        drawn[label] = points
+    for j, (label, entry) in enumerate((references or {}).items(), start=len(drawn)):
+        _, mean, lo, hi = _metric_point(label, entry, metric)
+        ax.axhline(mean, color=f"C{j}", linestyle="--", label=label)
+        ax.axhspan(lo, hi, color=f"C{j}", alpha=0.1)
+        drawn[label] = [(None, mean, lo, hi)]
+    ax.set_xlabel("training step (optimizer steps); bands: 95% bootstrap interval over problems")
+    ax.legend(fontsize=8)
+    _save(fig, out_png)
+    return drawn
+
+
 def loss_curves(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
     out_png: str | Path,
