@@ -344,3 +344,20 @@ def test_collect_provenance_without_git(monkeypatch):
     monkeypatch.setattr(R.subprocess, "run", no_git)
     prov = collect_provenance()
     assert prov["git_commit"] is None and prov["git_dirty"] is None
+
+
+def test_teacher_forced_only_entry_has_no_accuracy():
+    """eval.generate=false: examples without predictions give accuracy null and need teacher-forced metrics."""
+    examples = [{"index": 3, "gold": "5"}, {"index": 9, "gold": "7"}]
+    entry = R.make_entry("sft", "sft", 10, 0, examples, teacher_forced_metrics={"nll": [1.0, 3.0]})
+    assert entry["accuracy"] is None and entry["n_correct"] is None and entry["ci95"] is None
+    assert entry["n"] == 2 and entry["teacher_forced"]["nll"]["mean"] == pytest.approx(2.0)
+    assert all(ex["prediction"] is None and ex["correct"] is None for ex in entry["examples"])
+    with pytest.raises(R.ResultsError, match="must carry teacher_forced"):
+        R.make_entry("sft", "sft", 10, 0, examples)
+    with pytest.raises(R.ResultsError, match="no accuracy"):
+        R.best_of([entry])
+    mixed = json.loads(json.dumps(entry))
+    mixed["examples"][0]["correct"] = True
+    with pytest.raises(R.ResultsError, match="accuracy is null"):
+        R.validate_entry(mixed, "mixed")

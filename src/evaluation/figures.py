@@ -31,6 +31,7 @@ from fsdistill.evaluation.results import (
     find_entry,
     load_pooled,
     load_results,
+    require_accuracy,
     require_same_examples,
 )
 
@@ -68,6 +69,7 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
 
 
 def _interval(entry: Mapping[str, Any]) -> tuple[float, float]:
+    require_accuracy(entry)
     lo, hi = entry["ci95"]
     return float(lo), float(hi)
 

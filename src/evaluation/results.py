@@ -68,19 +68,19 @@ _ENTRY_FIELDS = {
     "step": (int, type(None)),
     "shots": int,
     "checkpoint": (str, type(None)),
-    "accuracy": (int, float),
+    "accuracy": (int, float, type(None)),  # null: not generated (eval.generate=false), teacher-forced only
     "n": int,
-    "n_correct": int,
-    "ci95": list,
+    "n_correct": (int, type(None)),
+    "ci95": (list, type(None)),
     "examples": list,
     "teacher_forced": (dict, type(None)),
 }
 _EXAMPLE_FIELDS = {
     "index": int,
-    "prediction": str,
+    "prediction": (str, type(None)),
     "extracted": (str, type(None)),
     "gold": str,
-    "correct": bool,
+    "correct": (bool, type(None)),
 }
 _METRIC_FIELDS = {"mean": (int, float), "ci95": list, "n": int}
 _MISSING = object()
@@ -156,6 +156,24 @@ def make_entry(
             for row, value in zip(rows, values):
                 row[name] = float(value)
     n = len(rows)
+    if not any("prediction" in row for row in rows):  # teacher-forced only: nothing was generated
+        for row in rows:
+            row.update(prediction=None, extracted=None, correct=None)
+        entry = {
+            "condition": condition,
+            "method": method,
+            "step": step,
+            "shots": shots,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "accuracy": None,
+            "n": n,
+            "n_correct": None,
+            "ci95": None,
+            "examples": rows,
+            "teacher_forced": teacher_forced,
+        }
+        validate_entry(entry, f"make_entry({condition!r}, step={step}, shots={shots})")
+        return _json_normalised(entry, f"entry {condition!r}")
     n_correct = sum(1 for row in rows if row.get("correct") is True)
     entry = {
         "condition": condition,
@@ -214,11 +232,38 @@ def _check_examples(entry: dict, where: str) -> None:
 
 
 def _check_counts(entry: dict, where: str) -> None:
-    """n, n_correct and accuracy agree with the examples, so no summary can drift from its data."""
+    """n, n_correct and accuracy agree with the examples, so no summary can drift from its data.
+
+    An entry without generation (accuracy null) has no prediction or correctness anywhere and must carry
+    teacher-forced metrics instead.
+    """
     n = len(entry["examples"])
-    n_correct = sum(ex["correct"] for ex in entry["examples"])
     if entry["n"] != n:
         raise ResultsError(f"{where}: field 'n' is {entry['n']} but there are {n} examples")
+    if entry["accuracy"] is None:
+        generated = [f for f in ("n_correct", "ci95") if entry[f] is not None]
+        generated += [
+            f"examples[{i}].{f}"
+            for i, ex in enumerate(entry["examples"])
+            for f in ("prediction", "extracted", "correct")
+            if ex[f] is not None
+        ][:3]
+        if generated:
+            raise ResultsError(f"{where}: accuracy is null (nothing generated) but {generated} are set")
+        if not entry["teacher_forced"]:
+            raise ResultsError(f"{where}: an entry without accuracy must carry teacher_forced metrics")
+        return
+    missing = [f for f in ("n_correct", "ci95") if entry[f] is None]
+    missing += [
+        f"examples[{i}].{f}"
+        for i, ex in enumerate(entry["examples"])
+        for f in ("prediction", "correct")
+        if ex[f] is None
+    ][:3]
+    if missing:
+        raise ResultsError(f"{where}: accuracy is set but {missing} are null")
+    _check_interval(entry["ci95"], where)
+    n_correct = sum(ex["correct"] for ex in entry["examples"])
     if entry["n_correct"] != n_correct:
         raise ResultsError(
             f"{where}: field 'n_correct' is {entry['n_correct']} but {n_correct} examples are correct"
@@ -238,7 +283,6 @@ def validate_entry(entry: Any, where: str = "entry") -> None:
         raise ResultsError(f"{where}: field 'step' must be null for the base model, got {entry['step']}")
     if entry["shots"] < 0:
         raise ResultsError(f"{where}: field 'shots' must be >= 0, got {entry['shots']}")
-    _check_interval(entry["ci95"], where)
     _check_examples(entry, where)
     _check_counts(entry, where)
     for name, summary in (entry["teacher_forced"] or {}).items():
@@ -320,16 +364,29 @@ def best_entry(results: dict, condition: str, shots: int = 0) -> dict:
     return best_of(found)
 
 
+def require_accuracy(entry: Mapping[str, Any]) -> None:
+    """Accuracy-reading code calls this: a teacher-forced-only entry has none."""
+    if entry["accuracy"] is None:
+        raise ResultsError(
+            f"entry {entry_key(entry)} has no accuracy: it was evaluated without generation "
+            "(eval.generate=false), with teacher-forced metrics only"
+        )
+
+
 def best_of(entries: Sequence[dict]) -> dict:
     """The most accurate entry (ties: the earliest step); see best_entry on "selected on test"."""
     if not entries:
         raise ResultsError("best_of: no entries")
+    for entry in entries:
+        require_accuracy(entry)
     ordered = sorted(entries, key=lambda e: -1 if e["step"] is None else e["step"])
     return max(ordered, key=lambda e: e["accuracy"])  # max keeps the first of equals
 
 
 def paired_correctness(entry_a: dict, entry_b: dict) -> tuple[list[bool], list[bool]]:
     """Both entries' correctness aligned by example index; they must cover exactly the same examples."""
+    require_accuracy(entry_a)
+    require_accuracy(entry_b)
     a = {ex["index"]: ex["correct"] for ex in entry_a["examples"]}
     b = {ex["index"]: ex["correct"] for ex in entry_b["examples"]}
     if a.keys() != b.keys():
