@@ -213,6 +213,10 @@ class EvalConfig:
     icl_seed: int = opt(42, "Seed of the exemplars drawn from train for k-shot evaluation.")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel degree.")
     gpu_memory_utilization: float = opt(0.85, "vLLM fraction of GPU memory.")
+    generate: bool = opt(
+        True,
+        "Score accuracy by greedy generation. false: teacher-forced metrics only (needs eval.teacher_forced).",
+    )
     teacher_forced: bool = opt(
         False,
         "Also compute teacher-forced metrics: gold-answer NLL (0-shot prompt) and KL from the "
@@ -650,6 +654,13 @@ def _range_problems(cfg: Config, source: dict[str, str], missing: frozenset[str]
     _check(lo.alpha > 0, "lora.alpha", f"must be > 0, got {lo.alpha}", source, p)
     _check(0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lo.dropout}", source, p)
     _check(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module", source, p)
+    _check(
+        e.generate or e.teacher_forced,
+        "eval.generate",
+        "is false, so eval.teacher_forced must be true (otherwise nothing is measured)",
+        source,
+        p,
+    )
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1, got {e.max_new_tokens}", source, p)
     _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}", source, p)
     _check(
