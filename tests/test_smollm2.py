@@ -66,6 +66,11 @@ def chat_logits(model, tokenizer, chats):
     return out
 
 
+def shared_conversion_dir(tmp_path_factory) -> Path:
+    """One folder per test session, so modules that need the converted model convert only once."""
+    return tmp_path_factory.getbasetemp() / "smollm2-shared" / "smollm2-135m-instruct"
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """One conversion into a tmp folder, the GGUF model's reference logits, and the folder's model.
@@ -83,12 +88,14 @@ def converted(tmp_path_factory):
         return loaded[-1]
 
     real_load_gguf = smollm2.load_gguf
-    out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
+    out = shared_conversion_dir(tmp_path_factory)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(smollm2, "load_gguf", spy)
         start = time.perf_counter()
         folder = smollm2.convert_gguf_to_hf(out)
         convert_s = time.perf_counter() - start
+    if not loaded:  # another module converted into the shared folder first: load the reference here
+        loaded.append(smollm2.load_gguf())
     gguf_model, gguf_tokenizer = loaded.pop()
     reference = chat_logits(gguf_model, gguf_tokenizer, TEST_CHATS)
     del gguf_model
