@@ -7,7 +7,9 @@
 Runs are found through their run.json under --base_dir; a condition is a run's `name` (default: its
 output folder's name). LoRA and full fine-tuning checkpoints are told apart by the run's config. The
 result file is written after every checkpoint (atomically) and (condition, step) pairs already in it are
-skipped, so an interrupted sweep resumes where it stopped.
+skipped, so an interrupted sweep resumes where it stopped. With --teacher_forced and eval.generate=false,
+teacher-forced metrics only (no generation). --split validation needs --config to hold out the same
+rows as each run (data source, size, seed), which is checked.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def parse(argv):
         help="validation: rows held out of train (data.validation_size) to select checkpoints.",
     )
     parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may stand between options (`--config C a=1 --output O b=2`), as in training.
+    args = parser.parse_intermixed_args(argv)
     extra = [
         f"eval.{k}={v}"
         for k, v in (
@@ -88,6 +91,10 @@ def run_checkpoints(run_dir: Path, steps: list[int] | None) -> list[tuple[int, P
     from fsdistill.training.checkpoint import list_checkpoints
 
     have = list_checkpoints(run_dir)
+    if not have:
+        raise UserError(
+            f"{run_dir}: the run has no complete checkpoint (checkpoint-STEP/ with checkpoint.json)"
+        )
     if steps is None:
         return have
     by_step = dict(have)
@@ -95,6 +102,37 @@ def run_checkpoints(run_dir: Path, steps: list[int] | None) -> list[tuple[int, P
     if missing:
         raise UserError(f"{run_dir}: no checkpoint for steps {missing}; it has {sorted(by_step)}")
     return [(s, by_step[s]) for s in steps]
+
+
+# What decides which training rows are held out as validation (data/gsm8k_loader.split_train_validation).
+VALIDATION_KEYS = (
+    "data.source",
+    "data.hub_config",
+    "data.train_split",
+    "data.max_train_examples",
+    "data.validation_size",
+    "training.seed",
+)
+
+
+def check_same_validation_rows(cfg, run_cfg, run_dir: Path) -> None:
+    """--split validation scores rows the run held out; --config must hold out the very same rows, or
+    rows the run trained on would be scored as "validation"."""
+
+    def value(c, key):
+        section, name = key.split(".")
+        return getattr(getattr(c, section), name)
+
+    diffs = [
+        f"{k}: run has {value(run_cfg, k)!r}, --config has {value(cfg, k)!r}"
+        for k in VALIDATION_KEYS
+        if value(run_cfg, k) != value(cfg, k)
+    ]
+    if diffs:
+        raise UserError(
+            f"--split validation: {run_dir} held out other rows than --config describes, so its training rows "
+            "could be scored as validation:\n    " + "\n    ".join(diffs)
+        )
 
 
 def check_same_base(cfg, run_cfg, run_dir: Path) -> None:
@@ -121,8 +159,13 @@ def main(argv=None) -> None:
     for name in args.conditions:
         run_dir = resolve_condition(runs, name)
         manifest = json.loads((run_dir / "run.json").read_text())
+        missing = [k for k in ("method", "config") if k not in manifest]
+        if missing:
+            raise UserError(f"{run_dir / 'run.json'}: not a run manifest (no {', '.join(missing)})")
         run_cfg = from_dict(manifest["config"], f"{run_dir / 'run.json'} (config)")
         check_same_base(cfg, run_cfg, run_dir)
+        if args.split == "validation":
+            check_same_validation_rows(cfg, run_cfg, run_dir)
         plan.append((name, manifest["method"], run_cfg, run_checkpoints(run_dir, args.checkpoint_steps)))
     sweep(cfg, args, plan)
 
@@ -174,11 +217,7 @@ def sweep(cfg, args, plan) -> None:
                 )
                 upsert_entry(results, entry)
                 save_results(args.output, results)
-                print(
-                    f"{name} step {step}: accuracy {entry['accuracy']:.2%} (n={entry['n']}, 95% CI "
-                    f"{entry['ci95'][0]:.2%}-{entry['ci95'][1]:.2%})"
-                    + "".join(f", {k} {m['mean']:.4f}" for k, m in (entry["teacher_forced"] or {}).items())
-                )
+                print(ev.describe_entry(f"{name} step {step}", entry))
     finally:
         evaluator.close()
 
@@ -192,20 +231,20 @@ class CheckpointEvaluator:
         self.cfg, self.tokenizer, self.prompt_ids, self.teacher_seq = cfg, tokenizer, prompt_ids, teacher_seq
         self.settings = ev.generation_settings(cfg, tokenizer)
         self.device = ev.eval_device()
-        self.engines: dict[str, object] = {}  # vLLM: one engine per base model (LoRA) or checkpoint (full)
+        # vLLM: one engine at a time (each takes gpu_memory_utilization of the GPU), kept while LoRA
+        # checkpoints of the same base model follow; a full fine-tuning checkpoint needs its own.
+        self.engines: dict[tuple, object] = {}
         self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
 
     def generate_vllm(self, run_cfg, path: Path) -> list[str]:
         from fsdistill.evaluation.generation import VLLMGenerator
 
         lora = run_cfg.training.use_lora
-        key = run_cfg.model.name if lora else str(path)
+        m = run_cfg.model
+        # The adapter's rank is part of a LoRA engine's key: vLLM refuses adapters above max_lora_rank.
+        key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", str(path))
         if key not in self.engines:
-            for engine in self.engines.values():
-                if not lora:
-                    engine.close()
-            if not lora:
-                self.engines.clear()
+            self.close()  # free the GPU before the next engine: two engines need twice the memory
             self.engines[key] = VLLMGenerator(
                 run_cfg.model.name if lora else str(path),
                 tokenizer=run_cfg.model.tokenizer if lora else str(path),
@@ -217,16 +256,22 @@ class CheckpointEvaluator:
             )
         return self.engines[key].generate(self.prompt_ids, lora_path=str(path) if lora else None)
 
-    def evaluate(self, run_cfg, path: Path) -> tuple[list[str], dict | None]:
+    def evaluate(self, run_cfg, path: Path) -> tuple[list[str] | None, dict | None]:
+        """(generated texts, or None with eval.generate=false; teacher-forced metrics or None)."""
+        import gc
+
+        import torch
+
         from fsdistill.evaluation import evaluate as ev
         from fsdistill.evaluation.generation import generate_hf
         from fsdistill.models.student import load_causal_lm, load_checkpoint_model
 
-        texts = self.generate_vllm(run_cfg, path) if self.cfg.eval.backend == "vllm" else None
+        generate = self.cfg.eval.generate
+        texts = self.generate_vllm(run_cfg, path) if generate and self.cfg.eval.backend == "vllm" else None
         if texts is not None and self.teacher_seq is None:
             return texts, None
         model = load_checkpoint_model(path, run_cfg).to(self.device).eval()
-        if texts is None:
+        if generate and texts is None:
             texts = generate_hf(
                 model, self.tokenizer, self.prompt_ids, self.settings, self.cfg.eval.batch_size
             )
@@ -247,6 +292,12 @@ class CheckpointEvaluator:
                 f"teacher-forced {path.name}",
             )
         del model
+        if self.cfg.eval.backend == "vllm":
+            # The next vLLM engine claims gpu_memory_utilization of the GPU: hand back what torch holds.
+            self.frozen_base = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         return texts, metrics
 
     def close(self) -> None:

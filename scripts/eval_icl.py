@@ -5,7 +5,8 @@
 
 Exemplars: k training rows drawn once with eval.icl_seed, the same for every question. Qwen3 prompts
 have thinking off (enable_thinking=False reaches the template). With --teacher_forced, also the gold
-answer's NLL (0-shot and k-shot prompts) and the KL from the k-shot teacher to the 0-shot model.
+answer's NLL (0-shot and k-shot prompts) and the KL from the k-shot teacher to the 0-shot model;
+with eval.generate=false those alone (no generation, entries without accuracy).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def parse(argv):
     parser.add_argument("--tensor_parallel_size", type=int, help="vLLM tensor parallel degree.")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may stand between options (`--config C a=1 --output O b=2`), as in training.
+    args = parser.parse_intermixed_args(argv)
     extra = [
         f"eval.{k}={v}"
         for k, v in (
@@ -80,48 +82,52 @@ def main(argv=None) -> None:
     model = None
     generator = None
     device = ev.eval_device()
-    for k in todo:
-        prompt_ids = ev.generation_prompts(
-            prompts, data.examples, ev.icl_exemplars(data.train, k, cfg.eval.icl_seed)
-        )
-        if cfg.eval.backend == "vllm":
-            from fsdistill.evaluation.generation import VLLMGenerator
-
-            generator = generator or VLLMGenerator(
-                cfg.model.name,
-                tokenizer=cfg.model.tokenizer,
-                settings=ev.generation_settings(cfg, tokenizer),
-                tensor_parallel_size=cfg.eval.tensor_parallel_size,
-                dtype=cfg.model.dtype,
-                max_lora_rank=None,
-                gpu_memory_utilization=cfg.eval.gpu_memory_utilization,
+    try:
+        for k in todo:
+            prompt_ids = ev.generation_prompts(
+                prompts, data.examples, ev.icl_exemplars(data.train, k, cfg.eval.icl_seed)
             )
-            texts = generator.generate(prompt_ids)
-        if cfg.eval.backend == "hf" or cfg.eval.teacher_forced:
-            from fsdistill.models.student import load_causal_lm
+            texts = None  # eval.generate=false: teacher-forced metrics only
+            if cfg.eval.generate and cfg.eval.backend == "vllm":
+                from fsdistill.evaluation.generation import VLLMGenerator
 
-            model = model or load_causal_lm(cfg.model).to(device).eval()
-        if cfg.eval.backend == "hf":
-            from fsdistill.evaluation.generation import generate_hf
+                generator = generator or VLLMGenerator(
+                    cfg.model.name,
+                    tokenizer=cfg.model.tokenizer,
+                    settings=ev.generation_settings(cfg, tokenizer),
+                    tensor_parallel_size=cfg.eval.tensor_parallel_size,
+                    dtype=cfg.model.dtype,
+                    max_lora_rank=None,
+                    gpu_memory_utilization=cfg.eval.gpu_memory_utilization,
+                )
+                texts = generator.generate(prompt_ids)
+            if (cfg.eval.generate and cfg.eval.backend == "hf") or cfg.eval.teacher_forced:
+                from fsdistill.models.student import load_causal_lm
 
-            texts = generate_hf(
-                model, tokenizer, prompt_ids, ev.generation_settings(cfg, tokenizer), cfg.eval.batch_size
+                model = model or load_causal_lm(cfg.model).to(device).eval()
+            if cfg.eval.generate and cfg.eval.backend == "hf":
+                from fsdistill.evaluation.generation import generate_hf
+
+                texts = generate_hf(
+                    model, tokenizer, prompt_ids, ev.generation_settings(cfg, tokenizer), cfg.eval.batch_size
+                )
+            metrics = None
+            if cfg.eval.teacher_forced:
+                metrics = base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device)
+            entry = make_entry(
+                "base",
+                "base",
+                None,
+                k,
+                ev.score_examples(data.examples, texts),
+                teacher_forced_metrics=metrics,
             )
-        metrics = None
-        if cfg.eval.teacher_forced:
-            metrics = base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device)
-        entry = make_entry(
-            "base", "base", None, k, ev.score_examples(data.examples, texts), teacher_forced_metrics=metrics
-        )
-        upsert_entry(results, entry)
-        save_results(args.output, results)
-        print(
-            f"base {k}-shot: accuracy {entry['accuracy']:.2%} (n={entry['n']}, 95% CI "
-            f"{entry['ci95'][0]:.2%}-{entry['ci95'][1]:.2%})"
-            + "".join(f", {name} {m['mean']:.4f}" for name, m in (entry["teacher_forced"] or {}).items())
-        )
-    if generator is not None:
-        generator.close()
+            upsert_entry(results, entry)
+            save_results(args.output, results)
+            print(ev.describe_entry(f"base {k}-shot", entry))
+    finally:
+        if generator is not None:
+            generator.close()
 
 
 def base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device) -> dict[str, list[float]]:

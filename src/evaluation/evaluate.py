@@ -65,6 +65,10 @@ def load_eval_data(cfg: Config, split: str) -> EvalData:
 
 def icl_exemplars(train: list[Example], k: int, seed: int) -> list[tuple[str, str]]:
     """k seeded training exemplars, the same for every evaluated question (k-shot ICL evaluation)."""
+    if k > len(train):
+        raise UserError(
+            f"{k}-shot evaluation needs {k} training rows as exemplars, the pool has {len(train)}"
+        )
     return [(e.question, e.answer) for e in random.Random(f"icl:{seed}").sample(train, k)]
 
 
@@ -73,8 +77,14 @@ def teacher_exemplars(train: list[Example], k: int, seed: int, row: int) -> list
     return [(e.question, e.answer) for e in random.Random(seed + row).sample(train, k)]
 
 
-def score_examples(examples: list[Example], predictions: list[str]) -> list[dict]:
-    """Per-example records of the result schema: index (row in the split), prediction, extracted, gold, correct."""
+def score_examples(examples: list[Example], predictions: list[str] | None) -> list[dict]:
+    """Per-example records of the result schema: index (row in the split), prediction, extracted, gold, correct.
+
+    predictions None (eval.generate=false, teacher-forced metrics only): index and gold alone, which
+    results.make_entry records as an entry without accuracy.
+    """
+    if predictions is None:
+        return [{"index": e.row, "gold": gold_answer(e.answer)} for e in examples]
     records = []
     for example, text in zip(examples, predictions, strict=True):
         gold = gold_answer(example.answer)
@@ -88,6 +98,16 @@ def score_examples(examples: list[Example], predictions: list[str]) -> list[dict
             }
         )
     return records
+
+
+def describe_entry(label: str, entry: dict) -> str:
+    """One line for the console: accuracy with its interval (when generated) and teacher-forced means."""
+    if entry["accuracy"] is None:
+        text = f"{label}: n={entry['n']}, not generated"
+    else:
+        lo, hi = entry["ci95"]
+        text = f"{label}: accuracy {entry['accuracy']:.2%} (n={entry['n']}, 95% CI {lo:.2%}-{hi:.2%})"
+    return text + "".join(f", {k} {m['mean']:.4f}" for k, m in (entry["teacher_forced"] or {}).items())
 
 
 def generation_prompts(
@@ -163,16 +183,25 @@ def generation_settings(cfg: Config, tokenizer):
 
 def result_settings(cfg: Config, script: str, split: str) -> dict:
     """What a result file's numbers depend on; a resumed sweep must match these (results.load_or_new)."""
-    e = cfg.eval
+    e, d = cfg.eval, cfg.data
     return {
         "script": script,
         "model": cfg.model.name,
         "model_init": cfg.model.init,
         "model_architecture": dict(cfg.model.architecture),
         "tokenizer": cfg.model.tokenizer or cfg.model.name,
-        "data_source": cfg.data.source,
+        "data_source": d.source,
         "split": split,
-        "question_template": cfg.data.question_template,
+        # The exemplar pool (k-shot prompts, the teacher of teacher-forced metrics) and the validation
+        # rows are cut from the training split by these.
+        "train_split": d.train_split,
+        "test_split": d.test_split,
+        "max_train_examples": d.max_train_examples,
+        "validation_size": d.validation_size,
+        "validation_seed": cfg.training.seed if d.validation_size else None,
+        "question_template": d.question_template,
+        "chat_template_date": d.chat_template_date,
+        "generate": e.generate,
         "backend": e.backend,
         "max_new_tokens": e.max_new_tokens,
         "n_samples": e.n_samples,

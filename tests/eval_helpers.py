@@ -1,0 +1,125 @@
+"""Helpers of tests/test_eval.py: a tiny arithmetic data set, the scripts and training entry points run
+in-process, and a recording stand-in for vLLM."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+import weakref
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny"
+SCRIPTS = REPO / "scripts"
+
+# 16 additions with distinct operands and distinct sums.
+PAIRS = [
+    (7, 5),
+    (12, 9),
+    (3, 21),
+    (25, 4),
+    (9, 13),
+    (14, 30),
+    (31, 2),
+    (6, 17),
+    (18, 6),
+    (2, 44),
+    (40, 3),
+    (11, 19),
+    (5, 28),
+    (27, 10),
+    (16, 23),
+    (8, 35),
+]
+
+
+def arithmetic_rows() -> list[dict[str, str]]:
+    """GSM8K-form rows with the shortest answers, `#### N` alone.
+
+    Every answer token costs a (vocabulary 151,936) x (hidden 64) output layer forward and backward. With
+    a rationale (`7 + 5 = <<7+5=12>>12\n#### 12`, ~4x the tokens) the tiny model needed 150 steps instead
+    of 100 to memorise the rows, each ~3x as slow.
+    """
+    return [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a, b in PAIRS]
+
+
+def write_arithmetic_data(dest: Path) -> Path:
+    """dest/{train,test}.jsonl holding the same 16 rows (a model overfit on train must ace test)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row) + "\n" for row in arithmetic_rows())
+    for split in ("train", "test"):
+        (dest / f"{split}.jsonl").write_text(text)
+    return dest
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/{name}.py as a module (scripts/ is not a package); one module object per name."""
+    key = f"_fsdistill_script_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def train(entry: str, config: str, out: Path, *overrides: str) -> Path:
+    """Run fsdistill.training.{entry}.main in-process on `config` (a path, or a name in configs/tiny);
+    returns the run folder."""
+    module = importlib.import_module(f"fsdistill.training.{entry}")
+    module.main(["--config", str(TINY / config), "--output_dir", str(out), *overrides])
+    return out
+
+
+class RecordingVLLM:
+    """What `generation.import_vllm()` returns (LLM, SamplingParams, LoRARequest), recording every use.
+
+    engines: the keyword arguments of each LLM(...) in creation order.
+    requests: one record per generate call (engine number, prompts, sampling params, LoRA request).
+    events: ("open", n) when engine n is made and ("closed", n) when it is garbage collected.
+    Each prompt is answered with `text_for(prompt_token_ids)`.
+    """
+
+    def __init__(self, text_for=lambda ids: f"#### {len(ids)}"):
+        self.engines: list[dict] = []
+        self.requests: list[SimpleNamespace] = []
+        self.events: list[tuple[str, int]] = []
+        recorder = self
+
+        class LLM:
+            def __init__(self, **kwargs):
+                self.number = len(recorder.engines)
+                recorder.engines.append(kwargs)
+                recorder.events.append(("open", self.number))
+                weakref.finalize(self, recorder.events.append, ("closed", self.number))
+
+            def generate(self, prompts, sampling_params=None, lora_request=None):
+                recorder.requests.append(
+                    SimpleNamespace(
+                        engine=self.number, prompts=prompts, params=sampling_params, lora=lora_request
+                    )
+                )
+                return [
+                    SimpleNamespace(outputs=[SimpleNamespace(text=text_for(p["prompt_token_ids"]))])
+                    for p in prompts
+                ]
+
+        self.LLM = LLM
+
+    @staticmethod
+    def SamplingParams(**kwargs):  # noqa: N802 - vLLM's class name
+        return SimpleNamespace(**kwargs)
+
+    @staticmethod
+    def LoRARequest(lora_name, lora_int_id, lora_path):  # noqa: N802 - vLLM's class name
+        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
+
+    def most_open_at_once(self) -> int:
+        open_now = peak = 0
+        for kind, _ in self.events:
+            open_now += 1 if kind == "open" else -1
+            peak = max(peak, open_now)
+        return peak

@@ -1,0 +1,656 @@
+"""eval_icl.py and eval_checkpoints.py on tiny models: result files, test subsets, prompts, resumption,
+refusals, the vLLM plumbing (a recording stand-in engine), teacher-forced metrics, and an end-to-end
+check that a model overfit on 16 rows scores >= 90% on them (a random model's ~0% would hide a prompt or
+scoring bug that marks every answer wrong).
+
+Training runs are shared per module: one LoRA SFT run, one LoRA distillation run and one full
+fine-tuning run of 2 checkpoints each, and one overfit full fine-tuning run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import GSM8K_DIR, OFFLINE_OVERRIDES, QWEN3_TOKENIZER
+from eval_helpers import TINY, RecordingVLLM, arithmetic_rows, load_script, train, write_arithmetic_data
+
+from fsdistill.config import from_dict, load_config
+from fsdistill.evaluation import evaluate as ev
+from fsdistill.evaluation import generation
+from fsdistill.evaluation.results import entry_key, find_entry, load_results
+from fsdistill.evaluation.scoring import gold_answer
+from fsdistill.models import student
+
+eval_icl = load_script("eval_icl")
+eval_checkpoints = load_script("eval_checkpoints")
+
+N = 4  # evaluated test rows
+MAX_NEW = 8  # generated tokens (random models never stop on their own)
+THINK_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # Qwen3's generation prompt, thinking off
+EVAL_OVERRIDES = [*OFFLINE_OVERRIDES, f"eval.n_samples={N}", f"eval.max_new_tokens={MAX_NEW}"]
+
+
+def original_subset(n_total: int, k: int) -> list[int]:
+    """The original's test subset, computed its own way (global RNG), without touching the test's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(42)
+        return torch.randperm(n_total)[:k].tolist()
+
+
+def gsm8k_test_rows(indices: list[int]) -> list[dict]:
+    lines = (GSM8K_DIR / "test.jsonl").read_text().splitlines()
+    return [json.loads(lines[i]) for i in indices]
+
+
+def expected_prompt_ids(tokenizer, question: str) -> list[int]:
+    """A 0-shot prompt built straight from the chat template (thinking off), not through PromptBuilder."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"Question: {question}"}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=False,
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def user_error(main, argv, capsys) -> str:
+    """Run a CLI main that must refuse: exit status 2, a message on stderr, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def checkpoints_argv(base_dir: Path, output: Path, *conditions: str, extra=(), flags=()) -> list[str]:
+    # Overrides stand between options on purpose: the CLI parses them intermixed.
+    return [
+        "--config",
+        str(TINY / "base.yaml"),
+        *EVAL_OVERRIDES,
+        *extra,
+        "--base_dir",
+        str(base_dir),
+        "--output",
+        str(output),
+        "--conditions",
+        *conditions,
+        *flags,
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared training runs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny model's thousands of small ops each end in an OpenMP barrier, which
+    on 2 shared, busy cores waits for a descheduled second thread (measured: training 100 steps took
+    52 s with one thread and ~200 s with two on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def arithmetic_dir(tmp_path_factory, gsm8k_dir, qwen3_tokenizer_path) -> Path:
+    return write_arithmetic_data(tmp_path_factory.mktemp("arithmetic"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, arithmetic_dir) -> SimpleNamespace:
+    """LoRA SFT, LoRA distillation (2-shot teacher) and full fine-tuning runs, checkpoints 1 and 2 each."""
+    base = tmp_path_factory.mktemp("runs")
+    small = [
+        f"model.tokenizer={QWEN3_TOKENIZER}",
+        f"data.source={arithmetic_dir}",
+        "training.max_steps=2",
+        "training.save_every=1",
+        "training.warmup_steps=0",
+        "training.per_device_batch_size=1",
+        "training.grad_accum_steps=1",
+        "output.tensorboard=false",
+    ]
+    return SimpleNamespace(
+        base=base,
+        sft=train("train_baseline", "base.yaml", base / "sft", *small),
+        distill=train("train_online_v1", "online_v1.yaml", base / "distill", *small),
+        full_ft=train("train_baseline", "full_ft.yaml", base / "full_ft", *small),
+    )
+
+
+# Overfit: full fine-tuning of the tiny model on the 16 arithmetic rows until it has memorised them
+# (measured: 38% right after 50 steps, 94% after 80, 100% after 100).
+OVERFIT_STEPS = 100
+OVERFIT_OVERRIDES = [
+    "training.lr=1e-2",
+    "training.warmup_steps=5",
+    f"training.max_steps={OVERFIT_STEPS}",
+    f"training.save_every={OVERFIT_STEPS}",
+    "training.per_device_batch_size=16",
+    "training.grad_accum_steps=1",
+    "data.max_student_len=128",
+    "output.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="module")
+def overfit_run(tmp_path_factory, arithmetic_dir) -> SimpleNamespace:
+    base = tmp_path_factory.mktemp("overfit")
+    start = time.perf_counter()
+    train(
+        "train_baseline",
+        "full_ft.yaml",
+        base / "overfit",
+        f"model.tokenizer={QWEN3_TOKENIZER}",
+        f"data.source={arithmetic_dir}",
+        *OVERFIT_OVERRIDES,
+    )
+    return SimpleNamespace(base=base, seconds=time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. eval_icl.py
+# --------------------------------------------------------------------------------------------------
+
+
+def test_eval_icl_result_file_prompts_and_resume(tmp_path, monkeypatch, qwen3_tokenizer, gsm8k_dir):
+    calls = []
+    real_generate = generation.generate_hf
+
+    def counting_generate(model, tokenizer, prompt_ids, settings, batch_size, progress=True):
+        texts = real_generate(model, tokenizer, prompt_ids, settings, batch_size, progress=False)
+        calls.append(SimpleNamespace(prompt_ids=prompt_ids, settings=settings, texts=texts))
+        return texts
+
+    monkeypatch.setattr(generation, "generate_hf", counting_generate)
+    out = tmp_path / "icl.json"
+    argv = ["--config", str(TINY / "base.yaml"), *EVAL_OVERRIDES, "--output", str(out)]
+
+    eval_icl.main([*argv, "--shots", "0"])
+    assert len(calls) == 1
+    eval_icl.main([*argv, "--shots", "0", "2"])  # resumes: only the 2-shot count is new
+    assert len(calls) == 2
+    eval_icl.main([*argv, "--shots", "0", "2"])  # nothing left to do
+    assert len(calls) == 2
+
+    results = load_results(out)
+    assert [entry_key(e) for e in results["results"]] == [("base", None, 0), ("base", None, 2)]
+    indices = ev.subset_indices(1319, N)
+    assert indices == original_subset(1319, N)
+    rows = gsm8k_test_rows(indices)
+    for entry, call in zip(results["results"], calls):
+        assert entry["method"] == "base" and entry["n"] == N
+        assert [ex["index"] for ex in entry["examples"]] == indices
+        assert [ex["gold"] for ex in entry["examples"]] == [gold_answer(r["answer"]) for r in rows]
+        assert [ex["prediction"] for ex in entry["examples"]] == call.texts
+        assert call.settings.max_new_tokens == MAX_NEW
+        assert qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>") in call.settings.stop_token_ids
+
+    zero_shot, two_shot = ([qwen3_tokenizer.decode(ids) for ids in call.prompt_ids] for call in calls)
+    for text, row in zip(zero_shot, rows):
+        assert text.endswith(THINK_OFF)
+        assert text.count("<|im_start|>user") == 1 and f"Question: {row['question']}<|im_end|>" in text
+    assert calls[0].prompt_ids == [expected_prompt_ids(qwen3_tokenizer, r["question"]) for r in rows]
+    for text, row in zip(two_shot, rows):
+        assert text.endswith(f"Question: {row['question']}<|im_end|>\n{THINK_OFF}")
+        assert text.count("<|im_start|>user") == 3 and text.count("<|im_start|>assistant") == 3
+    # The exemplars are the same for every question (the prompts share everything before the question),
+    # and the same in every run: eval.icl_seed's draw from the training rows.
+    prefix = two_shot[0][: two_shot[0].rindex("<|im_start|>user")]
+    assert all(text.startswith(prefix) for text in two_shot) and prefix.count("####") == 2
+    cfg, _ = load_config(str(TINY / "base.yaml"), None, EVAL_OVERRIDES)
+    for question, answer in ev.icl_exemplars(ev.load_eval_data(cfg, "test").train, 2, 42):
+        assert f"Question: {question}<|im_end|>\n<|im_start|>assistant\n" in prefix and answer in prefix
+
+
+def test_eval_icl_teacher_forced(tmp_path, monkeypatch, arithmetic_dir):
+    monkeypatch.setattr(
+        generation, "generate_hf", lambda model, tok, prompt_ids, *a, **k: ["#### 1"] * len(prompt_ids)
+    )
+    out = tmp_path / "icl_tf.json"
+    argv = ["--config", str(TINY / "base.yaml"), *EVAL_OVERRIDES, f"data.source={arithmetic_dir}"]
+    eval_icl.main([*argv, "--output", str(out), "--shots", "0", "2", "--teacher_forced"])
+    results = load_results(out)
+    assert results["settings"]["teacher_forced"] is True
+    zero, two = find_entry(results, "base", None, 0), find_entry(results, "base", None, 2)
+    assert set(zero["teacher_forced"]) == {"nll", "kl"} and set(two["teacher_forced"]) == {"nll"}
+    for entry, metrics in ((zero, ("nll", "kl")), (two, ("nll",))):
+        assert entry["teacher_forced"]["nll"]["n"] == N
+        for ex in entry["examples"]:
+            for name in metrics:
+                assert math.isfinite(ex[name]), (name, ex)
+            assert ex["nll"] > 0
+    assert all(ex["kl"] >= 0 for ex in zero["examples"])
+    assert "kl" not in two["examples"][0]
+    assert all(ex["prediction"] == "#### 1" for ex in zero["examples"])
+
+    # eval.generate=false: the same metrics, no generation, no accuracy.
+    def no_generation(*args, **kwargs):
+        raise AssertionError("eval.generate=false must not generate")
+
+    monkeypatch.setattr(generation, "generate_hf", no_generation)
+    only = tmp_path / "icl_tf_only.json"
+    eval_icl.main(
+        [*argv, "eval.generate=false", "--output", str(only), "--shots", "0", "2", "--teacher_forced"]
+    )
+    for entry, generated in zip(load_results(only)["results"], (zero, two)):
+        assert entry["accuracy"] is None and entry["examples"][0]["prediction"] is None
+        assert entry["teacher_forced"] == generated["teacher_forced"]
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. eval_checkpoints.py: finding runs, refusals, LoRA and full fine-tuning, resumption
+# --------------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_find_runs_and_refuse_unknown_or_ambiguous(runs, tmp_path, capsys):
+    found = eval_checkpoints.find_runs(runs.base)
+    assert found == {"sft": [runs.sft], "distill": [runs.distill], "full_ft": [runs.full_ft]}
+    out = tmp_path / "out.json"
+
+    err = user_error(eval_checkpoints.main, checkpoints_argv(runs.base, out, "sft", "nope"), capsys)
+    assert "condition 'nope' matches no run" in err
+    for name, path in (("sft", runs.sft), ("distill", runs.distill), ("full_ft", runs.full_ft)):
+        assert f"{name}: {path}" in err
+
+    twins = tmp_path / "twins"
+    for copy in ("a", "b"):
+        (twins / copy).mkdir(parents=True)
+        shutil.copy(runs.sft / "run.json", twins / copy / "run.json")
+    err = user_error(eval_checkpoints.main, checkpoints_argv(twins, out, "sft"), capsys)
+    assert "condition 'sft' is ambiguous (2 runs carry it)" in err
+    assert str(twins / "a") in err and str(twins / "b") in err
+
+    argv = checkpoints_argv(runs.base, out, "sft", flags=["--checkpoint_steps", "1", "7"])
+    err = user_error(eval_checkpoints.main, argv, capsys)
+    assert f"{runs.sft}: no checkpoint for steps [7]; it has [1, 2]" in err
+    assert not out.exists()
+
+
+def test_checkpoints_refuse_another_base_model_and_other_validation_rows(runs, tmp_path, capsys):
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(runs.sft, other)
+    manifest = json.loads((other / "run.json").read_text())
+    manifest["name"] = "other"
+    manifest["config"]["model"]["architecture"]["hidden_size"] = 128
+    (other / "run.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out.json"
+    err = user_error(eval_checkpoints.main, checkpoints_argv(other.parent, out, "other"), capsys)
+    assert "was trained from another base model than --config describes" in err
+    assert "model.architecture" in err and "'hidden_size': 128" in err and "'hidden_size': 64" in err
+
+    # --split validation scores rows the run held out: the run held out none of these.
+    argv = checkpoints_argv(
+        runs.base, out, "sft", extra=[f"data.source={GSM8K_DIR}", "data.validation_size=4"]
+    )
+    err = user_error(eval_checkpoints.main, [*argv, "--split", "validation"], capsys)
+    assert "data.validation_size: run has 0, --config has 4" in err
+    assert "data.source" in err
+    assert not out.exists()
+
+
+def test_checkpoints_lora_and_full_fine_tuning(runs, tmp_path, monkeypatch):
+    loaded = []
+    real_load = student.load_checkpoint_model
+
+    def recording_load(path, run_cfg):
+        model = real_load(path, run_cfg)
+        loaded.append((Path(path), type(model).__name__, model))
+        return model
+
+    monkeypatch.setattr(student, "load_checkpoint_model", recording_load)
+    out = tmp_path / "lora_and_full.json"
+    argv = checkpoints_argv(runs.base, out, "sft", "full_ft", flags=["--checkpoint_steps", "2"])
+    eval_checkpoints.main(argv)
+
+    results = load_results(out)
+    assert [entry_key(e) for e in results["results"]] == [("sft", 2, 0), ("full_ft", 2, 0)]
+    for entry, run in zip(results["results"], (runs.sft, runs.full_ft)):
+        assert entry["method"] == "sft" and entry["n"] == N
+        assert entry["checkpoint"] == str(run / "checkpoint-2")
+        assert [ex["index"] for ex in entry["examples"]] == ev.subset_indices(1319, N)
+    (lora_path, lora_type, _), (full_path, full_type, full_model) = loaded
+    assert (lora_path, lora_type) == (runs.sft / "checkpoint-2", "PeftModelForCausalLM")
+    assert (full_path, full_type) == (runs.full_ft / "checkpoint-2", "Qwen3ForCausalLM")
+    # The full fine-tuning checkpoint's own (trained) weights were scored, not the base model's.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(full_path / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(full_model.state_dict()[name], saved[name])
+    base = student.load_causal_lm(load_config(str(TINY / "full_ft.yaml"), None, EVAL_OVERRIDES)[0].model)
+    assert not torch.equal(base.state_dict()[name], saved[name])
+
+
+def test_checkpoints_interrupted_sweep_resumes(runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sweep.json"
+    evaluated = []
+    real_evaluate = eval_checkpoints.CheckpointEvaluator.evaluate
+
+    def interrupted(self, run_cfg, path):
+        if evaluated:
+            raise RuntimeError("interrupted")  # the machine went away during the second checkpoint
+        evaluated.append(path)
+        return real_evaluate(self, run_cfg, path)
+
+    monkeypatch.setattr(eval_checkpoints.CheckpointEvaluator, "evaluate", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft"))
+    first = load_results(out)  # written after the first checkpoint
+    assert [entry_key(e) for e in first["results"]] == [("sft", 1, 0)]
+
+    def counting(self, run_cfg, path):
+        evaluated.append(path)
+        return real_evaluate(self, run_cfg, path)
+
+    evaluated.clear()
+    monkeypatch.setattr(eval_checkpoints.CheckpointEvaluator, "evaluate", counting)
+    eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft"))
+    assert evaluated == [runs.sft / "checkpoint-2"]
+    resumed = load_results(out)
+    assert [entry_key(e) for e in resumed["results"]] == [("sft", 1, 0), ("sft", 2, 0)]
+    assert resumed["results"][0] == first["results"][0]
+    assert len(resumed["provenance"]["resumed"]) == 1
+
+    # The same file with settings that change the numbers is refused, naming the setting.
+    argv = checkpoints_argv(runs.base, out, "sft", extra=["eval.max_new_tokens=9"])
+    err = user_error(eval_checkpoints.main, argv, capsys)
+    assert "max_new_tokens: 8 vs 9" in err
+    assert evaluated == [runs.sft / "checkpoint-2"]
+    assert load_results(out) == resumed
+
+
+def test_checkpoints_teacher_forced_without_generation(runs, tmp_path, monkeypatch, arithmetic_dir):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("eval.generate=false must not generate")
+
+    monkeypatch.setattr(generation, "generate_hf", no_generation)
+    out = tmp_path / "teacher_forced.json"
+    extra = [f"data.source={arithmetic_dir}", "eval.generate=false", "fewshot.k=2"]
+    flags = ["--checkpoint_steps", "2", "--teacher_forced"]
+    eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft", "full_ft", extra=extra, flags=flags))
+
+    results = load_results(out)
+    assert results["settings"]["generate"] is False and results["settings"]["teacher_shots"] == 2
+    assert [entry_key(e) for e in results["results"]] == [("sft", 2, 0), ("full_ft", 2, 0)]
+
+    # The teacher is the BASE model with 2 exemplars for both kinds: the LoRA checkpoint with its adapter
+    # off, and for full fine-tuning the initial weights, not the checkpoint itself.
+    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+
+    cfg, _ = load_config(str(TINY / "base.yaml"), None, [*EVAL_OVERRIDES, *extra, "eval.teacher_forced=true"])
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    data = ev.load_eval_data(cfg, "test")
+    seq = ev.encode_teacher_forced(prompts, data, 2, cfg.fewshot.seed)
+    cpu = torch.device("cpu")
+    base = ev.hf_teacher_logits(student.load_causal_lm(cfg.model), cpu)
+    for entry, run in zip(results["results"], (runs.sft, runs.full_ft)):
+        run_cfg = from_dict(json.loads((run / "run.json").read_text())["config"], str(run))
+        model = student.load_checkpoint_model(run / "checkpoint-2", run_cfg)
+        expected = ev.teacher_forced_metrics(
+            ev.hf_answer_logits(model, cpu), base, seq, tokenizer.pad_token_id, N, cpu
+        )
+        assert entry["accuracy"] is None and entry["n"] == N
+        for name in ("nll", "kl"):
+            assert [ex[name] for ex in entry["examples"]] == pytest.approx(expected[name], rel=1e-4, abs=1e-5)
+        for ex in entry["examples"]:
+            assert ex["prediction"] is None and ex["correct"] is None
+            assert math.isfinite(ex["nll"]) and ex["nll"] > 0 and ex["kl"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. eval_checkpoints.py --backend vllm with a recording stand-in engine
+# --------------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_vllm_backend_plumbing(runs, tmp_path, monkeypatch, qwen3_tokenizer):
+    # What the hf path generates from: prompt ids and settings handed to generate_hf.
+    hf_calls = []
+    monkeypatch.setattr(
+        generation,
+        "generate_hf",
+        lambda model, tok, prompt_ids, settings, *a, **k: (
+            hf_calls.append((prompt_ids, settings)) or ["#### 0"] * len(prompt_ids)
+        ),
+    )
+    hf_out = tmp_path / "hf.json"
+    eval_checkpoints.main(checkpoints_argv(runs.base, hf_out, "sft", flags=["--checkpoint_steps", "1"]))
+    ((hf_prompts, hf_settings),) = hf_calls
+
+    def no_hf(*args, **kwargs):
+        raise AssertionError("the vllm backend without --teacher_forced must not load or run a hf model")
+
+    monkeypatch.setattr(generation, "generate_hf", no_hf)
+    monkeypatch.setattr(student, "load_checkpoint_model", no_hf)
+    recorder = RecordingVLLM()
+    monkeypatch.setattr(generation, "import_vllm", lambda: recorder)
+    out = tmp_path / "vllm.json"
+    # Full fine-tuning first: its engine must be released before the LoRA engine starts.
+    argv = checkpoints_argv(runs.base, out, "full_ft", "sft", "distill", extra=["eval.backend=vllm"])
+    eval_checkpoints.main(argv)
+
+    rows = gsm8k_test_rows(ev.subset_indices(1319, N))
+    assert hf_prompts == [expected_prompt_ids(qwen3_tokenizer, r["question"]) for r in rows]
+    assert len(recorder.requests) == 6
+    for request in recorder.requests:
+        assert [p["prompt_token_ids"] for p in request.prompts] == hf_prompts
+        assert request.params.temperature == 0
+        assert request.params.max_tokens == MAX_NEW == hf_settings.max_new_tokens
+        assert request.params.stop_token_ids == list(hf_settings.stop_token_ids)
+
+    full = [runs.full_ft / "checkpoint-1", runs.full_ft / "checkpoint-2"]
+    lora = [runs.sft / "checkpoint-1", runs.sft / "checkpoint-2"]
+    lora += [runs.distill / "checkpoint-1", runs.distill / "checkpoint-2"]
+    # One engine per full fine-tuning checkpoint (the checkpoint is the model), one for all LoRA runs.
+    assert [(e["model"], e["tokenizer"], e.get("enable_lora")) for e in recorder.engines] == [
+        (str(full[0]), str(full[0]), None),
+        (str(full[1]), str(full[1]), None),
+        (None, str(QWEN3_TOKENIZER), True),
+    ]
+    assert recorder.engines[2]["max_lora_rank"] == 8
+    assert all(e["dtype"] == "float32" and e["tensor_parallel_size"] == 1 for e in recorder.engines)
+    assert [r.engine for r in recorder.requests] == [0, 1, 2, 2, 2, 2]
+    assert [r.lora for r in recorder.requests[:2]] == [None, None]
+    loras = [r.lora for r in recorder.requests[2:]]
+    assert [x.lora_path for x in loras] == [str(p) for p in lora]
+    assert sorted(x.lora_int_id for x in loras) == [1, 2, 3, 4]
+    assert len({x.lora_name for x in loras}) == 4
+    assert recorder.most_open_at_once() == 1
+    assert recorder.events[-1] == ("closed", 2)  # released at the end of the sweep
+
+    results = load_results(out)
+    assert [entry_key(e) for e in results["results"]] == [
+        ("full_ft", 1, 0),
+        ("full_ft", 2, 0),
+        ("sft", 1, 0),
+        ("sft", 2, 0),
+        ("distill", 1, 0),
+        ("distill", 2, 0),
+    ]
+    assert results["results"][4]["method"] == "few_shot_distillation"
+    for entry in results["results"]:
+        assert [ex["prediction"] for ex in entry["examples"]] == [f"#### {len(ids)}" for ids in hf_prompts]
+    assert results["settings"]["backend"] == "vllm"
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Teacher-forced metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def test_teacher_forced_metrics_of_a_fresh_adapter(arithmetic_dir):
+    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+
+    overrides = [*OFFLINE_OVERRIDES, f"data.source={arithmetic_dir}", f"eval.n_samples={N}"]
+    cfg, _ = load_config(str(TINY / "base.yaml"), None, overrides)
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    data = ev.load_eval_data(cfg, "test")
+    model = student.add_lora(student.load_causal_lm(cfg.model), cfg.lora, False).eval()
+    device = torch.device("cpu")
+
+    def metrics(k: int) -> dict[str, list[float]]:
+        seq = ev.encode_teacher_forced(prompts, data, k, cfg.fewshot.seed)
+        return ev.teacher_forced_metrics(
+            ev.hf_answer_logits(model, device),
+            ev.hf_teacher_logits(model, device, adapter_off=model.disable_adapter),
+            seq,
+            tokenizer.pad_token_id,
+            3,  # batches of 3 and 1: padding must not change anything
+            device,
+        )
+
+    zero = metrics(0)
+    assert max(zero["kl"]) < 1e-6  # B = 0: with the adapter on or off it is the same model
+
+    # The training CE of the same examples, computed independently: the model's own forward on each
+    # unpadded sequence and torch's cross_entropy on the shifted labels.
+    expected = []
+    with torch.no_grad():
+        for example in data.examples:
+            prompt, answer_ids, _ = prompts.encode_student(example)
+            ids = torch.tensor([prompt + answer_ids])
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            logits = model(input_ids=ids).logits
+            expected.append(
+                torch.nn.functional.cross_entropy(
+                    logits[0, :-1].float(), labels[0, 1:], ignore_index=-100
+                ).item()
+            )
+    assert zero["nll"] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+    two = metrics(2)
+    assert two["nll"] == pytest.approx(expected, rel=1e-5, abs=1e-5)  # NLL is the 0-shot model's
+    assert min(two["kl"]) > 1e-4  # the 2-shot teacher sees exemplars
+
+    # A trained adapter changes the model but not its teacher (the adapter is off for the teacher).
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    assert min(metrics(0)["kl"]) > 1e-4
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. End to end: a model that memorised 16 rows must score >= 90% on them
+# --------------------------------------------------------------------------------------------------
+
+
+def test_overfit_model_scores_high(overfit_run, arithmetic_dir, tmp_path):
+    out = tmp_path / "overfit.json"
+    eval_checkpoints.main(
+        [
+            "--config",
+            str(TINY / "full_ft.yaml"),
+            f"model.tokenizer={QWEN3_TOKENIZER}",
+            f"data.source={arithmetic_dir}",
+            "eval.n_samples=null",
+            "eval.max_new_tokens=32",
+            "--base_dir",
+            str(overfit_run.base),
+            "--output",
+            str(out),
+            "--conditions",
+            "overfit",
+        ]
+    )
+    (entry,) = load_results(out)["results"]
+    rows = arithmetic_rows()
+    assert entry["step"] == OVERFIT_STEPS and entry["n"] == len(rows)
+    assert [ex["index"] for ex in entry["examples"]] == list(range(len(rows)))
+    assert [ex["gold"] for ex in entry["examples"]] == [gold_answer(r["answer"]) for r in rows]
+    print(
+        f"overfit: {OVERFIT_STEPS} steps in {overfit_run.seconds:.0f} s, accuracy {entry['accuracy']:.2%}; "
+        f"predictions {[ex['prediction'] for ex in entry['examples'][:3]]}"
+    )
+    assert entry["accuracy"] >= 0.9, [(ex["prediction"], ex["gold"]) for ex in entry["examples"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Real vLLM (GPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_checkpoints_real_vllm_matches_hf(tmp_path, arithmetic_dir, qwen3_tokenizer, gsm8k_dir):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (it lives in the separate vLLM environment, see compute.md)")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # vLLM loads a base model folder (LoRA) or a checkpoint folder (full fine-tuning), so the random tiny
+    # model is saved first; head_dim 64 suits vLLM's attention kernels, float32 keeps the greedy paths of
+    # both backends together.
+    base_model = tmp_path / "base_model"
+    arch = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=151936,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(arch, dtype=torch.float32).save_pretrained(base_model)
+    qwen3_tokenizer.save_pretrained(base_model)
+    config = tmp_path / "gpu.yaml"
+    config.write_text(
+        f"""
+model: {{name: "{base_model}", init: pretrained, tokenizer: "{QWEN3_TOKENIZER}", dtype: float32}}
+data: {{source: "{arithmetic_dir}", max_student_len: 128, max_teacher_len: 512}}
+lora: {{r: 8, alpha: 16, dropout: 0.0}}
+training: {{max_steps: 2, save_every: 2, warmup_steps: 0, lr: 1.0e-2, per_device_batch_size: 4,
+           grad_accum_steps: 1, mixed_precision: "no"}}
+output: {{tensorboard: false}}
+eval: {{n_samples: {N}, max_new_tokens: 16, gpu_memory_utilization: 0.3}}
+"""
+    )
+    runs = tmp_path / "runs"
+    train("train_baseline", str(config), runs / "lora")
+    train("train_baseline", str(config), runs / "full", "training.use_lora=false")
+
+    def evaluate(backend: str) -> dict:
+        out = tmp_path / f"{backend}.json"
+        eval_checkpoints.main(
+            [
+                "--config",
+                str(config),
+                f"eval.backend={backend}",
+                "--base_dir",
+                str(runs),
+                "--output",
+                str(out),
+            ]
+            + ["--conditions", "full", "lora"]
+        )
+        return load_results(out)
+
+    hf, vllm = evaluate("hf"), evaluate("vllm")
+    assert [entry_key(e) for e in vllm["results"]] == [("full", 2, 0), ("lora", 2, 0)]
+    hf_full, vllm_full = (r["results"][0]["examples"] for r in (hf, vllm))
+    assert [ex["prediction"] for ex in vllm_full] == [ex["prediction"] for ex in hf_full]
+    # vLLM's LoRA kernels add the adapter in another order than peft: a greedy path may part late.
+    hf_lora, vllm_lora = (r["results"][1]["examples"] for r in (hf, vllm))
+    same = sum(a["prediction"] == b["prediction"] for a, b in zip(hf_lora, vllm_lora))
+    assert same >= N - 1, [(a["prediction"], b["prediction"]) for a, b in zip(hf_lora, vllm_lora)]
