@@ -6,8 +6,10 @@ Imports nothing heavy: a config mistake must fail before torch or transformers l
 from __future__ import annotations
 
 import argparse
+import os
 
 from fsdistill.config import Config, ConfigError, load_config
+from fsdistill.errors import UserError
 
 METHODS = ("sft", "few_shot_distillation", "zero_shot_teacher", "shuffled_answers")
 ABLATION_CONDITIONS = {
@@ -75,6 +77,21 @@ def check_few_shot_distillation(cfg: Config, source: dict[str, str]) -> str:
     return method
 
 
+def check_launcher_precision(cfg: Config) -> None:
+    """Refuse an `accelerate launch --mixed_precision X` that disagrees with training.mixed_precision.
+
+    The launcher passes its flag as ACCELERATE_MIXED_PRECISION ("no" when the flag is absent, and outside
+    a launcher). Checked before torch loads, and again when the Accelerator is made.
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    wanted = cfg.training.mixed_precision
+    if launcher not in ("no", wanted):
+        raise UserError(
+            f"accelerate launch --mixed_precision {launcher} disagrees with training.mixed_precision={wanted}; "
+            "the config is the one place precision is set: drop the flag or change the config"
+        )
+
+
 def parse_training_cli(description: str, argv=None, with_condition: bool = False):
     """Parse an entry point's arguments; returns (args, config, source)."""
     parser = argparse.ArgumentParser(description=description)
@@ -92,9 +109,12 @@ def parse_training_cli(description: str, argv=None, with_condition: bool = False
             help="Shortcut for the control's settings (zero_shot_teacher: fewshot.k=0; shuffled_answers: "
             "fewshot.shuffle_answers=true); checked against the config.",
         )
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may come before and after options (`--config C a=1 --output_dir D b=2`);
+    # plain parse_args takes only the first run of positionals and rejects the rest.
+    args = parser.parse_intermixed_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     extra = ABLATION_CONDITIONS[args.condition] if with_condition and args.condition else []
     cfg, source = config_from_args(args, extra)
+    check_launcher_precision(cfg)
     return args, cfg, source

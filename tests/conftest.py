@@ -42,3 +42,30 @@ def qwen3_tokenizer(qwen3_tokenizer_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(qwen3_tokenizer_path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training runs shared by test_training.py and test_distributed.py (added with those tests)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def short_gsm8k(tmp_path_factory, gsm8k_dir, qwen3_tokenizer_path) -> Path:
+    """A local GSM8K folder with the 64 shortest training rows, shortest first (see tests/helpers.py)."""
+    from helpers import write_short_gsm8k
+
+    return write_short_gsm8k(tmp_path_factory.mktemp("short_gsm8k"))
+
+
+@pytest.fixture(scope="session")
+def online_reference(tmp_path_factory, short_gsm8k) -> Path:
+    """One in-process train_online_v1 run (4 steps, G = 1 process x 2 x 2 accumulated) that several
+    tests read: its files, its recorded losses, and the 1-process reference of the 2-process run."""
+    from helpers import TEACHER_OVERRIDES, cli_argv, common_overrides, run_cli
+
+    from fsdistill.training.train_online_v1 import main
+
+    out = tmp_path_factory.mktemp("runs") / "online_ref"
+    argv = cli_argv("online_v1.yaml", out, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
+    assert run_cli(main, argv) == 0
+    return out

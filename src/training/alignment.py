@@ -42,15 +42,25 @@ class AnswerPositions:
 
 
 def answer_positions(batch: Batch) -> AnswerPositions:
-    """Map every labelled answer token to its predicting positions in student and teacher; check the ids."""
+    """Map every labelled answer token to its predicting positions in student and teacher; check the ids.
+
+    Raises AlignmentError, naming the example rows, when a teacher's tokens at the mapped positions are
+    not the answer ids: a different token, a position past the teacher's length or in its padding (a pad
+    id may equal the answer's last token, e.g. Llama's <|eot_id|>), or an answer that starts at 0.
+    """
     batch_index, label_pos = (batch.labels != IGNORE_INDEX).nonzero(as_tuple=True)
-    offset = label_pos - batch.student_answer_start[batch_index]
+    student_start = batch.student_answer_start[batch_index]
+    offset = label_pos - student_start
     teacher_label_pos = batch.teacher_answer_start[batch_index] + offset
     targets = batch.labels[batch_index, label_pos]
-    teacher_tokens = batch.teacher_ids[batch_index, teacher_label_pos]
-    bad = teacher_tokens != targets
-    if bad.any() or (offset < 0).any() or (batch.student_answer_start[batch_index] < 1).any():
-        rows = sorted({int(batch.rows[b]) for b in batch_index[bad | (offset < 0)].tolist()})
+    width = batch.teacher_ids.shape[1]
+    inside = (teacher_label_pos >= 1) & (teacher_label_pos < width)
+    safe_pos = teacher_label_pos.clamp(0, width - 1)
+    teacher_tokens = batch.teacher_ids[batch_index, safe_pos]
+    in_mask = batch.teacher_mask[batch_index, safe_pos].bool()
+    bad = ~inside | ~in_mask | (teacher_tokens != targets) | (offset < 0) | (student_start < 1)
+    if bad.any():
+        rows = sorted({int(batch.rows[b]) for b in batch_index[bad].tolist()})
         raise AlignmentError(
             f"answer tokens of the student and teacher sequences differ for example rows {rows}: "
             "the teacher must end with exactly the student's answer ids"

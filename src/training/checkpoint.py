@@ -98,6 +98,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool)
             shutil.rmtree(run_dir / sub, ignore_errors=True)
         for _, path in existing:
             shutil.rmtree(path)
+        for path in run_dir.glob(".checkpoint-*.tmp"):  # a crashed save's leftovers
+            shutil.rmtree(path, ignore_errors=True)
     return None
 
 
@@ -199,26 +201,33 @@ def load_training_state(accelerator, checkpoint: Path, cfg: Config, model, optim
         if unexpected:
             raise UserError(f"{checkpoint}: adapter weights do not fit the model: {unexpected[:5]}")
     else:
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        files = sorted(checkpoint.glob("model*.safetensors"))
-        if (checkpoint / "model.safetensors").is_file():
-            missing, unexpected = inner.load_state_dict(
-                load_file(str(checkpoint / "model.safetensors")), strict=False
-            )
-            tied = set(getattr(inner, "_tied_weights_keys", None) or [])
-            missing = [k for k in missing if k not in tied]
-            if missing or unexpected:
-                raise UserError(
-                    f"{checkpoint}: weights do not fit the model (missing {missing[:5]}, "
-                    f"unexpected {unexpected[:5]})"
-                )
-        elif files:
-            load_sharded_checkpoint(inner, str(checkpoint))
-        else:
-            raise UserError(f"{checkpoint}: no model weights found")
+        load_full_weights(inner, checkpoint)
     state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(torch.load(checkpoint / f"rng_state_{accelerator.process_index}.pt", weights_only=False))
     return int(state["step"])
+
+
+def load_full_weights(model, checkpoint: Path) -> None:
+    """Load a full fine-tuning checkpoint's weights (model.safetensors, or the shards its index lists)
+    into `model` in place; refuse missing or unexpected keys, except tied weights saved once."""
+    from safetensors.torch import load_file
+
+    index = checkpoint / "model.safetensors.index.json"
+    if (checkpoint / "model.safetensors").is_file():
+        files = [checkpoint / "model.safetensors"]
+    elif index.is_file():
+        files = [checkpoint / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        raise UserError(f"{checkpoint}: no model weights found (model.safetensors or its index)")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise UserError(
+            f"{checkpoint}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )

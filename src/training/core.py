@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fsdistill.cli import check_launcher_precision
 from fsdistill.config import Config, run_name, to_dict, to_yaml
 from fsdistill.data.batch import build_training_batches
 from fsdistill.data.prompts import load_tokenizer
@@ -55,14 +55,8 @@ def make_accelerator(cfg: Config):
     """An Accelerator whose mixed precision is the config's; a disagreeing launcher flag is refused."""
     from accelerate import Accelerator
 
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    wanted = cfg.training.mixed_precision
-    if launcher not in ("no", wanted):
-        raise UserError(
-            f"accelerate launch --mixed_precision {launcher} disagrees with training.mixed_precision={wanted}; "
-            "the config is the one place precision is set: drop the flag or change the config"
-        )
-    return Accelerator(mixed_precision=wanted)
+    check_launcher_precision(cfg)
+    return Accelerator(mixed_precision=cfg.training.mixed_precision)
 
 
 def check_global_batch(cfg: Config, num_processes: int) -> int:
@@ -133,6 +127,53 @@ def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroL
             scale_by_temperature_squared=d.scale_by_temperature_squared,
         )
     return MicroLosses(ce_sum, dist_sum, pos.count)
+
+
+@dataclass
+class StepSums:
+    """One optimizer step's forward and backward passes, summed over all micro-batches and processes."""
+
+    ce_sum: float  # sum of CE over the step's answer tokens
+    dist_sum: float  # sum of the distillation loss over them (0 without a teacher)
+    answer_tokens: float  # answer tokens of the step (the loss's denominator)
+    dropped: int  # examples of the step dropped for length
+    seq_tokens: float  # student (+ teacher) tokens run through the model
+
+
+def backward_step(cfg: Config, accelerator, student, teacher, micro_batches) -> StepSums:
+    """Forward and backward of this process's micro-batches of one optimizer step; gradients accumulate.
+
+    The step's answer tokens are all-reduced first; micro-batch i's backward is scaled by
+    num_processes / step tokens, so once DDP has averaged over processes every parameter's gradient is
+    d(sum of CE + λ·D over the step's answer tokens) / d(parameter) / (step's answer tokens), whatever the
+    split into processes and micro-batches. DDP syncs only on the last micro-batch.
+    """
+    device = accelerator.device
+    local = torch.tensor(
+        [
+            sum(mb.batch.num_answer_tokens for mb in micro_batches),
+            sum(len(mb.dropped_rows) for mb in micro_batches),
+        ],
+        dtype=torch.float64,
+        device=device,
+    )
+    step_tokens, step_dropped = accelerator.reduce(local, reduction="sum").tolist()
+    scale = accelerator.num_processes / max(step_tokens, 1.0)
+    ce_total = torch.zeros((), dtype=torch.float64, device=device)
+    dist_total = torch.zeros((), dtype=torch.float64, device=device)
+    seq_tokens = 0
+    for m, mb in enumerate(micro_batches):
+        batch = mb.batch.to(device)
+        sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(student)
+        with sync:
+            losses = micro_batch_losses(cfg, student, teacher, batch, accelerator.autocast)
+            accelerator.backward((losses.ce_sum + cfg.distill.weight * losses.dist_sum) * scale)
+        ce_total += losses.ce_sum.detach().double()
+        dist_total += losses.dist_sum.detach().double()
+        seq_tokens += int(batch.student_mask.sum()) + (int(batch.teacher_mask.sum()) if teacher else 0)
+    seq = torch.tensor(float(seq_tokens), dtype=torch.float64, device=device)
+    sums = accelerator.reduce(torch.stack([ce_total, dist_total, seq]), reduction="sum").tolist()
+    return StepSums(sums[0], sums[1], step_tokens, int(step_dropped), sums[2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -377,39 +418,12 @@ def _loop(
         tick = time.perf_counter()
         rows_seen.append([r for mb in micro_batches for r in mb.batch.rows.tolist() if r >= 0])
         dropped = [r for mb in micro_batches for r in mb.dropped_rows]
-        local = torch.tensor(
-            [sum(mb.batch.num_answer_tokens for mb in micro_batches), len(dropped)],
-            dtype=torch.float64,
-            device=accelerator.device,
-        )
-        step_tokens, step_dropped = accelerator.reduce(local, reduction="sum").tolist()
-        scale = nproc / max(step_tokens, 1.0)
-        ce_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        dist_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        seq_tokens = 0
-        for m, mb in enumerate(micro_batches):
-            batch = mb.batch.to(accelerator.device)
-            sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(student)
-            with sync:
-                losses = micro_batch_losses(cfg, student, teacher, batch, accelerator.autocast)
-                accelerator.backward((losses.ce_sum + cfg.distill.weight * losses.dist_sum) * scale)
-            ce_total += losses.ce_sum.detach().double()
-            dist_total += losses.dist_sum.detach().double()
-            seq_tokens += int(batch.student_mask.sum()) + (int(batch.teacher_mask.sum()) if teacher else 0)
-        sums = accelerator.reduce(
-            torch.stack(
-                [
-                    ce_total,
-                    dist_total,
-                    torch.tensor(float(seq_tokens), dtype=torch.float64, device=accelerator.device),
-                ]
-            ),
-            reduction="sum",
-        )
+        sums = backward_step(cfg, accelerator, student, teacher, micro_batches)
+        step_tokens, step_dropped = sums.answer_tokens, sums.dropped
         grad_norm = accelerator.clip_grad_norm_(
             params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         )
-        ce, dist = (sums[0] / max(step_tokens, 1.0)).item(), (sums[1] / max(step_tokens, 1.0)).item()
+        ce, dist = sums.ce_sum / max(step_tokens, 1.0), sums.dist_sum / max(step_tokens, 1.0)
         if not all(math.isfinite(v) for v in (ce, dist, float(grad_norm))):
             optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
@@ -429,7 +443,7 @@ def _loop(
             "train/total_loss": ce + cfg.distill.weight * dist,
             "train/lr": lr,
             "train/grad_norm": float(grad_norm),
-            "train/tokens_per_s": sums[2].item() / max(elapsed, 1e-9),
+            "train/tokens_per_s": sums.seq_tokens / max(elapsed, 1e-9),
             "train/answer_tokens": step_tokens,
         }
         if teacher is None:
