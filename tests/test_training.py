@@ -574,3 +574,28 @@ def test_full_finetuning_overfits_four_short_examples(tmp_path, short_gsm8k):
     assert len(ce) == 40 and ce[0] > 11.5
     assert ce[-1] < 0.25 * ce[0], [round(c, 2) for c in ce[::4]]
     assert max(ce[-5:]) < 0.3 * ce[0]
+
+
+def test_a_step_whose_examples_are_all_dropped_updates_nothing(tmp_path, short_gsm8k, capsys):
+    """Over-long examples are dropped, never truncated; a step left with no answer tokens must not let
+    AdamW move the weights (momentum and weight decay act on zero gradients), nor log zero losses."""
+    from safetensors.torch import load_file
+
+    argv = cli_argv(
+        "base.yaml",
+        tmp_path,
+        *common_overrides(short_gsm8k),
+        "data.max_student_len=8",
+        "training.max_steps=2",
+        "training.save_every=1",
+        "training.weight_decay=0.5",
+    )
+    assert run_cli(train_baseline.main, argv) == 0
+    captured = capsys.readouterr()
+    assert "no answer tokens" in captured.out + captured.err
+    first = load_file(str(tmp_path / "checkpoint-1" / "adapter_model.safetensors"))
+    second = load_file(str(tmp_path / "checkpoint-2" / "adapter_model.safetensors"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not (tmp_path / "metrics.jsonl").exists() or metrics(tmp_path) == []
+    dropped = json.loads((tmp_path / "run.json").read_text())["dropped_examples"]
+    assert sum(d["count"] for d in dropped) == 8  # 2 steps x global batch 4

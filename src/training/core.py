@@ -431,7 +431,14 @@ def _loop(
                 f"stopped before updating: the last good checkpoint in {run_dir} is intact"
             )
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        if step_tokens > 0:
+            optimizer.step()
+        elif accelerator.is_main_process:
+            # Every example of the step was over the length limits. AdamW would still move the weights
+            # (momentum, weight decay) on zero gradients, so the update is skipped; the schedule advances.
+            tqdm.write(
+                f"warning: step {step} has no answer tokens (all its examples were dropped): no update"
+            )
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if dropped or step_dropped:
@@ -449,7 +456,7 @@ def _loop(
         if teacher is None:
             values.pop("train/dist_loss")
             values["train/total_loss"] = ce
-        if step % t.log_every == 0 or step == end or step == start + 1:
+        if step_tokens > 0 and (step % t.log_every == 0 or step == end or step == start + 1):
             recorder.log(step, values)
         progress.update(1)
         progress.set_postfix(ce=f"{ce:.4f}", dist=f"{dist:.4f}" if teacher else "-", lr=f"{lr:.2e}")
