@@ -480,3 +480,85 @@ def test_scripts_do_not_import_torch_at_load():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def tf_entry(condition, method, step, nll, kl=None, shots=0):
+    """A teacher-forced-only entry (eval.generate=false) with per-example metric values."""
+    metrics = {"nll": nll} if kl is None else {"nll": nll, "kl": kl}
+    examples = [{"index": i, "gold": str(i)} for i in range(len(nll))]
+    return make_entry(condition, method, step, shots, examples, teacher_forced_metrics=metrics)
+
+
+def test_teacher_forced_figure_plots_the_json_values(tmp_path):
+    icl = write(
+        tmp_path / "icl.json",
+        [
+            tf_entry("base", "base", None, [2.0, 2.2, 1.8], kl=[0.3, 0.2, 0.4]),
+            tf_entry("base", "base", None, [1.5, 1.7, 1.6], shots=1),
+        ],
+    )
+    evals = write(
+        tmp_path / "evals.json",
+        [
+            tf_entry("sft", "sft", 10, [1.2, 1.4, 1.0], kl=[0.5, 0.6, 0.4]),
+            tf_entry("sft", "sft", 20, [1.0, 1.1, 0.9], kl=[0.6, 0.7, 0.5]),
+            tf_entry("distill", "few_shot_distillation", 10, [1.5, 1.6, 1.4], kl=[0.1, 0.2, 0.15]),
+        ],
+    )
+    main = script_main("gen_teacher_forced_fig")
+    out = tmp_path / "nll.png"
+    drawn = main(
+        [
+            "--icl",
+            str(icl),
+            "--evals",
+            str(evals),
+            "--conditions",
+            "sft:SFT",
+            "distill:D",
+            "--metric",
+            "nll",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.is_file()
+    saved = load_results(evals)
+    for label, name in (("SFT", "sft"), ("D", "distill")):
+        expected = [
+            (e["step"], e["teacher_forced"]["nll"]["mean"], *e["teacher_forced"]["nll"]["ci95"])
+            for e in saved["results"]
+            if e["condition"] == name
+        ]
+        assert drawn[label] == sorted(expected)
+    assert drawn["Base 0-shot prompt"][0][1] == pytest.approx(2.0)
+    assert drawn["Base 1-shot prompt"][0][1] == pytest.approx(1.6)
+    drawn_kl = main(
+        [
+            "--icl",
+            str(icl),
+            "--evals",
+            str(evals),
+            "--conditions",
+            "sft:SFT",
+            "--metric",
+            "kl",
+            "--out",
+            str(tmp_path / "kl.png"),
+        ]
+    )
+    assert [p[1] for p in drawn_kl["SFT"]] == pytest.approx([0.5, 0.6])
+    assert set(drawn_kl) == {"SFT", "Base 0-shot prompt"}  # the 1-shot entry carries no kl
+    with pytest.raises(SystemExit):  # accuracy figures refuse entries that were not generated
+        script_main("gen_ablation_fig")(
+            [
+                "--evals",
+                str(evals),
+                "--conditions",
+                "sft",
+                "--out_curve",
+                str(tmp_path / "c.png"),
+                "--out_bar",
+                str(tmp_path / "b.png"),
+            ]
+        )
