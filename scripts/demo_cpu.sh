@@ -22,8 +22,10 @@ export TOKENIZERS_PARALLELISM=false
 
 mkdir -p "$RUNS"
 start=$(date +%s)
-python src/training/train_baseline.py --config configs/tiny/base.yaml --output_dir "$RUNS/sft" --overwrite "${ARGS[@]}"
-python src/training/train_online_v1.py --config configs/tiny/online_v1.yaml --output_dir "$RUNS/distill" --overwrite "${ARGS[@]}"
+# 30 steps at a high learning rate, so the loss curves move (the tiny configs' 8 steps are for tests).
+TRAIN=(training.max_steps=30 training.save_every=10 training.lr=1e-2 training.warmup_steps=3 training.log_every=1)
+python src/training/train_baseline.py --config configs/tiny/base.yaml --output_dir "$RUNS/sft" --overwrite "${TRAIN[@]}" "${ARGS[@]}"
+python src/training/train_online_v1.py --config configs/tiny/online_v1.yaml --output_dir "$RUNS/distill" --overwrite "${TRAIN[@]}" "${ARGS[@]}"
 
 rm -f "$OUT/icl_eval.json" "$OUT/checkpoints_eval.json"
 python scripts/eval_icl.py --config configs/tiny/online_v1.yaml --output "$OUT/icl_eval.json" --teacher_forced "${ARGS[@]}"
