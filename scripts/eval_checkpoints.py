@@ -171,27 +171,11 @@ def main(argv=None) -> None:
 
 
 def sweep(cfg, args, plan) -> None:
-    from fsdistill.data.gsm8k_loader import data_files
-    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
     from fsdistill.evaluation import evaluate as ev
-    from fsdistill.evaluation.results import (
-        collect_provenance,
-        find_entry,
-        load_or_new,
-        make_entry,
-        save_results,
-        upsert_entry,
-    )
+    from fsdistill.evaluation.results import find_entry, make_entry, save_results, upsert_entry
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
-    data = ev.load_eval_data(cfg, args.split)
-    settings = ev.result_settings(cfg, "eval_checkpoints", args.split)
-    provenance = collect_provenance(
-        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]),
-        tokenizer=cfg.model.tokenizer or cfg.model.name,
-    )
-    results = load_or_new(args.output, settings, provenance)
+    session = ev.open_session(cfg, "eval_checkpoints", args.split, args.output)
+    tokenizer, prompts, data, results = session.tokenizer, session.prompts, session.data, session.results
     prompt_ids = ev.generation_prompts(prompts, data.examples, [])
     teacher_seq = (
         ev.encode_teacher_forced(prompts, data, cfg.fewshot.k, cfg.fewshot.seed)

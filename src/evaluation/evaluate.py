@@ -240,3 +240,30 @@ def hf_teacher_logits(base_model, device, adapter_off=None):
             return lm(batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions)
 
     return logits
+
+
+@dataclass
+class EvalSession:
+    """What both evaluation scripts open first: tokenizer, prompt builder, examples and the result file."""
+
+    tokenizer: object
+    prompts: PromptBuilder
+    data: EvalData
+    results: dict
+
+
+def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSession:
+    """Load the tokenizer and the evaluated examples, and the result file to resume (or a new one)."""
+    from fsdistill.data.gsm8k_loader import data_files
+    from fsdistill.data.prompts import load_tokenizer
+    from fsdistill.evaluation.results import collect_provenance, load_or_new
+
+    tokenizer_name = cfg.model.tokenizer or cfg.model.name
+    tokenizer = load_tokenizer(tokenizer_name)
+    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    data = load_eval_data(cfg, split)
+    provenance = collect_provenance(
+        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]), tokenizer=tokenizer_name
+    )
+    results = load_or_new(output, result_settings(cfg, script, split), provenance)
+    return EvalSession(tokenizer, prompts, data, results)
