@@ -113,8 +113,8 @@ def naive_micro_batch_losses(cfg, student, teacher, batch, autocast):
 
     from fsdistill.models.student import eval_mode
     from fsdistill.training.alignment import answer_positions
-    from fsdistill.training.core import MicroLosses
-    from fsdistill.training.losses import cross_entropy, distillation_loss, teacher_targets_from_logits
+    from fsdistill.training.core import MicroLosses, distillation_sum
+    from fsdistill.training.losses import cross_entropy
 
     pos = answer_positions(batch)
     with autocast():
@@ -125,7 +125,6 @@ def naive_micro_batch_losses(cfg, student, teacher, batch, autocast):
     shapes = {"student_logits": tuple(full_student.shape)}
     mask = torch.ones(pos.count, dtype=torch.bool, device=student_logits.device)
     ce_sum, _ = cross_entropy(student_logits, pos.targets, mask)
-    d = cfg.distill
     off = teacher.adapter_off() if teacher.adapter_off else nullcontext()
     with torch.no_grad(), off, eval_mode(teacher.answer_lm), autocast():
         full_teacher = teacher.answer_lm.model(
@@ -134,24 +133,8 @@ def naive_micro_batch_losses(cfg, student, teacher, batch, autocast):
     shapes["teacher_logits"] = tuple(full_teacher.shape)
     teacher_logits = full_teacher[pos.batch_index, pos.teacher_positions]
     del full_teacher
-    support = "full" if d.top_k is None else d.topk_support
-    targets = teacher_targets_from_logits(
-        teacher_logits,
-        top_k=d.top_k,
-        keep_full=d.top_k is None,
-        logsumexp_temperature=d.temperature if support == "tail_bucket" else None,
-    )
+    dist_sum = distillation_sum(cfg, student_logits, teacher_logits, mask)
     del teacher_logits
-    dist_sum, _ = distillation_loss(
-        d.loss,
-        student_logits,
-        targets,
-        mask,
-        temperature=d.temperature,
-        beta=d.beta,
-        support=support,
-        scale_by_temperature_squared=d.scale_by_temperature_squared,
-    )
     return MicroLosses(ce_sum, dist_sum, pos.count), shapes
 
 

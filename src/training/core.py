@@ -94,6 +94,33 @@ class MicroLosses:
     tokens: int  # answer tokens (= distilled positions = CE positions)
 
 
+def distillation_sum(cfg: Config, student_logits, teacher_logits, mask) -> torch.Tensor:
+    """distill.loss summed over the answer tokens: student_logits, teacher_logits (N, V), mask (N,).
+
+    The teacher's logits are reduced to what the loss needs (top-K, logsumexp) first; the caller should
+    drop its own reference to them so the (N, V) tensor can be freed early.
+    """
+    d = cfg.distill
+    support = "full" if d.top_k is None else d.topk_support
+    targets = teacher_targets_from_logits(
+        teacher_logits,
+        top_k=d.top_k,
+        keep_full=d.top_k is None,
+        logsumexp_temperature=d.temperature if support == "tail_bucket" else None,
+    )
+    dist_sum, _ = distillation_loss(
+        d.loss,
+        student_logits,
+        targets,
+        mask,
+        temperature=d.temperature,
+        beta=d.beta,
+        support=support,
+        scale_by_temperature_squared=d.scale_by_temperature_squared,
+    )
+    return dist_sum
+
+
 def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroLosses:
     """CE and distillation sums of one micro-batch, at exactly the same answer positions."""
     pos = answer_positions(batch)
@@ -105,27 +132,9 @@ def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroL
     ce_sum, _ = cross_entropy(student_logits, pos.targets, mask)
     dist_sum = torch.zeros((), device=ce_sum.device)
     if teacher is not None:
-        d = cfg.distill
         with autocast():
             teacher_logits = teacher.logits_at(batch, pos.batch_index, pos.teacher_positions)
-        support = "full" if d.top_k is None else d.topk_support
-        targets = teacher_targets_from_logits(
-            teacher_logits,
-            top_k=d.top_k,
-            keep_full=d.top_k is None,
-            logsumexp_temperature=d.temperature if support == "tail_bucket" else None,
-        )
-        del teacher_logits
-        dist_sum, _ = distillation_loss(
-            d.loss,
-            student_logits,
-            targets,
-            mask,
-            temperature=d.temperature,
-            beta=d.beta,
-            support=support,
-            scale_by_temperature_squared=d.scale_by_temperature_squared,
-        )
+        dist_sum = distillation_sum(cfg, student_logits, teacher_logits, mask)
     return MicroLosses(ce_sum, dist_sum, pos.count)
 
 
