@@ -1,7 +1,7 @@
 """Write docs/config.md, the reference table of every config key, generated from the schema.
 
-    python scripts/gen_config_docs.py            # rewrite docs/config.md
-    python scripts/gen_config_docs.py --check    # exit 1 if docs/config.md is stale (CI)
+python scripts/gen_config_docs.py            # rewrite docs/config.md
+python scripts/gen_config_docs.py --check    # exit 1 if docs/config.md is stale (CI)
 """
 
 from __future__ import annotations
@@ -52,7 +52,13 @@ def render() -> str:
         head = key.split(".")[0]
         if head != section:
             section = head
-            lines += ["", f"## `{section}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+            lines += [
+                "",
+                f"## `{section}`",
+                "",
+                "| key | type | default | meaning |",
+                "| --- | --- | --- | --- |",
+            ]
         meaning = help_text + (f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices else "")
         lines.append(f"| `{key}` | {_type_name(tp)} | {_default(default)} | {meaning.replace('|', '/')} |")
     return "\n".join(lines) + "\n"

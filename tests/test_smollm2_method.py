@@ -39,8 +39,13 @@ def setup(smollm2_dir, gsm8k_dir):
 
     cfg, _ = load_config(
         str(CONFIGS / "smollm2" / "distill.yaml"),
-        overrides=[f"model.name={smollm2_dir}", f"data.source={GSM8K_DIR}", "model.dtype=float32",
-                   "training.mixed_precision=no", "lora.dropout=0.0"],
+        overrides=[
+            f"model.name={smollm2_dir}",
+            f"data.source={GSM8K_DIR}",
+            "model.dtype=float32",
+            "training.mixed_precision=no",
+            "lora.dropout=0.0",
+        ],
     )
     tokenizer = load_tokenizer(cfg.model.name)
     prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
@@ -64,7 +69,9 @@ def test_template_renders_student_and_teacher(setup):
     answer_part = tokenizer.decode(enc.student_ids[enc.student_answer_start :])
     # SmolLM2's template adds its default system turn; our turns follow it.
     assert prompt.startswith("<|im_start|>system\n")
-    assert prompt.endswith(f"<|im_start|>user\nQuestion: {train[0].question}<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.endswith(
+        f"<|im_start|>user\nQuestion: {train[0].question}<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert answer_part == train[0].answer + "<|im_end|>\n"
     assert teacher.count("<|im_start|>user\nQuestion: ") == 4 and student.count("<|im_start|>user") == 1
     assert enc.student_ids[enc.student_answer_start :] == enc.teacher_ids[enc.teacher_answer_start :]
@@ -80,8 +87,12 @@ def test_exemplars_change_the_distribution(setup):
     model = load_causal_lm(cfg.model).eval()
     device = torch.device("cpu")
     metrics = teacher_forced_metrics(
-        hf_answer_logits(model, device), hf_teacher_logits(model, device), encoded_pairs(prompts, train, k=3),
-        tokenizer.pad_token_id, batch_size=2, device=device,
+        hf_answer_logits(model, device),
+        hf_teacher_logits(model, device),
+        encoded_pairs(prompts, train, k=3),
+        tokenizer.pad_token_id,
+        batch_size=2,
+        device=device,
     )
     mean_kl = sum(metrics["kl"]) / len(metrics["kl"])
     print(f"\nKL(3-shot || 0-shot) per problem: {[round(v, 3) for v in metrics['kl']]}, mean {mean_kl:.3f}")
@@ -113,8 +124,14 @@ def test_distillation_steps_reduce_kl_to_teacher(setup):
         student.eval()
         s = student(batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions)
         t = teacher.logits_at(batch, pos.batch_index, pos.teacher_positions)
-        total, count = forward_kl(s, TeacherTargets(logits=t), mask, temperature=1.0, support="full",
-                                  scale_by_temperature_squared=False)
+        total, count = forward_kl(
+            s,
+            TeacherTargets(logits=t),
+            mask,
+            temperature=1.0,
+            support="full",
+            scale_by_temperature_squared=False,
+        )
         student.train()
         return float(total / count)
 

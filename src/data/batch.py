@@ -171,15 +171,19 @@ class TrainingBatches:
         key = self.shots.cache_key(row, step) if self.shots else (row, 0)
         if key is not None and key in self._teacher_cache:
             student_ids, teacher_ids, student_start, teacher_start = self._teacher_cache[key]
-            return EncodedExample(row, student_ids.tolist(), teacher_ids.tolist(), student_start, teacher_start)
+            return EncodedExample(
+                row, student_ids.tolist(), teacher_ids.tolist(), student_start, teacher_start
+            )
         if row not in self._student_cache:
             self._student_cache[row] = self.prompts.encode_student(example)
         shots = self.shots.shots(row, step, step_rows) if self.shots else []
         encoded = self.prompts.encode_pair(example, shots, self._student_cache[row])
         if key is not None:
             self._teacher_cache[key] = (
-                np.asarray(encoded.student_ids, dtype=np.int32), np.asarray(encoded.teacher_ids, dtype=np.int32),
-                encoded.student_answer_start, encoded.teacher_answer_start,
+                np.asarray(encoded.student_ids, dtype=np.int32),
+                np.asarray(encoded.teacher_ids, dtype=np.int32),
+                encoded.student_answer_start,
+                encoded.teacher_answer_start,
             )
         return encoded
 
