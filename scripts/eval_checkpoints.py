@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fsdistill.cli import add_config_args, config_from_args
+from fsdistill.cli import add_eval_args, config_from_args, parse_eval_args
 from fsdistill.errors import UserError, exit_on_user_error
 
 IDENTITY_KEYS = ("name", "init", "architecture")
@@ -26,40 +26,11 @@ IDENTITY_KEYS = ("name", "init", "architecture")
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(parser)
+    add_eval_args(parser)
     parser.add_argument("--conditions", nargs="+", required=True, help="Run names to evaluate.")
     parser.add_argument("--base_dir", required=True, help="Folder searched (recursively) for run.json files.")
     parser.add_argument("--checkpoint_steps", type=int, nargs="+", help="Steps to score (default: all).")
-    parser.add_argument(
-        "--output", required=True, help="Result JSON (resumed if it exists with the same settings)."
-    )
-    parser.add_argument("--n_samples", type=int, help="Test subset size (default: eval.n_samples).")
-    parser.add_argument("--tensor_parallel_size", type=int, help="vLLM tensor parallel degree.")
-    parser.add_argument(
-        "--backend", choices=["hf", "vllm"], help="Generation backend (default: eval.backend)."
-    )
-    parser.add_argument(
-        "--split",
-        default="test",
-        choices=["test", "validation"],
-        help="validation: rows held out of train (data.validation_size) to select checkpoints.",
-    )
-    parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
-    # Intermixed: overrides may stand between options (`--config C a=1 --output O b=2`), as in training.
-    args = parser.parse_intermixed_args(argv)
-    extra = [
-        f"eval.{k}={v}"
-        for k, v in (
-            ("n_samples", args.n_samples),
-            ("backend", args.backend),
-            ("tensor_parallel_size", args.tensor_parallel_size),
-        )
-        if v is not None
-    ]
-    if args.teacher_forced:
-        extra.append("eval.teacher_forced=true")
-    args.overrides = [*extra, *args.overrides]
-    return args
+    return parse_eval_args(parser, argv)
 
 
 def find_runs(base_dir: Path) -> dict[str, list[Path]]:

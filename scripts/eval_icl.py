@@ -13,41 +13,15 @@ from __future__ import annotations
 
 import argparse
 
-from fsdistill.cli import add_config_args, config_from_args
+from fsdistill.cli import add_eval_args, config_from_args, parse_eval_args
 from fsdistill.errors import exit_on_user_error
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(parser)
-    parser.add_argument(
-        "--output", required=True, help="Result JSON (resumed if it exists with the same settings)."
-    )
+    add_eval_args(parser)
     parser.add_argument("--shots", type=int, nargs="+", help="Shot counts (default: eval.icl_shots).")
-    parser.add_argument("--n_samples", type=int, help="Test subset size (default: eval.n_samples).")
-    parser.add_argument(
-        "--backend", choices=["hf", "vllm"], help="Generation backend (default: eval.backend)."
-    )
-    parser.add_argument("--tensor_parallel_size", type=int, help="vLLM tensor parallel degree.")
-    parser.add_argument("--split", default="test", choices=["test", "validation"])
-    parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
-    # Intermixed: overrides may stand between options (`--config C a=1 --output O b=2`), as in training.
-    args = parser.parse_intermixed_args(argv)
-    extra = [
-        f"eval.{k}={v}"
-        for k, v in (
-            ("n_samples", args.n_samples),
-            ("backend", args.backend),
-            ("tensor_parallel_size", args.tensor_parallel_size),
-        )
-        if v is not None
-    ]
-    if args.shots is not None:
-        extra.append(f"eval.icl_shots={args.shots}")
-    if args.teacher_forced:
-        extra.append("eval.teacher_forced=true")
-    args.overrides = [*extra, *args.overrides]
-    return args
+    return parse_eval_args(parser, argv)
 
 
 @exit_on_user_error

@@ -118,3 +118,38 @@ def parse_training_cli(description: str, argv=None, with_condition: bool = False
     cfg, source = config_from_args(args, extra)
     check_launcher_precision(cfg)
     return args, cfg, source
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by eval_icl.py and eval_checkpoints.py; parse with parse_eval_args."""
+    add_config_args(parser)
+    parser.add_argument(
+        "--output", required=True, help="Result JSON (resumed if it exists with the same settings)."
+    )
+    parser.add_argument("--n_samples", type=int, help="Test subset size (default: eval.n_samples).")
+    parser.add_argument(
+        "--backend", choices=["hf", "vllm"], help="Generation backend (default: eval.backend)."
+    )
+    parser.add_argument("--tensor_parallel_size", type=int, help="vLLM tensor parallel degree.")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="validation: rows held out of train (data.validation_size), to select checkpoints honestly.",
+    )
+    parser.add_argument("--teacher_forced", action="store_true", help="Also compute teacher-forced metrics.")
+
+
+def parse_eval_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse, and turn the eval flags into eval.* overrides placed before the command line's own."""
+    # Intermixed: overrides may stand between options (`--config C a=1 --output O b=2`), as in training.
+    args = parser.parse_intermixed_args(argv)
+    flags = {
+        "n_samples": args.n_samples,
+        "backend": args.backend,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "icl_shots": getattr(args, "shots", None),  # eval_icl.py only
+        "teacher_forced": True if args.teacher_forced else None,
+    }
+    args.overrides = [f"eval.{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    return args

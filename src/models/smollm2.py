@@ -218,7 +218,7 @@ def rebuild_unquantized(gguf_model):
         )
     # SmolLM2 ties lm_head to the embedding and the GGUF holds no separate output tensor: re-tie so the
     # saved folder stores one matrix and a later LoRA/fine-tune keeps them shared, as upstream.
-    if getattr(config, "tie_word_embeddings", False):
+    if config.tie_word_embeddings:
         model.tie_weights()
         if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
             raise ConversionError("tie_word_embeddings is set but lm_head is not tied to the embedding")
