@@ -156,35 +156,23 @@ def make_entry(
             for row, value in zip(rows, values):
                 row[name] = float(value)
     n = len(rows)
-    if not any("prediction" in row for row in rows):  # teacher-forced only: nothing was generated
+    if any("prediction" in row for row in rows):
+        n_correct = sum(1 for row in rows if row.get("correct") is True)
+        accuracy, ci95 = n_correct / n, list(wilson_interval(n_correct, n))
+    else:  # teacher-forced only: nothing was generated
         for row in rows:
             row.update(prediction=None, extracted=None, correct=None)
-        entry = {
-            "condition": condition,
-            "method": method,
-            "step": step,
-            "shots": shots,
-            "checkpoint": None if checkpoint is None else str(checkpoint),
-            "accuracy": None,
-            "n": n,
-            "n_correct": None,
-            "ci95": None,
-            "examples": rows,
-            "teacher_forced": teacher_forced,
-        }
-        validate_entry(entry, f"make_entry({condition!r}, step={step}, shots={shots})")
-        return _json_normalised(entry, f"entry {condition!r}")
-    n_correct = sum(1 for row in rows if row.get("correct") is True)
+        n_correct = accuracy = ci95 = None
     entry = {
         "condition": condition,
         "method": method,
         "step": step,
         "shots": shots,
         "checkpoint": None if checkpoint is None else str(checkpoint),
-        "accuracy": n_correct / n,
+        "accuracy": accuracy,
         "n": n,
         "n_correct": n_correct,
-        "ci95": list(wilson_interval(n_correct, n)),
+        "ci95": ci95,
         "examples": rows,
         "teacher_forced": teacher_forced,
     }
