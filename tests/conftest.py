@@ -69,3 +69,19 @@ def online_reference(tmp_path_factory, short_gsm8k) -> Path:
     argv = cli_argv("online_v1.yaml", out, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
     assert run_cli(main, argv) == 0
     return out
+
+
+def qwen_cfg(*overrides: str, config: str = "online_v1.yaml"):
+    """A shipped Qwen3 config pointed at the local tokenizer and data."""
+    from fsdistill.config import load_config
+
+    cfg, _ = load_config(str(CONFIGS / config), overrides=[*OFFLINE_OVERRIDES, *overrides])
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def train_rows(gsm8k_dir):
+    """The real GSM8K training split."""
+    from fsdistill.data.gsm8k_loader import load_split
+
+    return load_split(str(gsm8k_dir), "train")

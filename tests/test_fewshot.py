@@ -6,25 +6,14 @@ import random
 from collections import Counter
 
 import pytest
-from conftest import CONFIGS, OFFLINE_OVERRIDES
+from conftest import qwen_cfg
 
-from fsdistill.config import load_config
 from fsdistill.data.batch import build_training_batches
 from fsdistill.data.fewshot import FewShotError, ShotSampler
-from fsdistill.data.gsm8k_loader import Example, load_split
+from fsdistill.data.gsm8k_loader import Example
 from fsdistill.errors import UserError
 
 N_TRAIN = 7473
-
-
-def qwen_cfg(*overrides: str, config: str = "online_v1.yaml"):
-    cfg, _ = load_config(str(CONFIGS / config), overrides=[*OFFLINE_OVERRIDES, *overrides])
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def train_rows(gsm8k_dir):
-    return load_split(str(gsm8k_dir), "train")
 
 
 def original_shots(idx: int, k: int = 8, n: int = N_TRAIN, seed: int = 42) -> list[int]:

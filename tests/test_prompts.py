@@ -9,26 +9,14 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, OFFLINE_OVERRIDES, REPO
+from conftest import REPO, qwen_cfg
 
-from fsdistill.config import load_config
 from fsdistill.data.batch import IGNORE_INDEX, build_training_batches
-from fsdistill.data.gsm8k_loader import load_split
 from fsdistill.data.prompts import PromptBuilder, TemplateError
 
 THINK, END_THINK = 151667, 151668  # Qwen3's <think> and </think>
 IM_START, IM_END, NEWLINE = 151644, 151645, 198
 NO_THINK_SUFFIX = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
-
-
-def qwen_cfg(*overrides: str, config: str = "online_v1.yaml"):
-    cfg, _ = load_config(str(CONFIGS / config), overrides=[*OFFLINE_OVERRIDES, *overrides])
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def train_rows(gsm8k_dir):
-    return load_split(str(gsm8k_dir), "train")
 
 
 @pytest.fixture(scope="module")
