@@ -52,7 +52,7 @@ def explicitly_set(source: dict[str, str], sections: tuple[str, ...]) -> dict[st
 
 def check_sft(cfg: Config, source: dict[str, str]) -> str:
     """train_baseline trains CE only: teacher and distillation settings would be ignored, so refuse them."""
-    ignored = explicitly_set(source, ("fewshot", "distill"))
+    ignored = explicitly_set(source, ("fewshot", "distill", "teacher"))
     if ignored:
         raise ConfigError(
             [

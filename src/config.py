@@ -109,6 +109,12 @@ class DataConfig:
         "not change from day to day.",
     )
     num_workers: int = opt(0, "DataLoader worker processes that tokenise the next micro-batches.")
+    group_by_length: bool = opt(
+        True,
+        "Within each optimizer step, order the step's examples by sequence length before cutting them into "
+        "micro-batches, so examples of similar length are padded together. The step's set of examples, and "
+        "so its gradient, is unchanged.",
+    )
 
 
 @dataclass
@@ -170,6 +176,11 @@ class TrainingConfig:
     )
     seed: int = opt(42, "Seeds data order, adapter init, dropout and the validation split.")
     log_every: int = opt(10, "Optimizer steps between metrics.jsonl / TensorBoard records.")
+    logits_chunk_size: int = opt(
+        1024,
+        "Answer positions sent through the output head at once (student and teacher): the loss's extra "
+        "memory is O(chunk x vocabulary) whatever the batch and sequence length.",
+    )
 
 
 @dataclass
@@ -195,6 +206,34 @@ class DistillConfig:
     beta: float = opt(
         0.5, "generalized_jsd mixing weight, TRL's convention: 0 is forward KL, 1 is reverse KL."
     )
+
+
+@dataclass
+class TeacherConfig:
+    cache: str = opt(
+        "off",
+        "Teacher top-K cache, exact when an example's teacher input never changes (per_example or fixed "
+        "shots, shuffled answers, 0-shot teacher). memory: filled on an example's first visit and reused "
+        "(shared across processes); disk: memory-mapped folder teacher.cache_dir written by "
+        "scripts/precompute_teacher.py; off: the teacher runs at every visit.",
+        ("off", "memory", "disk"),
+    )
+    cache_dir: Optional[str] = opt(
+        None, "teacher.cache=disk: the folder scripts/precompute_teacher.py wrote for this config."
+    )
+    cache_top_k: Optional[int] = opt(
+        None,
+        "Entries cached per answer token when distill.top_k is null (full-vocabulary KL/JSD): the cache holds "
+        "the teacher's top-K plus one tail bucket, and the loss runs on those K+1 entries (an approximation "
+        "of the full-vocabulary loss). Must stay null when distill.top_k is set (the cache then uses it).",
+    )
+    prefix_cache: bool = opt(
+        True,
+        "With fewshot.selection fixed or per_batch, run the exemplar prefix that a micro-batch's teacher "
+        "sequences share once and reuse its keys/values (fixed: once per run); only question + answer "
+        "tokens are run per example.",
+    )
+    prefix_min_tokens: int = opt(64, "Shortest shared prefix worth caching (tokens).")
 
 
 @dataclass
@@ -242,6 +281,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -654,6 +694,51 @@ def _range_problems(cfg: Config, source: dict[str, str], missing: frozenset[str]
     _check(lo.alpha > 0, "lora.alpha", f"must be > 0, got {lo.alpha}", source, p)
     _check(0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lo.dropout}", source, p)
     _check(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module", source, p)
+    tc = cfg.teacher
+    if tc.cache != "off":
+        _check(
+            not (f.selection == "per_batch" and f.k > 0),
+            "teacher.cache",
+            f"is {tc.cache!r}, which needs a teacher input that never changes for an example, but fewshot.selection="
+            "per_batch draws new exemplars every step; use teacher.cache=off (teacher.prefix_cache speeds "
+            "per_batch up instead)",
+            source,
+            p,
+        )
+        if dist.top_k is None:
+            _check(
+                tc.cache_top_k is not None,
+                "teacher.cache_top_k",
+                "must be set when distill.top_k is null and teacher.cache is on: the cache stores the top-K "
+                "entries plus a tail bucket, never the full vocabulary",
+                source,
+                p,
+            )
+    if tc.cache == "disk":
+        _check(tc.cache_dir is not None, "teacher.cache_dir", "is required for teacher.cache=disk", source, p)
+    if tc.cache_top_k is not None:
+        _check(
+            dist.top_k is None,
+            "teacher.cache_top_k",
+            f"is only for full-vocabulary losses (distill.top_k null); the cache uses distill.top_k={dist.top_k}",
+            source,
+            p,
+        )
+        _check(tc.cache_top_k >= 1, "teacher.cache_top_k", f"must be >= 1, got {tc.cache_top_k}", source, p)
+    _check(
+        tc.prefix_min_tokens >= 1,
+        "teacher.prefix_min_tokens",
+        f"must be >= 1, got {tc.prefix_min_tokens}",
+        source,
+        p,
+    )
+    _check(
+        t.logits_chunk_size >= 1,
+        "training.logits_chunk_size",
+        f"must be >= 1, got {t.logits_chunk_size}",
+        source,
+        p,
+    )
     _check(
         e.generate or e.teacher_forced,
         "eval.generate",

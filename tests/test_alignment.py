@@ -17,6 +17,7 @@ from fsdistill.config import load_config
 from fsdistill.data.batch import IGNORE_INDEX, collate
 from fsdistill.data.prompts import EncodedExample
 from fsdistill.training.alignment import AlignmentError, answer_positions
+from fsdistill.models.teacher import LiveTeacher, target_spec
 from fsdistill.training.core import micro_batch_losses
 
 PAD = 0
@@ -95,19 +96,31 @@ TEACHER_TABLE = torch.randn(2, 11, V, generator=torch.Generator().manual_seed(2)
 
 
 class TableStudent(torch.nn.Module):
-    """Answer-logits interface; logits[i] = STUDENT_TABLE[batch_index[i], positions[i]]."""
+    """Answer-logits interface; logits[i] = STUDENT_TABLE[batch_index[i], positions[i]] (the "hidden
+    states" are the table rows and the head is the identity)."""
 
     def __init__(self):
         super().__init__()
         self.table = torch.nn.Parameter(STUDENT_TABLE.clone())
 
-    def forward(self, input_ids, attention_mask, batch_index, positions):
+    def forward(self, input_ids, attention_mask, batch_index, positions, return_hidden=False):
         return self.table[batch_index, positions]
 
+    def head(self, hidden):
+        return hidden
 
-class TableTeacher:
-    def logits_at(self, batch, batch_index, positions):
+
+class TableTeacher(LiveTeacher):
+    """The real LiveTeacher reduction (top-K per chunk) over TEACHER_TABLE instead of a model."""
+
+    def __init__(self, cfg):
+        super().__init__(None, None, target_spec(cfg), chunk_size=2)
+
+    def hidden_at(self, batch, batch_index, positions):
         return TEACHER_TABLE[batch_index, positions]
+
+    def head(self, hidden):
+        return hidden
 
 
 # The answer tokens' (row, student position, teacher position, target), written out by hand.
@@ -158,7 +171,7 @@ def test_distillation_reads_the_aligned_positions(loss):
     top_k = "distill.top_k=3" if loss == "topk_logit_mse" else "distill.top_k=null"
     cfg = tiny_cfg("fewshot.k=2", f"distill.loss={loss}", top_k)
     batch = collate([tokens_in_vocab(A), tokens_in_vocab(B)], PAD)
-    losses = micro_batch_losses(cfg, TableStudent(), TableTeacher(), batch, nullcontext)
+    losses = micro_batch_losses(cfg, TableStudent(), TableTeacher(cfg), batch, nullcontext)
     ce, mse = hand_losses()
     dist = mse if loss == "topk_logit_mse" else hand_forward_kl()
     assert losses.tokens == 5
@@ -175,7 +188,7 @@ def test_gradient_reaches_only_the_aligned_student_positions():
     cfg = tiny_cfg("fewshot.k=2", "distill.top_k=3")
     student = TableStudent()
     batch = collate([tokens_in_vocab(A), tokens_in_vocab(B)], PAD)
-    losses = micro_batch_losses(cfg, student, TableTeacher(), batch, nullcontext)
+    losses = micro_batch_losses(cfg, student, TableTeacher(cfg), batch, nullcontext)
     (losses.ce_sum + losses.dist_sum).backward()
     touched = sorted({(b, p) for b, p in (student.table.grad.abs().sum(-1) > 0).nonzero().tolist()})
     assert touched == sorted({(b, s) for b, s, _, _ in HAND})

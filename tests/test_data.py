@@ -132,7 +132,7 @@ def test_too_long_examples_are_dropped_not_truncated(qwen3_tokenizer):
         step_rows = batches.order.step_rows(step)
         for micro in range(cfg.training.grad_accum_steps):
             mb = batches.micro_batch(step, micro, 0, 1, 4)
-            rows = batches.order.micro_rows(step, micro, 0, 1, 4)
+            rows = batches.micro_rows(step, micro, 0, 1, 4)  # length-grouped by default
             full = {r: batches.encode(r, step, step_rows) for r in rows}
             assert sorted(mb.dropped_rows) == sorted(r for r in rows if len(full[r].teacher_ids) > 420)
             dropped += mb.dropped_rows
@@ -155,7 +155,7 @@ def test_an_all_dropped_micro_batch_is_one_padding_row_without_labels(qwen3_toke
     cfg = tiny_cfg("data.max_student_len=8", "data.max_teacher_len=8")
     batches = build_training_batches(cfg, qwen3_tokenizer, with_teacher=True, num_processes=1)
     mb = batches.micro_batch(0, 0, 0, 1, 2)
-    assert sorted(mb.dropped_rows) == sorted(batches.order.micro_rows(0, 0, 0, 1, 2))
+    assert sorted(mb.dropped_rows) == sorted(batches.micro_rows(0, 0, 0, 1, 2))
     b = mb.batch
     pad = qwen3_tokenizer.pad_token_id
     assert b.size == 1 and b.rows.tolist() == [-1]

@@ -161,17 +161,23 @@ def test_recorded_losses(runs, method):
 def test_methods_agree_until_the_teacher_matters(runs):
     """Same initial adapter, same examples: the CE of steps 1 and 2 is the same for every method (step 1
     has lr 0). The 2-shot teachers add to the gradient from step 1; the 0-shot teacher with a fresh
-    adapter adds exactly nothing until the adapter has moved (after step 2)."""
+    adapter adds exactly nothing until the adapter has moved (after step 2).
+
+    data.group_by_length sorts a step by student length without a teacher and by teacher length with
+    one, so the 2-shot runs split a step's examples into other micro-batches than sft: the same sum, in
+    another float32 order (hence rel 1e-6, and rows compared per step as sets)."""
     ce = {m: column(runs[m], "train/ce_loss") for m in METHODS}
     norm = {m: column(runs[m], "train/grad_norm") for m in METHODS}
     for m in METHODS:
-        assert ce[m][:2] == pytest.approx(ce["sft"][:2], rel=1e-9), m
+        assert ce[m][:2] == pytest.approx(ce["sft"][:2], rel=1e-6), m
     for m in ("few_shot_distillation", "shuffled_answers"):
         assert abs(norm[m][0] / norm["sft"][0] - 1) > 1e-2, m
     assert norm["zero_shot_teacher"][:2] == norm["sft"][:2]
     assert abs(norm["zero_shot_teacher"][2] / norm["sft"][2] - 1) > 1e-4
     rows = {m: json.loads((runs[m] / "ranks" / "rank0.json").read_text())["rows_by_step"] for m in METHODS}
-    assert all(rows[m] == rows["sft"] for m in METHODS)
+    steps = {m: [sorted(step) for step in rows[m]] for m in METHODS}
+    assert all(steps[m] == steps["sft"] for m in METHODS)
+    assert rows["zero_shot_teacher"] == rows["sft"]  # teacher length == student length: same split
 
 
 def test_zero_shot_teacher_gives_zero_distillation_until_the_adapter_moves(runs):

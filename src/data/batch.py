@@ -2,9 +2,13 @@
 
 The order of examples is a pure function of (training.seed, step): epoch e visits the training rows in
 `random.Random(f"order:{seed}:{e}")`'s permutation, the stream runs on across epochs, and optimizer step
-s owns examples [s*G, (s+1)*G) of it (G = processes x per-device batch x accumulation). Resuming at step
-s therefore needs nothing but s, and every process derives its own disjoint share without talking to
-the others.
+s owns examples [s*G, (s+1)*G) of it (G = processes x per-device batch x accumulation). Within a step,
+micro-batch m of process r takes slots [(m*P + r)*B, (m*P + r + 1)*B) (P processes, B per device) of the
+step's rows: in stream order, or, with data.group_by_length, sorted by sequence length (teacher length
+when there is a teacher, ties in stream order), so similar lengths are padded together while the step's
+set of rows, and so its gradient, stays the same. Resuming at step s therefore needs nothing but s, and
+every process derives its own disjoint share without talking to the others (grouping by length encodes
+all G rows of the step on every process to get there).
 """
 
 from __future__ import annotations
@@ -125,9 +129,18 @@ class ExampleOrder:
         return out
 
     def micro_rows(self, step: int, micro: int, rank: int, num_processes: int, per_device: int) -> list[int]:
-        """This process's rows for micro-batch `micro` of `step`: disjoint across (micro, rank)."""
-        start = (micro * num_processes + rank) * per_device
-        return self.step_rows(step)[start : start + per_device]
+        """This process's rows for micro-batch `micro` of `step` in stream order (no length grouping)."""
+        return self.step_rows(step)[micro_slots(micro, rank, num_processes, per_device)]
+
+
+def micro_slots(micro: int, rank: int, num_processes: int, per_device: int) -> slice:
+    """The positions in a step's G-row list that micro-batch `micro` of process `rank` takes.
+
+    Consecutive and disjoint across (micro, rank), covering the step; the ranks of one micro-batch are
+    neighbours, so with a length-sorted list the processes that run it together get similar widths.
+    """
+    start = (micro * num_processes + rank) * per_device
+    return slice(start, start + per_device)
 
 
 @dataclass
@@ -141,7 +154,8 @@ class TrainingBatches:
 
     Examples longer than the length limits are dropped (never truncated: truncation would cut the
     answer) and reported. Student encodings are cached per row; teacher encodings too, except for
-    per_batch shots, which change every step.
+    per_batch shots, which change every step. With group_by_length the step's rows are cut into
+    micro-batches in length order instead of stream order (see the module docstring).
     """
 
     def __init__(
@@ -153,6 +167,7 @@ class TrainingBatches:
         max_student_len: int,
         max_teacher_len: int,
         pad_id: int,
+        group_by_length: bool,
     ):
         self.by_row = {e.row: e for e in examples}
         self.prompts = prompts
@@ -161,10 +176,15 @@ class TrainingBatches:
         self.max_student_len = max_student_len
         self.max_teacher_len = max_teacher_len
         self.pad_id = pad_id
+        self.group_by_length = group_by_length
         self._student_cache: dict[int, tuple] = {}
         # Encoded pairs as int32 arrays: ~8 bytes per token instead of ~36 for Python lists of ints
-        # (k=8 on the full split: ~15 M teacher tokens per process).
+        # (k=8 on the full split: ~15 M teacher tokens; with group_by_length every process encodes,
+        # and so caches, every row, not only its own share).
         self._teacher_cache: dict[tuple, tuple[np.ndarray, np.ndarray, int, int]] = {}
+        # The last step's encodings in length order: every micro-batch of a step slices the same list,
+        # so the step is encoded and sorted once (per_batch encodings are not in the caches above).
+        self._by_length: tuple[int, list[EncodedExample]] | None = None
 
     def encode(self, row: int, step: int, step_rows: list[int]) -> EncodedExample:
         example = self.by_row[row]
@@ -190,12 +210,43 @@ class TrainingBatches:
     def fits(self, e: EncodedExample) -> bool:
         return len(e.student_ids) <= self.max_student_len and len(e.teacher_ids) <= self.max_teacher_len
 
+    def sort_length(self, e: EncodedExample) -> int:
+        """The length that sets a micro-batch's padded width: the teacher's when there is one (k shots
+        make it the longest sequence), else the student's."""
+        return len(e.teacher_ids) if self.shots is not None else len(e.student_ids)
+
+    def step_by_length(self, step: int) -> list[EncodedExample]:
+        """All G examples of `step`, encoded and sorted by sort_length, ties in stream order.
+
+        A pure function of the step (no communication: every process sorts the same list). Shots see
+        the unsorted step rows, as without grouping, so they do not depend on this option.
+        """
+        if self._by_length is None or self._by_length[0] != step:
+            step_rows = self.order.step_rows(step)
+            encoded = [self.encode(r, step, step_rows) for r in step_rows]
+            order = sorted(range(len(encoded)), key=lambda i: (self.sort_length(encoded[i]), i))
+            self._by_length = (step, [encoded[i] for i in order])
+        return self._by_length[1]
+
+    def micro_encoded(
+        self, step: int, micro: int, rank: int, num_processes: int, per_device: int
+    ) -> list[EncodedExample]:
+        """The encoded examples of micro-batch `micro` on process `rank`: disjoint across (micro, rank)."""
+        if self.group_by_length:
+            return self.step_by_length(step)[micro_slots(micro, rank, num_processes, per_device)]
+        # Stream order: encode only this process's share.
+        step_rows = self.order.step_rows(step)
+        rows = self.order.micro_rows(step, micro, rank, num_processes, per_device)
+        return [self.encode(r, step, step_rows) for r in rows]
+
+    def micro_rows(self, step: int, micro: int, rank: int, num_processes: int, per_device: int) -> list[int]:
+        """The rows of micro-batch `micro` on process `rank`, dropped ones included."""
+        return [e.row for e in self.micro_encoded(step, micro, rank, num_processes, per_device)]
+
     def micro_batch(
         self, step: int, micro: int, rank: int, num_processes: int, per_device: int
     ) -> MicroBatch:
-        step_rows = self.order.step_rows(step)
-        rows = self.order.micro_rows(step, micro, rank, num_processes, per_device)
-        encoded = [self.encode(r, step, step_rows) for r in rows]
+        encoded = self.micro_encoded(step, micro, rank, num_processes, per_device)
         kept = [e for e in encoded if self.fits(e)]
         dropped = [e.row for e in encoded if not self.fits(e)]
         return MicroBatch(batch=collate(kept, self.pad_id), dropped_rows=dropped)
@@ -230,4 +281,5 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
         cfg.data.max_student_len,
         cfg.data.max_teacher_len if with_teacher else cfg.data.max_student_len,
         tokenizer.pad_token_id,
+        cfg.data.group_by_length,
     )

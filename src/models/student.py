@@ -115,20 +115,26 @@ class AnswerLogitsLM(nn.Module):
 
     forward(input_ids (B, T), attention_mask (B, T), batch_index (N,), positions (N,)) -> logits (N, V):
     logits[i] are the model's next-token logits at input_ids[batch_index[i], positions[i]].
-    Wrapping the whole computation in one module's forward keeps DDP's gradient hooks in the loop.
+    With return_hidden=True it stops before the output head: final hidden states (N, H), which training
+    sends through `head` in chunks (bounded memory). Running the decoder inside this module's forward
+    keeps DDP's gradient hooks in the loop.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model  # a CausalLM or a peft model around one
 
-    def forward(self, input_ids, attention_mask, batch_index, positions) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, batch_index, positions, return_hidden: bool = False):
         causal_lm = base_causal_lm(self.model)
         decoder = causal_lm.get_decoder()
         hidden = decoder(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-        return head_logits(causal_lm, hidden[batch_index, positions])
+        ).last_hidden_state[batch_index, positions]
+        return hidden if return_hidden else head_logits(causal_lm, hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head: hidden states (n, H) -> logits (n, V)."""
+        return head_logits(base_causal_lm(self.model), hidden)
 
 
 def check_answer_logits(model: AnswerLogitsLM, vocab_size: int, device) -> None:
@@ -164,46 +170,29 @@ def eval_mode(module: nn.Module):
         module.train(was_training)
 
 
-class LiveTeacher:
-    """The frozen base model run live on the k-shot sequence; the one teacher interface.
-
-    logits_at(batch, batch_index (N,), positions (N,)) -> (N, V) logits at the teacher positions that
-    predict the answer tokens. A cache or a cached exemplar prefix can replace this class without
-    touching the training loop.
-    """
-
-    def __init__(self, answer_lm: AnswerLogitsLM, adapter_off):
-        self.answer_lm = answer_lm
-        self.adapter_off = adapter_off  # a context manager factory, or None for a separate frozen copy
-
-    @torch.no_grad()
-    def logits_at(self, batch, batch_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        off = self.adapter_off() if self.adapter_off else contextlib.nullcontext()
-        with off, eval_mode(self.answer_lm):
-            return self.answer_lm(batch.teacher_ids, batch.teacher_mask, batch_index, positions)
-
-
 @dataclass
 class StudentTeacher:
     student: AnswerLogitsLM
-    teacher: LiveTeacher | None
+    teacher: object  # LiveTeacher or CachedTeacher (models/teacher.py), or None without a teacher
 
 
 def build_student_teacher(cfg: Config, with_teacher: bool) -> StudentTeacher:
-    """Load the base model and make the student (LoRA or full) and, if asked, its teacher."""
+    """Load the base model and make the student (LoRA or full) and, if asked, its teacher (cfg.teacher)."""
+    from fsdistill.models.teacher import make_teacher
+
     model = load_causal_lm(cfg.model)
     teacher = None
     if cfg.training.use_lora:
         model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
         student = AnswerLogitsLM(model)
         if with_teacher:
-            teacher = LiveTeacher(student, model.disable_adapter)
+            teacher = make_teacher(cfg, student, model.disable_adapter)
     else:
         if with_teacher:
             frozen = copy.deepcopy(model)
             frozen.requires_grad_(False)
             frozen.eval()
-            teacher = LiveTeacher(AnswerLogitsLM(frozen), None)
+            teacher = make_teacher(cfg, AnswerLogitsLM(frozen), None)
         student = AnswerLogitsLM(model)
     return StudentTeacher(student, teacher)
 

@@ -29,6 +29,8 @@ from fsdistill.data.batch import build_training_batches
 from fsdistill.data.prompts import load_tokenizer
 from fsdistill.errors import UserError
 from fsdistill.models.student import build_student_teacher, check_answer_logits, eval_mode, model_identity
+from fsdistill.models.teacher import target_spec
+from fsdistill.models.teacher_cache import CachedTeacher
 from fsdistill.training.alignment import answer_positions
 from fsdistill.training.checkpoint import (
     git_commit,
@@ -39,7 +41,7 @@ from fsdistill.training.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
-from fsdistill.training.losses import cross_entropy, distillation_loss, teacher_targets_from_logits
+from fsdistill.training.losses import TeacherTargets, cross_entropy, distillation_loss
 
 
 class TrainingDiverged(UserError):
@@ -57,6 +59,15 @@ def make_accelerator(cfg: Config):
 
     check_launcher_precision(cfg)
     return Accelerator(mixed_precision=cfg.training.mixed_precision)
+
+
+def make_autocast(mixed_precision: str, device):
+    """A context-manager factory doing what accelerate's autocast does for training.mixed_precision, for
+    code that runs without an Accelerator (the benchmark, scripts/precompute_teacher.py)."""
+    if mixed_precision == "no":
+        return nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+    return lambda: torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def check_global_batch(cfg: Config, num_processes: int) -> int:
@@ -94,48 +105,80 @@ class MicroLosses:
     tokens: int  # answer tokens (= distilled positions = CE positions)
 
 
-def distillation_sum(cfg: Config, student_logits, teacher_logits, mask) -> torch.Tensor:
-    """distill.loss summed over the answer tokens: student_logits, teacher_logits (N, V), mask (N,).
+def answer_losses(cfg: Config, head, hidden, targets, teacher_answers, autocast):
+    """(CE sum, distillation sum) over the N answer positions, the output head applied chunk by chunk.
 
-    The teacher's logits are reduced to what the loss needs (top-K, logsumexp) first; the caller should
-    drop its own reference to them so the (N, V) tensor can be freed early.
+    hidden (N, H): the student's final hidden states at the answer positions; targets (N,) the answer ids;
+    teacher_answers: TeacherAnswers at the same positions, or None (SFT). With more than
+    training.logits_chunk_size positions each chunk runs under activation checkpointing: its (chunk, V)
+    logits are freed after the forward and recomputed in the backward, so the loss's extra memory is
+    O(chunk x V) whatever N is (one extra output-head forward per chunk is the price).
     """
+    size = cfg.training.logits_chunk_size
+    n = hidden.shape[0]
+    ce_total = hidden.new_zeros((), dtype=torch.float32)
+    dist_total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, max(n, 1), size):
+        end = min(start + size, n)
+
+        def chunk_losses(h, start=start, end=end):
+            with autocast():
+                logits = head(h)  # (chunk, V)
+            mask = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+            ce, _ = cross_entropy(logits, targets[start:end], mask)
+            if teacher_answers is None:
+                return ce, torch.zeros_like(ce)
+            # Made here, not outside: full-vocabulary teacher logits must not outlive the chunk either.
+            teacher = teacher_answers.chunk(start, end)
+            return ce, distillation_sum(cfg, logits, teacher, mask)
+
+        if n > size:
+            ce, dist = torch.utils.checkpoint.checkpoint(chunk_losses, hidden[start:end], use_reentrant=False)
+        else:
+            ce, dist = chunk_losses(hidden[start:end])
+        ce_total, dist_total = ce_total + ce, dist_total + dist
+    return ce_total, dist_total
+
+
+def distillation_sum(cfg: Config, student_logits, teacher: TeacherTargets, mask) -> torch.Tensor:
+    """distill.loss summed over positions: student_logits (n, V), teacher targets at the same n, mask (n,)."""
     d = cfg.distill
-    support = "full" if d.top_k is None else d.topk_support
-    targets = teacher_targets_from_logits(
-        teacher_logits,
-        top_k=d.top_k,
-        keep_full=d.top_k is None,
-        logsumexp_temperature=d.temperature if support == "tail_bucket" else None,
-    )
     dist_sum, _ = distillation_loss(
         d.loss,
         student_logits,
-        targets,
+        teacher,
         mask,
         temperature=d.temperature,
         beta=d.beta,
-        support=support,
+        support=target_spec(cfg).support,
         scale_by_temperature_squared=d.scale_by_temperature_squared,
     )
     return dist_sum
 
 
 def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroLosses:
-    """CE and distillation sums of one micro-batch, at exactly the same answer positions."""
+    """CE and distillation sums of one micro-batch, at exactly the same answer positions.
+
+    The teacher runs first: its activations (no grad) and its (chunk, V) logits are gone, reduced to top-K
+    targets, before the student's forward stores activations for the backward pass, so the two peaks do
+    not stack.
+    """
     pos = answer_positions(batch)
-    with autocast():
-        student_logits = student(
-            batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
-        )
-    mask = torch.ones(pos.count, dtype=torch.bool, device=student_logits.device)
-    ce_sum, _ = cross_entropy(student_logits, pos.targets, mask)
-    dist_sum = torch.zeros((), device=ce_sum.device)
+    answers = None
     if teacher is not None:
         with autocast():
-            teacher_logits = teacher.logits_at(batch, pos.batch_index, pos.teacher_positions)
-        dist_sum = distillation_sum(cfg, student_logits, teacher_logits, mask)
+            answers = teacher.answers(batch, pos)
+    with autocast():
+        hidden = student(
+            batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions, return_hidden=True
+        )
+    ce_sum, dist_sum = answer_losses(cfg, unwrap(student).head, hidden, pos.targets, answers, autocast)
     return MicroLosses(ce_sum, dist_sum, pos.count)
+
+
+def unwrap(module):
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
 @dataclass
@@ -331,6 +374,8 @@ def train(cfg: Config, method: str, *, resume: bool = False, overwrite: bool = F
         teacher.answer_lm.to(accelerator.device)
     with eval_mode(student):
         check_answer_logits(student, len(tokenizer), accelerator.device)
+    if teacher is not None:
+        teacher.self_check(len(tokenizer), accelerator.device)
 
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
@@ -428,6 +473,8 @@ def _loop(
         rows_seen.append([r for mb in micro_batches for r in mb.batch.rows.tolist() if r >= 0])
         dropped = [r for mb in micro_batches for r in mb.dropped_rows]
         sums = backward_step(cfg, accelerator, student, teacher, micro_batches)
+        if teacher is not None:
+            teacher.end_step(accelerator)
         step_tokens, step_dropped = sums.answer_tokens, sums.dropped
         grad_norm = accelerator.clip_grad_norm_(
             params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
@@ -462,6 +509,8 @@ def _loop(
             "train/tokens_per_s": sums.seq_tokens / max(elapsed, 1e-9),
             "train/answer_tokens": step_tokens,
         }
+        if isinstance(teacher, CachedTeacher):
+            values["train/teacher_cache_hit_rate"] = teacher.hits / max(teacher.hits + teacher.misses, 1)
         if teacher is None:
             values.pop("train/dist_loss")
             values["train/total_loss"] = ce
