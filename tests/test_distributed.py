@@ -188,3 +188,42 @@ def test_launcher_precision_flag_is_refused_through_accelerate_launch(tmp_path, 
     frames = [line for line in proc.stderr.splitlines() if line.strip().startswith('File "')]
     assert frames and all("accelerate" in f for f in frames)  # no frame of this package's code
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The teacher cache across processes
+# ------------------------------------------------------------------------------------------------
+
+
+def test_teacher_cache_entries_are_shared_between_processes(tmp_path, short_gsm8k):
+    """6 rows, G = 2 processes x 1: every row twice in 6 steps. A row that rank 1 saw first is a hit on
+    rank 0 in the second epoch only if rank 1 shared its entry; rank 0 logs its own hit rate."""
+    out = tmp_path / "cached_2proc"
+    settings = [
+        *common_overrides(short_gsm8k),
+        *TEACHER_OVERRIDES,
+        "data.max_train_examples=6",
+        "data.validation_size=0",
+        "training.per_device_batch_size=1",
+        "training.grad_accum_steps=1",
+        "training.max_steps=6",
+        "training.save_every=6",
+        "teacher.cache=memory",
+    ]
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += [str(SCRIPT), "--config", str(TINY / "online_v1.yaml"), "--output_dir", str(out), *settings]
+    proc = subprocess.run(
+        cmd,
+        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = rank_records(out)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    first_epoch_rank1 = {row for rows in ranks[1]["rows_by_step"][:3] for row in rows}
+    second_epoch_rank0 = {row for rows in ranks[0]["rows_by_step"][3:] for row in rows}
+    assert first_epoch_rank1 & second_epoch_rank0  # rank 0 revisits rows only rank 1 had computed
+    assert [m["train/teacher_cache_hit_rate"] for m in metrics(out)][-1] == 0.5

@@ -166,8 +166,11 @@ def topk_logit_mse(
     where = "topk_logit_mse"
     _check_mask(student_logits, mask, where)
     values = _select(teacher_topk_values, mask, "teacher_topk_values", where).detach().float()
-    indices = _select(teacher_topk_indices, mask, "teacher_topk_indices", where)
-    student = student_logits[mask].gather(-1, indices).float()
+    _select(teacher_topk_indices, mask, "teacher_topk_indices", where)  # shape check
+    # Gather the K entries first, then keep the valid rows: indexing the (..., V) logits by the mask would
+    # copy them (and their gradient) whole. Masked rows gather index 0, whatever their indices hold.
+    safe = torch.where(mask.unsqueeze(-1), teacher_topk_indices, torch.zeros_like(teacher_topk_indices))
+    student = student_logits.gather(-1, safe)[mask].float()
     per_token = (values - student).square().mean(dim=-1)
     return _sum_and_count(per_token, mask)
 
