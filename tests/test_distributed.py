@@ -40,29 +40,19 @@ def env(**extra) -> dict:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, short_gsm8k) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "online_2proc"
-    cmd = [
-        str(ACCELERATE),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        str(free_port()),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(SCRIPT),
-        "--config",
-        str(TINY / "online_v1.yaml"),
-        "--output_dir",
-        str(out),
+    settings = [
         *common_overrides(short_gsm8k),
         *TEACHER_OVERRIDES,
         "training.grad_accum_steps=1",  # 2 processes x 2 x 1 = 4, as the reference's 1 x 2 x 2
     ]
+    return launch_two_processes(out, settings)
+
+
+def launch_two_processes(out: Path, settings: list[str]) -> Path:
+    """train_online_v1 on the tiny config under `accelerate launch` with 2 CPU processes (gloo)."""
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += [str(SCRIPT), "--config", str(TINY / "online_v1.yaml"), "--output_dir", str(out), *settings]
     proc = subprocess.run(
         cmd,
         env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
@@ -210,17 +200,7 @@ def test_teacher_cache_entries_are_shared_between_processes(tmp_path, short_gsm8
         "training.save_every=6",
         "teacher.cache=memory",
     ]
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += [str(SCRIPT), "--config", str(TINY / "online_v1.yaml"), "--output_dir", str(out), *settings]
-    proc = subprocess.run(
-        cmd,
-        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two_processes(out, settings)
     ranks = rank_records(out)
     assert [r["rank"] for r in ranks] == [0, 1]
     first_epoch_rank1 = {row for rows in ranks[1]["rows_by_step"][:3] for row in rows}
