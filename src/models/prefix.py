@@ -119,6 +119,7 @@ class PrefixKV:
             differ = (stored != ids[0, :n]).nonzero()
             m = n if differ.numel() == 0 else int(differ[0, 0])
             if m >= self.min_tokens and ids.shape[0] * (length - m) <= length:
+                self.reused += 1
                 return "reuse", m
         if length >= self.min_tokens:
             return "compute", length

@@ -135,8 +135,6 @@ class LiveTeacher:
                     decoder = self._causal_lm().get_decoder()
                     if action == "compute":
                         self.prefix.compute(decoder, batch.teacher_ids, length)
-                    else:
-                        self.prefix.reused += 1
                     hidden = suffix_hidden(
                         decoder, self.prefix.stored, batch.teacher_ids, batch.teacher_mask, length
                     )
