@@ -63,7 +63,7 @@ def online_reference(tmp_path_factory, short_gsm8k) -> Path:
     tests read: its files, its recorded losses, and the 1-process reference of the 2-process run."""
     from helpers import TEACHER_OVERRIDES, cli_argv, common_overrides, run_cli
 
-    from fsdistill.training.train_online_v1 import main
+    from fsdistill.train.entry import train_online_v1 as main
 
     out = tmp_path_factory.mktemp("runs") / "online_ref"
     argv = cli_argv("online_v1.yaml", out, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
@@ -82,6 +82,7 @@ def qwen_cfg(*overrides: str, config: str = "online_v1.yaml"):
 @pytest.fixture(scope="session")
 def train_rows(gsm8k_dir):
     """The real GSM8K training split."""
-    from fsdistill.data.gsm8k_loader import load_split
+    from fsdistill.tasks.gsm8k import parse_row
+    from fsdistill.tasks.rows import load_split
 
-    return load_split(str(gsm8k_dir), "train")
+    return load_split(str(gsm8k_dir), "train", "main", parse_row)

@@ -1,19 +1,16 @@
-"""Helpers of tests/test_eval.py: a tiny arithmetic data set, the scripts and training entry points run
-in-process, and a recording stand-in for vLLM."""
+"""Helpers of tests/test_eval.py: a tiny arithmetic data set, the training entry points run in-process,
+and a recording stand-in for vLLM."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
-import sys
 import weakref
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
-SCRIPTS = REPO / "scripts"
 
 # 16 additions with distinct operands and distinct sums.
 PAIRS = [
@@ -55,22 +52,11 @@ def write_arithmetic_data(dest: Path) -> Path:
     return dest
 
 
-def load_script(name: str) -> ModuleType:
-    """scripts/{name}.py as a module (scripts/ is not a package); one module object per name."""
-    key = f"_fsdistill_script_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
 def train(entry: str, config: str, out: Path, *overrides: str) -> Path:
-    """Run fsdistill.training.{entry}.main in-process on `config` (a path, or a name in configs/tiny);
-    returns the run folder."""
-    module = importlib.import_module(f"fsdistill.training.{entry}")
-    module.main(["--config", str(TINY / config), "--output_dir", str(out), *overrides])
+    """Run the training entry point `entry` (train_baseline, train_online_v1, train_ablation) in-process on
+    `config` (a path, or a name in configs/tiny); returns the run folder."""
+    main = getattr(importlib.import_module("fsdistill.train.entry"), entry)
+    main(["--config", str(TINY / config), "--output_dir", str(out), *overrides])
     return out
 
 

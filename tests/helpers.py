@@ -89,3 +89,14 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def student_and_teacher(cfg, with_teacher: bool = True):
+    """The recipe's student and (with_teacher) teacher for cfg, on the CPU: .student, .teacher."""
+    from types import SimpleNamespace
+
+    from fsdistill.distill.teacher import make_teacher
+    from fsdistill.modeling.loading import load_student
+
+    student = load_student(cfg)
+    return SimpleNamespace(student=student, teacher=make_teacher(cfg, student) if with_teacher else None)

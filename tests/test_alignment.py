@@ -16,9 +16,10 @@ from helpers import TINY
 from fsdistill.config import load_config
 from fsdistill.data.batch import IGNORE_INDEX, collate
 from fsdistill.data.prompts import EncodedExample
-from fsdistill.models.teacher import LiveTeacher, target_spec
-from fsdistill.training.alignment import AlignmentError, answer_positions
-from fsdistill.training.core import micro_batch_losses
+from fsdistill.distill.alignment import AlignmentError, answer_positions
+from fsdistill.distill.objective import target_spec
+from fsdistill.distill.teacher import LiveTeacher
+from fsdistill.train.step import micro_batch_losses
 
 PAD = 0
 

@@ -12,7 +12,8 @@ import math
 
 import pytest
 from conftest import CONFIGS, OFFLINE_OVERRIDES
-from eval_helpers import load_script
+
+from fsdistill.tools import bench
 
 TINY = str(CONFIGS / "tiny" / "online_v1.yaml")
 SMALL = ["data.max_train_examples=16", "fewshot.k=2", "distill.top_k=8", "teacher.prefix_min_tokens=16"]
@@ -25,7 +26,7 @@ def test_bench_step_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
     out = tmp_path / "bench" / "step.json"
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     argv = ["--config", TINY, *OFFLINE_OVERRIDES, *SMALL, "--warmup", "1", "--steps", "2", "--threads", "1"]
-    result = load_script("bench_step").main([*argv, "--output", str(out)])
+    result = bench.main([*argv, "--output", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
@@ -62,7 +63,7 @@ def test_bench_step_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
 
 
 def test_bench_step_refuses_bad_arguments(tmp_path, capsys):
-    main = load_script("bench_step").main
+    main = bench.main
     with pytest.raises(SystemExit):
         main(["--config", TINY, "--variants", "sft,nope", "--output", str(tmp_path / "x.json")])
     assert "--variants" in capsys.readouterr().err
@@ -75,8 +76,7 @@ def test_bench_step_refuses_bad_arguments(tmp_path, capsys):
 
 def test_bench_step_stops_when_the_original_disagrees(gsm8k_dir, qwen3_tokenizer_path, tmp_path, monkeypatch):
     """The check is live: a reference that computes another loss stops the run before any timing."""
-    module = load_script("bench_step")
-    from fsdistill.training import reference
+    from fsdistill.train import reference
 
     honest = reference.reference_micro_batch_losses
 
@@ -90,5 +90,5 @@ def test_bench_step_stops_when_the_original_disagrees(gsm8k_dir, qwen3_tokenizer
     argv = ["--config", TINY, *OFFLINE_OVERRIDES, *SMALL, "--variants", "sft,original,first_visit"]
     argv += ["--micro-batches", "1", "--steps", "1", "--threads", "1", "--output", str(out)]
     with pytest.raises(RuntimeError, match="disagree"):
-        module.main(argv)
+        bench.main(argv)
     assert not out.exists()

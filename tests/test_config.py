@@ -378,20 +378,23 @@ def test_string_overrides_keep_their_text():
     cfg, _ = load_config(
         str(ONLINE),
         overrides=[
-            "data.question_template=Q: {question}",
-            "data.chat_template_date=2024-07-26",
+            "task.question_template=Q: {question}",
+            "model.chat_template_kwargs.date_string=2024-07-26",
             "output.name=007",
         ],
     )
-    assert cfg.data.question_template == "Q: {question}"
-    assert cfg.data.chat_template_date == "2024-07-26"
+    assert cfg.task.question_template == "Q: {question}"
+    assert cfg.model.chat_template_kwargs == {"enable_thinking": False, "date_string": "2024-07-26"}
     assert cfg.output.name == "007"
 
 
 def test_date_like_value_in_a_file_is_a_string(tmp_path):
-    path = write(tmp_path / "date.yaml", f"inherit: {ONLINE}\ndata:\n  chat_template_date: 2024-07-26\n")
+    path = write(
+        tmp_path / "date.yaml",
+        f"inherit: {ONLINE}\nmodel:\n  chat_template_kwargs:\n    date_string: 2024-07-26\n",
+    )
     cfg, _ = load_config(str(path))
-    assert cfg.data.chat_template_date == "2024-07-26"
+    assert cfg.model.chat_template_kwargs["date_string"] == "2024-07-26"
 
 
 def test_empty_section_sets_nothing(tmp_path):
@@ -437,17 +440,14 @@ def test_config_docs_are_up_to_date():
 
 def test_config_docs_list_every_schema_key_with_its_help():
     text = (REPO / "docs" / "config.md").read_text()
-    for key, _type, _default, help_text, _choices in schema_fields():
-        assert f"| `{key}` |" in text, key
-        assert help_text.replace("|", "/") in text, key
+    for field in schema_fields():
+        assert f"| `{field.key}` |" in text, field.key
+        assert field.help.replace("|", "/") in text, field.key
 
 
 def test_config_docs_check_detects_a_stale_file(tmp_path, monkeypatch):
-    import importlib.util
+    from fsdistill.tools import config_docs as gen
 
-    spec = importlib.util.spec_from_file_location("gen_config_docs", REPO / "scripts" / "gen_config_docs.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
     stale = tmp_path / "config.md"
     stale.write_text(gen.render().replace("`training.lr`", "`training.learning_rate`"))
     monkeypatch.setattr(gen, "DOC", stale)

@@ -20,22 +20,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import GSM8K_DIR, OFFLINE_OVERRIDES, QWEN3_TOKENIZER
-from eval_helpers import TINY, RecordingVLLM, arithmetic_rows, load_script, train, write_arithmetic_data
+from eval_helpers import TINY, RecordingVLLM, arithmetic_rows, train, write_arithmetic_data
 
 from fsdistill.config import from_dict, load_config
-from fsdistill.evaluation import evaluate as ev
-from fsdistill.evaluation import generation
-from fsdistill.evaluation.results import entry_key, find_entry, load_results
-from fsdistill.evaluation.scoring import gold_answer
-from fsdistill.models import student
-
-eval_icl = load_script("eval_icl")
-eval_checkpoints = load_script("eval_checkpoints")
+from fsdistill.eval import checkpoints as eval_checkpoints
+from fsdistill.eval import evaluate as ev
+from fsdistill.eval import generation
+from fsdistill.eval import icl as eval_icl
+from fsdistill.eval.results import entry_key, find_entry, load_results
+from fsdistill.modeling import loading
+from fsdistill.tasks import make_task
+from fsdistill.tasks.gsm8k import gold_answer
+from fsdistill.train import checkpoint as train_checkpoint
 
 N = 4  # evaluated test rows
 MAX_NEW = 8  # generated tokens (random models never stop on their own)
 THINK_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # Qwen3's generation prompt, thinking off
-EVAL_OVERRIDES = [*OFFLINE_OVERRIDES, f"eval.n_samples={N}", f"eval.max_new_tokens={MAX_NEW}"]
+EVAL_OVERRIDES = [*OFFLINE_OVERRIDES, f"eval.n_samples={N}", f"task.max_new_tokens={MAX_NEW}"]
 
 
 def original_subset(n_total: int, k: int) -> list[int]:
@@ -122,7 +123,7 @@ def runs(tmp_path_factory, arithmetic_dir) -> SimpleNamespace:
         "training.warmup_steps=0",
         "training.per_device_batch_size=1",
         "training.grad_accum_steps=1",
-        "output.tensorboard=false",
+        "output.log_with=[]",
     ]
     return SimpleNamespace(
         base=base,
@@ -143,7 +144,7 @@ OVERFIT_OVERRIDES = [
     "training.per_device_batch_size=16",
     "training.grad_accum_steps=1",
     "data.max_student_len=128",
-    "output.tensorboard=false",
+    "output.log_with=[]",
 ]
 
 
@@ -213,8 +214,35 @@ def test_eval_icl_result_file_prompts_and_resume(tmp_path, monkeypatch, qwen3_to
     prefix = two_shot[0][: two_shot[0].rindex("<|im_start|>user")]
     assert all(text.startswith(prefix) for text in two_shot) and prefix.count("####") == 2
     cfg, _ = load_config(str(TINY / "base.yaml"), None, EVAL_OVERRIDES)
-    for question, answer in ev.icl_exemplars(ev.load_eval_data(cfg, "test").train, 2, 42):
-        assert f"Question: {question}<|im_end|>\n<|im_start|>assistant\n" in prefix and answer in prefix
+    for shot in ev.icl_exemplars(ev.load_eval_data(cfg, make_task(cfg), "test").train, 2, 42):
+        assert (
+            f"Question: {shot.question}<|im_end|>\n<|im_start|>assistant\n" in prefix
+            and shot.answer in prefix
+        )
+
+
+def test_eval_icl_refuses_to_resume_a_file_measured_differently(
+    tmp_path, monkeypatch, arithmetic_dir, capsys
+):
+    """A result file's identity is the whole config but what cannot change its numbers: resuming it with
+    another dtype or data config is refused naming the key (not mixed); a throughput knob may differ."""
+    monkeypatch.setattr(
+        generation, "generate_hf", lambda model, tok, prompt_ids, *a, **k: ["#### 1"] * len(prompt_ids)
+    )
+    out = tmp_path / "icl.json"
+    argv = ["--config", str(TINY / "base.yaml"), *EVAL_OVERRIDES, f"data.source={arithmetic_dir}"]
+    argv += ["--output", str(out)]
+    eval_icl.main([*argv, "--shots", "0"])
+    before = out.read_bytes()
+    for override, key in (
+        ("model.dtype=bfloat16", "model.dtype"),
+        ("data.hub_config=other", "data.hub_config"),
+    ):
+        err = user_error(eval_icl.main, [*argv, override, "--shots", "0"], capsys)
+        assert "refusing to mix" in err and f"{key}: " in err, err
+        assert out.read_bytes() == before
+    eval_icl.main([*argv, "eval.batch_size=3", "--shots", "0", "2"])
+    assert [e["shots"] for e in load_results(out)["results"]] == [0, 2]
 
 
 def test_eval_icl_teacher_forced(tmp_path, monkeypatch, arithmetic_dir):
@@ -225,7 +253,7 @@ def test_eval_icl_teacher_forced(tmp_path, monkeypatch, arithmetic_dir):
     argv = ["--config", str(TINY / "base.yaml"), *EVAL_OVERRIDES, f"data.source={arithmetic_dir}"]
     eval_icl.main([*argv, "--output", str(out), "--shots", "0", "2", "--teacher_forced"])
     results = load_results(out)
-    assert results["settings"]["teacher_forced"] is True
+    assert results["settings"]["eval.teacher_forced"] is True
     zero, two = find_entry(results, "base", None, 0), find_entry(results, "base", None, 2)
     assert set(zero["teacher_forced"]) == {"nll", "kl"} and set(two["teacher_forced"]) == {"nll"}
     for entry, metrics in ((zero, ("nll", "kl")), (two, ("nll",))):
@@ -305,14 +333,14 @@ def test_checkpoints_refuse_another_base_model_and_other_validation_rows(runs, t
 
 def test_checkpoints_lora_and_full_fine_tuning(runs, tmp_path, monkeypatch):
     loaded = []
-    real_load = student.load_checkpoint_model
+    real_load = train_checkpoint.load_checkpoint_model
 
     def recording_load(path, run_cfg):
         model = real_load(path, run_cfg)
         loaded.append((Path(path), type(model).__name__, model))
         return model
 
-    monkeypatch.setattr(student, "load_checkpoint_model", recording_load)
+    monkeypatch.setattr(train_checkpoint, "load_checkpoint_model", recording_load)
     out = tmp_path / "lora_and_full.json"
     argv = checkpoints_argv(runs.base, out, "sft", "full_ft", flags=["--checkpoint_steps", "2"])
     eval_checkpoints.main(argv)
@@ -332,7 +360,7 @@ def test_checkpoints_lora_and_full_fine_tuning(runs, tmp_path, monkeypatch):
     saved = load_file(str(full_path / "model.safetensors"))
     name = "model.layers.0.mlp.down_proj.weight"
     assert torch.equal(full_model.state_dict()[name], saved[name])
-    base = student.load_causal_lm(load_config(str(TINY / "full_ft.yaml"), None, EVAL_OVERRIDES)[0].model)
+    base = loading.load_causal_lm(load_config(str(TINY / "full_ft.yaml"), None, EVAL_OVERRIDES)[0].model)
     assert not torch.equal(base.state_dict()[name], saved[name])
 
 
@@ -367,7 +395,7 @@ def test_checkpoints_interrupted_sweep_resumes(runs, tmp_path, monkeypatch, caps
     assert len(resumed["provenance"]["resumed"]) == 1
 
     # The same file with settings that change the numbers is refused, naming the setting.
-    argv = checkpoints_argv(runs.base, out, "sft", extra=["eval.max_new_tokens=9"])
+    argv = checkpoints_argv(runs.base, out, "sft", extra=["task.max_new_tokens=9"])
     err = user_error(eval_checkpoints.main, argv, capsys)
     assert "max_new_tokens: 8 vs 9" in err
     assert evaluated == [runs.sft / "checkpoint-2"]
@@ -385,7 +413,7 @@ def test_checkpoints_teacher_forced_without_generation(runs, tmp_path, monkeypat
     eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft", "full_ft", extra=extra, flags=flags))
 
     results = load_results(out)
-    assert results["settings"]["generate"] is False and results["settings"]["teacher_shots"] == 2
+    assert results["settings"]["eval.generate"] is False and results["settings"]["fewshot.k"] == 2
     assert [entry_key(e) for e in results["results"]] == [("sft", 2, 0), ("full_ft", 2, 0)]
 
     # The teacher is the BASE model with 2 exemplars for both kinds: the LoRA checkpoint with its adapter
@@ -394,14 +422,14 @@ def test_checkpoints_teacher_forced_without_generation(runs, tmp_path, monkeypat
 
     cfg, _ = load_config(str(TINY / "base.yaml"), None, [*EVAL_OVERRIDES, *extra, "eval.teacher_forced=true"])
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
-    data = ev.load_eval_data(cfg, "test")
+    prompts = PromptBuilder.from_config(tokenizer, cfg)
+    data = ev.load_eval_data(cfg, make_task(cfg), "test")
     seq = ev.encode_teacher_forced(prompts, data, 2, cfg.fewshot.seed)
     cpu = torch.device("cpu")
-    base = ev.hf_teacher_logits(student.load_causal_lm(cfg.model), cpu)
+    base = ev.hf_teacher_logits(loading.load_causal_lm(cfg.model), cpu)
     for entry, run in zip(results["results"], (runs.sft, runs.full_ft)):
         run_cfg = from_dict(json.loads((run / "run.json").read_text())["config"], str(run))
-        model = student.load_checkpoint_model(run / "checkpoint-2", run_cfg)
+        model = train_checkpoint.load_checkpoint_model(run / "checkpoint-2", run_cfg)
         expected = ev.teacher_forced_metrics(
             ev.hf_answer_logits(model, cpu), base, seq, tokenizer.pad_token_id, N, cpu
         )
@@ -436,7 +464,7 @@ def test_checkpoints_vllm_backend_plumbing(runs, tmp_path, monkeypatch, qwen3_to
         raise AssertionError("the vllm backend without --teacher_forced must not load or run a hf model")
 
     monkeypatch.setattr(generation, "generate_hf", no_hf)
-    monkeypatch.setattr(student, "load_checkpoint_model", no_hf)
+    monkeypatch.setattr(train_checkpoint, "load_checkpoint_model", no_hf)
     recorder = RecordingVLLM()
     monkeypatch.setattr(generation, "import_vllm", lambda: recorder)
     out = tmp_path / "vllm.json"
@@ -485,7 +513,7 @@ def test_checkpoints_vllm_backend_plumbing(runs, tmp_path, monkeypatch, qwen3_to
     assert results["results"][4]["method"] == "few_shot_distillation"
     for entry in results["results"]:
         assert [ex["prediction"] for ex in entry["examples"]] == [f"#### {len(ids)}" for ids in hf_prompts]
-    assert results["settings"]["backend"] == "vllm"
+    assert results["settings"]["eval.backend"] == "vllm"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,9 +527,9 @@ def test_teacher_forced_metrics_of_a_fresh_adapter(arithmetic_dir):
     overrides = [*OFFLINE_OVERRIDES, f"data.source={arithmetic_dir}", f"eval.n_samples={N}"]
     cfg, _ = load_config(str(TINY / "base.yaml"), None, overrides)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
-    data = ev.load_eval_data(cfg, "test")
-    model = student.add_lora(student.load_causal_lm(cfg.model), cfg.lora, False).eval()
+    prompts = PromptBuilder.from_config(tokenizer, cfg)
+    data = ev.load_eval_data(cfg, make_task(cfg), "test")
+    model = loading.add_lora(loading.load_causal_lm(cfg.model), cfg.lora, False).eval()
     device = torch.device("cpu")
 
     def metrics(k: int) -> dict[str, list[float]]:
@@ -561,7 +589,7 @@ def test_overfit_model_scores_high(overfit_run, arithmetic_dir, tmp_path):
             f"model.tokenizer={QWEN3_TOKENIZER}",
             f"data.source={arithmetic_dir}",
             "eval.n_samples=null",
-            "eval.max_new_tokens=32",
+            "task.max_new_tokens=32",
             "--base_dir",
             str(overfit_run.base),
             "--output",
@@ -622,8 +650,9 @@ data: {{source: "{arithmetic_dir}", max_student_len: 128, max_teacher_len: 512}}
 lora: {{r: 8, alpha: 16, dropout: 0.0}}
 training: {{max_steps: 2, save_every: 2, warmup_steps: 0, lr: 1.0e-2, per_device_batch_size: 4,
            grad_accum_steps: 1, mixed_precision: "no"}}
-output: {{tensorboard: false}}
-eval: {{n_samples: {N}, max_new_tokens: 16, gpu_memory_utilization: 0.3}}
+output: {{log_with: []}}
+task: {{max_new_tokens: 16}}
+eval: {{n_samples: {N}, gpu_memory_utilization: 0.3}}
 """
     )
     runs = tmp_path / "runs"

@@ -10,8 +10,8 @@ from conftest import qwen_cfg
 
 from fsdistill.data.batch import build_training_batches
 from fsdistill.data.fewshot import FewShotError, ShotSampler
-from fsdistill.data.gsm8k_loader import Example
 from fsdistill.errors import UserError
+from fsdistill.tasks import Example
 
 N_TRAIN = 7473
 
@@ -28,7 +28,7 @@ def original_shuffled_answers(idx: int, answers: list[str], seed: int = 42) -> l
 
 
 def fake_examples(n: int) -> list[Example]:
-    return [Example(row=i, question=f"q{i}", answer=f"a{i}\n#### {i}") for i in range(n)]
+    return [Example(row=i, question=f"q{i}", answer=f"a{i}\n#### {i}", gold=str(i)) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +164,9 @@ def test_shuffled_answers_follow_the_original_rule(qwen3_tokenizer, train_rows):
     moved = 0
     for row in random.Random(1).sample(range(N_TRAIN), 100):
         rows = original_shots(row)
-        pairs = batches.shots.shots(row, 0, [])
-        questions = [q for q, _ in pairs]
-        answers = [a for _, a in pairs]
+        shots = batches.shots.shots(row, 0, [])
+        questions = [e.question for e in shots]
+        answers = [e.answer for e in shots]
         assert questions == [train_rows[j].question for j in rows]  # questions stay in sampled order
         true_answers = [train_rows[j].answer for j in rows]
         assert Counter(answers) == Counter(true_answers)  # a permutation: the same multiset
@@ -185,14 +185,14 @@ def test_shuffled_answers_in_every_mode_are_a_permutation():
         for step in range(20):
             step_rows = [r for r in range(60) if r not in plain.fixed_rows][step : step + 4]
             row = step_rows[0]
-            a = plain.shots(row, step, step_rows)
-            b = shuffled.shots(row, step, step_rows)
+            a = [(e.question, e.answer) for e in plain.shots(row, step, step_rows)]
+            b = [(e.question, e.answer) for e in shuffled.shots(row, step, step_rows)]
             assert [q for q, _ in a] == [q for q, _ in b]
             assert sorted(x for _, x in a) == sorted(x for _, x in b)
             assert all(by_row[int(q[1:])].answer == x for q, x in a)  # unshuffled: answers match
             changed += [x for _, x in a] != [x for _, x in b]
             # deterministic: asking again gives the same permutation
-            assert shuffled.shots(row, step, step_rows) == b
+            assert [(e.question, e.answer) for e in shuffled.shots(row, step, step_rows)] == b
         assert changed >= 15, selection
 
 

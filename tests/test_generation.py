@@ -17,13 +17,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import qwen_cfg
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from fsdistill.evaluation.generation import (
+from fsdistill.data.prompts import PromptBuilder
+from fsdistill.eval.generation import (
     GenerationSettings,
     VLLMGenerator,
     generate_hf,
     left_pad,
+    load_generation_config,
     stop_token_ids_for,
 )
 
@@ -83,9 +86,10 @@ def prompt_ids(qwen3_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def settings(qwen3_tokenizer):
+def settings(qwen3_tokenizer, qwen3_tokenizer_path):
+    config = load_generation_config(str(qwen3_tokenizer_path))
     return GenerationSettings(
-        max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=stop_token_ids_for(qwen3_tokenizer)
+        max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=stop_token_ids_for(qwen3_tokenizer, [IM_END], config)
     )
 
 
@@ -103,17 +107,24 @@ def unbatched(model, qwen3_tokenizer, prompt_ids, settings):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_stop_token_ids_for_qwen3(qwen3_tokenizer):
-    assert stop_token_ids_for(qwen3_tokenizer) == (ENDOFTEXT, IM_END)
+def test_stop_token_ids_for_qwen3(qwen3_tokenizer, qwen3_tokenizer_path):
+    """eos and the template's end-of-turn (both <|im_end|> for Qwen3), plus the model's generation-config
+    eos ids: the tokenizer folder's generation_config.json adds <|endoftext|>."""
+    end_of_turn = PromptBuilder.from_config(qwen3_tokenizer, qwen_cfg()).end_of_turn_ids()
+    assert end_of_turn == [IM_END]
+    assert stop_token_ids_for(qwen3_tokenizer, end_of_turn) == (IM_END,)
+    config = load_generation_config(None, str(qwen3_tokenizer_path))
+    assert stop_token_ids_for(qwen3_tokenizer, end_of_turn, config) == (ENDOFTEXT, IM_END)
     config = GenerationConfig(eos_token_id=[IM_END, 7])
-    assert stop_token_ids_for(qwen3_tokenizer, config) == (7, ENDOFTEXT, IM_END)
-    assert stop_token_ids_for(qwen3_tokenizer, GenerationConfig(eos_token_id=9)) == (9, ENDOFTEXT, IM_END)
+    assert stop_token_ids_for(qwen3_tokenizer, end_of_turn, config) == (7, IM_END)
+    assert stop_token_ids_for(qwen3_tokenizer, end_of_turn, GenerationConfig(eos_token_id=9)) == (9, IM_END)
+    assert load_generation_config(None, "/no/such/folder") is None
 
 
-def test_stop_token_ids_for_llama_style_vocab():
-    """A template marker other than eos (Llama 3's <|eot_id|>) is found; absent markers are ignored."""
-    tokenizer = SimpleNamespace(eos_token_id=128001, get_vocab=lambda: {"<|eot_id|>": 128009, "a": 0})
-    assert stop_token_ids_for(tokenizer) == (128001, 128009)
+def test_stop_token_ids_for_llama_style_ids():
+    """An end-of-turn marker other than eos (Llama 3's <|eot_id|>) is added to eos."""
+    tokenizer = SimpleNamespace(eos_token_id=128001)
+    assert stop_token_ids_for(tokenizer, [128009]) == (128001, 128009)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,7 +428,7 @@ def test_vllm_missing_gives_a_clear_error(settings, monkeypatch):
 
 
 def test_importing_the_module_does_not_import_vllm():
-    code = "import sys; sys.modules['vllm'] = None; import fsdistill.evaluation.generation"
+    code = "import sys; sys.modules['vllm'] = None; import fsdistill.eval.generation"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

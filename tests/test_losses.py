@@ -1,4 +1,4 @@
-"""Loss functions of fsdistill.training.losses: values against hand computation, masking, the (sum, count)
+"""Loss functions of fsdistill.distill.losses: values against hand computation, masking, the (sum, count)
 contract, supports, temperature, dtypes and gradients."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fsdistill.training.losses import (
+from fsdistill.distill.losses import (
     DISTILLATION_LOSSES,
     TAIL_MASS_FLOOR,
     TeacherTargets,

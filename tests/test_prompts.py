@@ -22,14 +22,17 @@ NO_THINK_SUFFIX = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 @pytest.fixture(scope="module")
 def qwen_prompts(qwen3_tokenizer):
     cfg = qwen_cfg()
-    return PromptBuilder(qwen3_tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
+    return PromptBuilder.from_config(qwen3_tokenizer, cfg)
 
 
 def conversation(shots, question, answer=None):
-    """The original's turns, written out here independently of PromptBuilder."""
+    """The original's turns, written out here independently of PromptBuilder (shots: Examples)."""
     msgs = []
-    for q, a in shots:
-        msgs += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+    for shot in shots:
+        msgs += [
+            {"role": "user", "content": f"Question: {shot.question}"},
+            {"role": "assistant", "content": shot.answer},
+        ]
     msgs.append({"role": "user", "content": f"Question: {question}"})
     if answer is not None:
         msgs.append({"role": "assistant", "content": answer})
@@ -43,8 +46,8 @@ def conversation(shots, question, answer=None):
 
 def test_generation_prompt_ends_with_the_empty_think_block(qwen3_tokenizer, qwen_prompts, train_rows):
     ex, shot = train_rows[0], train_rows[1]
-    for shots in ([], [(shot.question, shot.answer)]):
-        ids = qwen_prompts.generation_prompt_ids(ex.question, shots)
+    for shots in ([], [shot]):
+        ids = qwen_prompts.generation_prompt_ids(ex, shots)
         text = qwen3_tokenizer.decode(ids)
         assert text.endswith(f"Question: {ex.question}<|im_end|>\n" + NO_THINK_SUFFIX)
         assert ids[-7:] == [IM_START, 77091, NEWLINE, THINK, 271, END_THINK, 271]
@@ -60,9 +63,7 @@ def test_generation_prompt_ends_with_the_empty_think_block(qwen3_tokenizer, qwen
 
 def test_answer_part_is_the_answer_and_the_end_of_turn(qwen3_tokenizer, qwen_prompts, train_rows):
     ex = train_rows[5]
-    prompt, answer_part = qwen_prompts.split_prompt_answer(
-        [qwen_prompts.user_turn(ex.question)], ex.answer, "t"
-    )
+    prompt, answer_part = qwen_prompts.split_prompt_answer([qwen_prompts.user_turn(ex)], ex.answer, "t")
     assert prompt.endswith(NO_THINK_SUFFIX)
     assert answer_part == ex.answer + "<|im_end|>\n"
     _, answer_ids, text = qwen_prompts.encode_student(ex)
@@ -275,21 +276,21 @@ def other_template(request, templated):
 def test_other_templates_answer_part_and_ids(other_template, train_rows):
     name, spec, tok = other_template
     cfg = qwen_cfg(config=spec["config"])
-    prompts = PromptBuilder(tok, cfg.data.question_template, cfg.data.chat_template_date)
+    prompts = PromptBuilder.from_config(tok, cfg)
     rng = random.Random(name)
     merges = 0
     bos_id = tok.convert_tokens_to_ids(spec["bos"])
     end_ids = tok(spec["end_of_turn"], add_special_tokens=False)["input_ids"]
     for _ in range(25):
         ex = train_rows[rng.randrange(len(train_rows))]
-        shots = [(s.question, s.answer) for s in rng.sample(train_rows, 2)]
+        shots = rng.sample(train_rows, 2)
         enc = prompts.encode_pair(ex, shots)
         answer_part = ex.answer.strip() + spec["end_of_turn"]
         for msgs, ids, start in (
             (conversation([], ex.question, ex.answer), enc.student_ids, enc.student_answer_start),
             (conversation(shots, ex.question, ex.answer), enc.teacher_ids, enc.teacher_answer_start),
         ):
-            text = tok.apply_chat_template(msgs, tokenize=False, date_string=cfg.data.chat_template_date)
+            text = tok.apply_chat_template(msgs, tokenize=False, **cfg.model.chat_template_kwargs)
             assert text.startswith(spec["bos"]) and text.count(spec["bos"]) == 1
             assert text.endswith(answer_part)
             prompt = text[: -len(answer_part)]
@@ -300,20 +301,24 @@ def test_other_templates_answer_part_and_ids(other_template, train_rows):
             assert ids.count(bos_id) == 1 and ids[0] == bos_id  # the template's BOS, not doubled
         assert enc.student_ids[enc.student_answer_start :] == enc.teacher_ids[enc.teacher_answer_start :]
     assert merges == 0
+    assert prompts.end_of_turn_ids() == end_ids[:1]  # what a chat model emits to stop, read off the template
 
 
 def test_llama_prompt_carries_the_pinned_date_not_todays(templated, train_rows):
     tok = templated["llama3"]
     today = datetime.datetime.now().strftime("%d %b %Y")
     ex = train_rows[0]
-    for overrides, pinned in (([], "26 Jul 2024"), (["data.chat_template_date=01 Jan 2001"], "01 Jan 2001")):
+    for overrides, pinned in (
+        ([], "26 Jul 2024"),
+        (["model.chat_template_kwargs.date_string=01 Jan 2001"], "01 Jan 2001"),
+    ):
         cfg = qwen_cfg(*overrides, config="online_v1_llama.yaml")
-        assert cfg.data.chat_template_date == pinned
-        prompts = PromptBuilder(tok, cfg.data.question_template, cfg.data.chat_template_date)
-        text = tok.decode(prompts.generation_prompt_ids(ex.question, []))
+        assert cfg.model.chat_template_kwargs["date_string"] == pinned
+        prompts = PromptBuilder.from_config(tok, cfg)
+        text = tok.decode(prompts.generation_prompt_ids(ex, []))
         assert f"Cutting Knowledge Date: December 2023\nToday Date: {pinned}\n\n<|eot_id|>" in text
         assert today not in text
-        enc = prompts.encode_pair(ex, [(train_rows[1].question, train_rows[1].answer)])
+        enc = prompts.encode_pair(ex, [train_rows[1]])
         for ids in (enc.student_ids, enc.teacher_ids):
             assert f"Today Date: {pinned}\n" in tok.decode(ids)
     # The control: without date_string, this template does write today's date.
@@ -333,7 +338,7 @@ def test_template_whose_generation_prompt_is_not_a_prefix_is_refused(
         "{%- for m in messages %}{{- m['role'] + ': ' + m['content'] + '\n' }}{%- endfor %}"
         "{%- if add_generation_prompt %}{{- 'assistant (thinking): ' }}{%- endif %}",
     )
-    prompts = PromptBuilder(tok, "Question: {question}", "26 Jul 2024")
+    prompts = PromptBuilder.from_config(tok, qwen_cfg())
     with pytest.raises(TemplateError, match="not a prefix"):
         prompts.encode_student(train_rows[0])
 
@@ -349,16 +354,16 @@ def test_template_that_renders_the_answer_differently_after_exemplars_is_refused
         "{%- if m['role'] == 'assistant' %}{{- ' [turn ' + loop.index|string + ']' }}{%- endif %}"
         "{{- '\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- 'assistant: ' }}{%- endif %}",
     )
-    prompts = PromptBuilder(tok, "Question: {question}", "26 Jul 2024")
+    prompts = PromptBuilder.from_config(tok, qwen_cfg())
     with pytest.raises(TemplateError, match="renders the answer differently"):
-        prompts.encode_pair(train_rows[0], [(train_rows[1].question, train_rows[1].answer)])
+        prompts.encode_pair(train_rows[0], [train_rows[1]])
 
 
 def test_tokenizer_without_a_chat_template_is_refused(qwen3_tokenizer, monkeypatch):
     tok = qwen3_tokenizer
     monkeypatch.setattr(tok, "chat_template", None)
     with pytest.raises(TemplateError, match="has no chat template"):
-        PromptBuilder(tok, "Question: {question}", "26 Jul 2024")
+        PromptBuilder.from_config(tok, qwen_cfg())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,10 +377,35 @@ TEMPLATE_TOKENS = [
 ]  # fmt: skip
 
 
-def test_no_template_token_is_written_in_the_data_code():
-    files = sorted((REPO / "src" / "data").glob("*.py"))
-    assert {p.name for p in files} >= {"prompts.py", "batch.py", "fewshot.py", "gsm8k_loader.py"}
+def code_strings(path: Path) -> list[str]:
+    """The string literals of a module's code, docstrings left out (they may name tokens to explain)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
+
+
+def test_no_template_token_is_written_in_the_package_code():
+    """Prompts, answer spans and stop tokens come from each tokenizer's own template, never from a token
+    written in our code. Exempt: config.py (help texts explain Qwen3's think block) and the SmolLM2
+    conversion tool (it builds that one model's generation config)."""
+    package = REPO / "src" / "fsdistill"
+    exempt = {package / "config.py", package / "tools" / "smollm2.py"}
+    files = [p for p in sorted(package.rglob("*.py")) if p not in exempt]
+    assert {p.name for p in files} >= {"prompts.py", "batch.py", "fewshot.py", "generation.py", "gsm8k.py"}
     for path in files:
-        text = Path(path).read_text()
-        for token in TEMPLATE_TOKENS:
-            assert token not in text, f"{path.name} hard-codes {token!r}"
+        for text in code_strings(path):
+            for token in TEMPLATE_TOKENS:
+                assert token not in text, f"{path.relative_to(package)} hard-codes {token!r}"

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fsdistill.evaluation import results as R
-from fsdistill.evaluation.results import (
-    PACKAGES,
+from fsdistill import files
+from fsdistill.eval import results as R
+from fsdistill.eval.results import (
     ResultsError,
-    best_entry,
+    best_of,
     collect_provenance,
+    entries_for,
     entry_key,
     find_entry,
     load_or_new,
@@ -30,7 +31,8 @@ from fsdistill.evaluation.results import (
     save_results,
     upsert_entry,
 )
-from fsdistill.evaluation.stats import bootstrap_mean_ci
+from fsdistill.eval.stats import bootstrap_mean_ci
+from fsdistill.files import PACKAGES
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"model": "tiny", "backend": "hf", "max_new_tokens": 64, "n_samples": 4, "split": "test"}
@@ -152,7 +154,7 @@ def test_failed_write_removes_temp_file(tmp_path, monkeypatch):
     def no_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.os, "replace", no_replace)
+    monkeypatch.setattr(files.os, "replace", no_replace)
     with pytest.raises(OSError, match="disk full"):
         save_results(path, a_file(entry(step=5)))
     assert path.read_bytes() == before
@@ -190,8 +192,10 @@ def test_load_refuses_other_version_kind_and_bad_json(tmp_path):
     with pytest.raises(ResultsError, match=r"evals\.json: schema_version 2"):
         load_results(write_raw(tmp_path, res))
     res["schema_version"], res["kind"] = 1, "mmlu_eval"
-    with pytest.raises(ResultsError, match="not a 'gsm8k_eval' result file"):
+    with pytest.raises(ResultsError, match="not an evaluation result file of this project"):
         load_results(write_raw(tmp_path, res))
+    res["kind"] = "gsm8k_eval"  # what files written before tasks other than GSM8K say: still read
+    assert load_results(write_raw(tmp_path, res))["kind"] == "gsm8k_eval"
     path = tmp_path / "torn.json"
     path.write_text('{"schema_version": 1,\n "kind": ')
     with pytest.raises(ResultsError, match=r"torn\.json: not valid JSON \(line 2"):
@@ -243,16 +247,16 @@ def test_find_entry_distinguishes_base_shots_and_steps():
     assert find_entry(res, "run", 200) is None
 
 
-def test_best_entry_max_accuracy_earliest_on_ties():
+def test_best_of_max_accuracy_earliest_on_ties():
     res = a_file(
         entry(step=300, correct=(True, True, False, False)),
         entry(step=100, correct=(True, True, True, False)),
         entry(step=200, correct=(True, True, False, True)),
         entry("other", 100, correct=(True,) * 4),
     )
-    assert entry_key(best_entry(res, "run")) == ("run", 100, 0)
-    with pytest.raises(ResultsError, match=r"no entries for condition 'nope'.*\['other', 'run'\]"):
-        best_entry(res, "nope")
+    assert entry_key(best_of(entries_for(res, "run"))) == ("run", 100, 0)
+    with pytest.raises(ResultsError, match="best_of: no entries"):
+        best_of(entries_for(res, "nope"))
 
 
 def test_paired_correctness_aligns_by_index_and_refuses_mismatch():
@@ -341,7 +345,7 @@ def test_collect_provenance_without_git(monkeypatch):
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(R.subprocess, "run", no_git)
+    monkeypatch.setattr(files.subprocess, "run", no_git)
     prov = collect_provenance()
     assert prov["git_commit"] is None and prov["git_dirty"] is None
 

@@ -1,4 +1,4 @@
-"""Answer extraction and scoring: every real GSM8K gold answer, then the tricky generations."""
+"""GSM8K answer extraction and scoring: every real gold answer, then the tricky generations."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import json
 
 import pytest
 
-from fsdistill.evaluation.scoring import (
-    Score,
-    extract_answer,
-    gold_answer,
-    is_correct,
-    normalize_number,
-    score,
-)
+from fsdistill.config import TaskConfig
+from fsdistill.tasks import Scored
+from fsdistill.tasks.gsm8k import GSM8K, extract_answer, gold_answer, normalize_number
+
+TASK = GSM8K(TaskConfig())
+
+
+def is_correct(generated: str, gold: str) -> bool:
+    """The GSM8K task's verdict on a generation against a normalised gold number."""
+    return TASK.score(generated, gold).correct
+
 
 GSM8K_ROWS = 7473 + 1319
 
@@ -154,9 +157,7 @@ def test_non_numeric_gold_raises_instead_of_scoring_wrong():
         is_correct("#### 70", "seventy")
 
 
-def test_score_accepts_a_value_or_a_whole_answer_field():
-    assert score("so #### 1,080.", "Sum: 1000+80=<<1000+80=1080>>1080\n#### 1,080") == Score(
-        extracted="1080", gold="1080", correct=True
-    )
-    assert score("It is 12.0", "12") == Score(extracted="12", gold="12", correct=True)
-    assert score("nothing here", "4") == Score(extracted=None, gold="4", correct=False)
+def test_the_task_reports_what_it_read():
+    assert TASK.score("so #### 1,080.", "1080") == Scored(extracted="1080", correct=True)
+    assert TASK.score("It is 12.0", "12") == Scored(extracted="12", correct=True)
+    assert TASK.score("nothing here", "4") == Scored(extracted=None, correct=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,7 +12,8 @@ import yaml
 from conftest import CONFIGS, OFFLINE_OVERRIDES, REPO
 
 from fsdistill.config import load_config, to_dict
-from fsdistill.data.gsm8k_loader import load_split
+from fsdistill.tasks.gsm8k import parse_row
+from fsdistill.tasks.rows import load_split
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 SFT_CONFIGS = {"base.yaml", "qwen8b.yaml", "tiny/base.yaml", "tiny/full_ft.yaml"}
@@ -29,10 +29,12 @@ BATCH_CONFIGS = sorted(
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The package command behind scripts/{name}.py, as an object with .main."""
+    from types import SimpleNamespace
+
+    from fsdistill.tools import inspect
+
+    return SimpleNamespace(main=getattr(inspect, name))
 
 
 def rel(path) -> str:
@@ -107,7 +109,7 @@ def show_batch_module(qwen3_tokenizer_path):
 
 @pytest.fixture(scope="module")
 def train_rows(gsm8k_dir):
-    return load_split(str(gsm8k_dir), "train")
+    return load_split(str(gsm8k_dir), "train", "main", parse_row)
 
 
 HEADER = re.compile(
@@ -186,3 +188,43 @@ def test_overrides_may_come_before_and_after_options(show_batch_module, capsys):
         [OFFLINE_OVERRIDES[0], "--config", str(path), OFFLINE_OVERRIDES[1], "--index", "5"]
     )
     assert "slot 1, row " in capsys.readouterr().out  # index 5 with G = 4: step 1, slot 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Every script of the README is a thin wrapper over the package
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_script_answers_help_without_torch():
+    """Each file under scripts/ and src/training/ runs as `python FILE --help` (one subprocess for all:
+    imports cost seconds), stays a few lines calling the package, and none loads torch or pyplot just to
+    parse its arguments; the result-file commands load no matplotlib either."""
+    scripts = sorted([*(REPO / "scripts").glob("*.py"), *(REPO / "src" / "training").glob("*.py")])
+    plain = [
+        p for p in scripts if p.stem in ("compare_evals", "merge_evals", "show_config", "gen_config_docs")
+    ]
+    rest = [p for p in scripts if p not in plain]
+    for path in scripts:
+        code_lines = [ln for ln in path.read_text().split('"""')[-1].splitlines() if ln.strip()]
+        assert len(code_lines) <= 4, f"{path} is not a thin wrapper over the package: {code_lines}"
+    code = (
+        "import runpy, sys\n"
+        "def run(path):\n"
+        "    sys.argv = [path, '--help']\n"
+        "    try:\n"
+        "        runpy.run_path(path, run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), (path, e.code)\n"
+        "    else:\n"
+        "        raise AssertionError(path + ' --help did not exit')\n"
+        f"for path in {[str(p) for p in plain]!r}:\n"
+        "    run(path)\n"
+        "    assert 'matplotlib' not in sys.modules, path\n"
+        f"for path in {[str(p) for p in rest]!r}:\n"
+        "    run(path)\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"  # figures use Figure + Agg canvas, no global state
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("usage:") == len(scripts)

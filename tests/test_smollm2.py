@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from fsdistill.errors import UserError
-from fsdistill.models import smollm2
-from fsdistill.models.smollm2 import (
+from fsdistill.tools import smollm2
+from fsdistill.tools.smollm2 import (
     GGUF_SIZE,
     INSTALL_HINT,
     MARKER,
@@ -195,11 +195,8 @@ def test_script_reports_already_prepared(converted, capsys):
 
 
 def load_script():
-    """The CLI module from scripts/ (not a package), loaded from its file."""
-    spec = importlib.util.spec_from_file_location("prepare_smollm2", REPO / "scripts" / "prepare_smollm2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind scripts/prepare_smollm2.py (the module's main)."""
+    return smollm2
 
 
 @pytest.fixture

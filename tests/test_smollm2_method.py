@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import CONFIGS, GSM8K_DIR
+from helpers import student_and_teacher
 from test_smollm2 import needs_gguf, shared_conversion_dir
 
 pytestmark = [needs_gguf, pytest.mark.slow]
@@ -26,7 +27,7 @@ ROWS = [0, 1, 2, 3]
 
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory):
-    from fsdistill.models.smollm2 import convert_gguf_to_hf
+    from fsdistill.tools.smollm2 import convert_gguf_to_hf
 
     return convert_gguf_to_hf(shared_conversion_dir(tmp_path_factory))  # instant if already converted
 
@@ -34,8 +35,8 @@ def smollm2_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup(smollm2_dir, gsm8k_dir):
     from fsdistill.config import load_config
-    from fsdistill.data.gsm8k_loader import load_split
     from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+    from fsdistill.tasks import make_task
 
     cfg, _ = load_config(
         str(CONFIGS / "smollm2" / "distill.yaml"),
@@ -48,13 +49,13 @@ def setup(smollm2_dir, gsm8k_dir):
         ],
     )
     tokenizer = load_tokenizer(cfg.model.name)
-    prompts = PromptBuilder(tokenizer, cfg.data.question_template, cfg.data.chat_template_date)
-    train = load_split(cfg.data.source, "train")
+    prompts = PromptBuilder.from_config(tokenizer, cfg)
+    train = make_task(cfg).load(cfg.data.source, "train", cfg.data.hub_config)
     return cfg, tokenizer, prompts, train
 
 
 def encoded_pairs(prompts, train, k: int):
-    from fsdistill.evaluation.evaluate import EvalData, encode_teacher_forced
+    from fsdistill.eval.evaluate import EvalData, encode_teacher_forced
 
     data = EvalData(split="train", examples=[train[r] for r in ROWS], train=train[100:])
     return encode_teacher_forced(prompts, data, k, seed=42)
@@ -80,8 +81,8 @@ def test_template_renders_student_and_teacher(setup):
 def test_exemplars_change_the_distribution(setup):
     import torch
 
-    from fsdistill.evaluation.evaluate import hf_answer_logits, hf_teacher_logits, teacher_forced_metrics
-    from fsdistill.models.student import load_causal_lm
+    from fsdistill.eval.evaluate import hf_answer_logits, hf_teacher_logits, teacher_forced_metrics
+    from fsdistill.modeling.loading import load_causal_lm
 
     cfg, tokenizer, prompts, train = setup
     model = load_causal_lm(cfg.model).eval()
@@ -106,14 +107,13 @@ def test_distillation_steps_reduce_kl_to_teacher(setup):
     import torch
 
     from fsdistill.data.batch import collate
-    from fsdistill.models.student import build_student_teacher
-    from fsdistill.training.alignment import answer_positions
-    from fsdistill.training.core import micro_batch_losses
-    from fsdistill.training.losses import TeacherTargets, forward_kl
+    from fsdistill.distill.alignment import answer_positions
+    from fsdistill.distill.losses import TeacherTargets, forward_kl
+    from fsdistill.train.step import micro_batch_losses
 
     cfg, tokenizer, prompts, train = setup
     torch.manual_seed(0)
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     student, teacher = pair.student, pair.teacher
     batch = collate(encoded_pairs(prompts, train, k=1)[:2], tokenizer.pad_token_id)
     pos = answer_positions(batch)
@@ -123,7 +123,7 @@ def test_distillation_steps_reduce_kl_to_teacher(setup):
     def kl_to_teacher() -> float:
         student.eval()
         s = student(batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions)
-        t = teacher.logits_at(batch, pos.batch_index, pos.teacher_positions)
+        t = teacher.head(teacher.hidden_at(batch, pos.batch_index, pos.teacher_positions))
         total, count = forward_kl(
             s,
             TeacherTargets(logits=t),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fsdistill.evaluation.stats import (
+from fsdistill.eval.stats import (
     bootstrap_mean_ci,
     discordant_counts,
     mcnemar_exact,

@@ -1,4 +1,4 @@
-"""The student and its teacher (fsdistill.models.student): logits at chosen positions, what trains, what
+"""The student and its teacher (fsdistill.modeling, fsdistill.distill.teacher): logits at chosen positions, what trains, what
 stays frozen, and checkpoint identity. Tiny random models with a small vocabulary: seconds in all."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, student_and_teacher
 from transformers import (
     Gemma3ForCausalLM,
     Gemma3TextConfig,
@@ -20,22 +20,15 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from fsdistill.config import load_config
+from fsdistill.config import load_config, to_yaml
 from fsdistill.data.batch import collate
 from fsdistill.data.prompts import EncodedExample
-from fsdistill.models import student as student_module
-from fsdistill.models.student import (
-    AnswerLogitsLM,
-    CheckpointMismatch,
-    build_student_teacher,
-    check_answer_logits,
-    check_checkpoint_matches,
-    eval_mode,
-    load_causal_lm,
-    model_identity,
-)
-from fsdistill.training.alignment import answer_positions
-from fsdistill.training.core import micro_batch_losses
+from fsdistill.distill.alignment import answer_positions
+from fsdistill.modeling import answer_lm as student_module
+from fsdistill.modeling.answer_lm import AnswerLogitsLM, check_answer_logits, eval_mode
+from fsdistill.modeling.loading import load_causal_lm
+from fsdistill.train.checkpoint import CheckpointMismatch, check_checkpoint_matches
+from fsdistill.train.step import micro_batch_losses
 
 VOCAB = 128
 SMALL = dict(
@@ -140,7 +133,7 @@ def logits(pair, batch):
     pos = answer_positions(batch)
     with torch.no_grad(), eval_mode(pair.student):
         s = pair.student(batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions)
-    t = pair.teacher.logits_at(batch, pos.batch_index, pos.teacher_positions)
+    t = pair.teacher.logits_at(batch, pos, torch.arange(VOCAB).expand(pos.count, VOCAB))  # every id: (N, V)
     return s, t
 
 
@@ -176,7 +169,7 @@ def train(cfg, pair, batch, steps=5):
 def test_lora_only_adapter_parameters_train_and_the_teacher_stays_the_base_model():
     cfg = tiny_cfg("online_v1.yaml", "lora.dropout=0.1")
     torch.manual_seed(0)
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     named = dict(pair.student.named_parameters())
     trainable = [n for n, p in named.items() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -198,7 +191,7 @@ def test_lora_only_adapter_parameters_train_and_the_teacher_stays_the_base_model
 def test_full_finetuning_teacher_is_a_frozen_copy():
     cfg = tiny_cfg("full_ft_distill.yaml")
     torch.manual_seed(0)
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     student_params = list(pair.student.parameters())
     teacher_params = list(pair.teacher.answer_lm.parameters())
     assert all(p.requires_grad for p in student_params)
@@ -217,19 +210,16 @@ def test_full_finetuning_teacher_is_a_frozen_copy():
     assert all(p.grad is None for p in teacher_params)
 
 
-def test_sft_has_no_teacher():
-    pair = build_student_teacher(tiny_cfg("base.yaml"), with_teacher=False)
-    assert pair.teacher is None
-
-
 # ------------------------------------------------------------------------------------------------
 # Checkpoint identity
 # ------------------------------------------------------------------------------------------------
 
 
 def write_meta(folder, cfg):
+    """A checkpoint's records: checkpoint.json and the config it was trained with."""
     folder.mkdir()
-    (folder / "checkpoint.json").write_text(json.dumps({"step": 4, "model_identity": model_identity(cfg)}))
+    (folder / "checkpoint.json").write_text(json.dumps({"step": 4}))
+    (folder / "config.yaml").write_text(to_yaml(cfg))
     return folder
 
 
@@ -261,7 +251,7 @@ def test_checkpoint_identity(tmp_path):
 def test_full_weights_load_from_one_file_or_shards(tmp_path):
     """Full fine-tuning checkpoints are reloaded on resume, whether saved whole or sharded."""
     from fsdistill.errors import UserError
-    from fsdistill.training.checkpoint import load_full_weights
+    from fsdistill.train.checkpoint import load_full_weights
 
     torch.manual_seed(1)
     trained = Qwen3ForCausalLM(Qwen3Config(**SMALL, tie_word_embeddings=True))

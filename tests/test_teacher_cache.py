@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_helpers import load_script
 from helpers import TEACHER_OVERRIDES, TINY, cli_argv, column, common_overrides, metrics, run_cli
 
-from fsdistill.training.train_online_v1 import main as train_online
+from fsdistill.distill.precompute import main as precompute_teacher
+from fsdistill.train.entry import train_online_v1 as train_online
 
 CONFIG = TINY / "online_v1.yaml"
 # G = 1 x 1 x 2 = 2 of 6 rows per step: 3 steps an epoch, 6 steps = every example seen twice.
@@ -39,7 +39,7 @@ def train(folder, settings, *overrides: str):
 
 
 def precompute(settings, *overrides: str) -> int:
-    return run_cli(load_script("precompute_teacher").main, ["--config", str(CONFIG), *settings, *overrides])
+    return run_cli(precompute_teacher, ["--config", str(CONFIG), *settings, *overrides])
 
 
 def digest(run_dir) -> str:
@@ -99,8 +99,8 @@ def test_an_entry_from_another_teacher_input_is_refused(tmp_path):
     import torch
     from test_teacher_fast_paths import first_batches, tiny
 
-    from fsdistill.models.teacher_cache import CachedEntry, CachedTeacher, MemoryStore, TeacherCacheError
-    from fsdistill.training.alignment import answer_positions
+    from fsdistill.distill.alignment import answer_positions
+    from fsdistill.distill.teacher_cache import CachedEntry, CachedTeacher, MemoryStore, TeacherCacheError
 
     cfg = tiny("teacher.cache=memory")
     (batch,) = first_batches(cfg, 1)
@@ -109,7 +109,7 @@ def test_an_entry_from_another_teacher_input_is_refused(tmp_path):
     store.put(row, CachedEntry(torch.zeros(n, 16, dtype=torch.int32), torch.zeros(n, 16), None, 12345))
     teacher = CachedTeacher(live=None, store=store)
     with pytest.raises(TeacherCacheError, match=f"training row {row}"):
-        teacher.answers(batch, answer_positions(batch))
+        teacher.targets(batch, answer_positions(batch))
 
 
 def test_padded_batches_differ_from_live_by_rounding_only(tmp_path, settings):

@@ -13,14 +13,15 @@ import contextlib
 import pytest
 import torch
 from conftest import CONFIGS, OFFLINE_OVERRIDES
+from helpers import student_and_teacher
 
 from fsdistill.config import load_config
 from fsdistill.data.batch import build_training_batches
 from fsdistill.data.prompts import load_tokenizer
-from fsdistill.models.student import base_causal_lm, build_student_teacher
-from fsdistill.training.alignment import answer_positions
-from fsdistill.training.core import micro_batch_losses
-from fsdistill.training.reference import reference_micro_batch_losses
+from fsdistill.distill.alignment import answer_positions
+from fsdistill.modeling.answer_lm import base_causal_lm
+from fsdistill.train.reference import reference_micro_batch_losses
+from fsdistill.train.step import micro_batch_losses
 
 SMALL = ["data.max_train_examples=64", "data.max_teacher_len=1024", "training.per_device_batch_size=3"]
 
@@ -74,7 +75,7 @@ def test_ours_equals_the_original_algorithm(qwen3_tokenizer_path, gsm8k_dir, nam
     """Same CE, distillation sum and LoRA gradients as full-sequence logits indexed afterwards."""
     cfg = tiny(*LOSSES[name], "training.logits_chunk_size=50")  # several chunks per micro-batch
     (batch,) = first_batches(cfg, 1)
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     pair.student.eval()
     ce_a, dist_a, grads_a = losses_and_grads(cfg, pair.student, pair.teacher, batch, micro_batch_losses)
     ref = lambda c, s, t, b, a: reference_micro_batch_losses(c, s, t, b, a)  # noqa: E731
@@ -93,7 +94,7 @@ def test_chunked_loss_is_the_unchunked_loss_with_bounded_head_calls(qwen3_tokeni
     for chunk in (7, 4096):
         cfg = tiny(f"training.logits_chunk_size={chunk}")
         torch.manual_seed(0)  # the same LoRA initialisation for both
-        pair = build_student_teacher(cfg, with_teacher=True)
+        pair = student_and_teacher(cfg, with_teacher=True)
         pair.student.eval()
         head = base_causal_lm(pair.student.model).get_output_embeddings()
         rows = []
@@ -114,7 +115,7 @@ def test_chunked_loss_is_the_unchunked_loss_with_bounded_head_calls(qwen3_tokeni
 def test_frozen_lora_output_head_gets_no_gradient(qwen3_tokenizer_path, gsm8k_dir):
     cfg = tiny()
     (batch,) = first_batches(cfg, 1)
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     head = base_causal_lm(pair.student.model).get_output_embeddings()
     losses = micro_batch_losses(cfg, pair.student, pair.teacher, batch, contextlib.nullcontext)
     (losses.ce_sum + losses.dist_sum).backward()
@@ -124,7 +125,7 @@ def test_frozen_lora_output_head_gets_no_gradient(qwen3_tokenizer_path, gsm8k_di
 
 def test_full_finetuning_teacher_is_a_frozen_copy_with_its_own_head(qwen3_tokenizer_path, gsm8k_dir):
     cfg = tiny("training.use_lora=false")
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     teacher_head = base_causal_lm(pair.teacher.answer_lm.model).get_output_embeddings()
     assert not any(p.requires_grad for p in pair.teacher.answer_lm.parameters())
     assert (
@@ -145,15 +146,15 @@ def test_reused_prefix_gives_the_uncached_teacher_logits(qwen3_tokenizer_path, g
     batches = first_batches(cfg, 3)
     assert len({int(b.teacher_mask.sum(1).min()) for b in batches}) > 1
     assert all(int(b.teacher_mask.sum(1).min()) < b.teacher_ids.shape[1] for b in batches)  # padded
-    cached = build_student_teacher(cfg, with_teacher=True).teacher
-    plain = build_student_teacher(
+    cached = student_and_teacher(cfg, with_teacher=True).teacher
+    plain = student_and_teacher(
         tiny(f"fewshot.selection={selection}", "teacher.prefix_cache=false"), True
     ).teacher
     assert cached.prefix is not None and plain.prefix is None
     for batch in batches:
         pos = answer_positions(batch)
-        got = cached.logits_at(batch, pos.batch_index, pos.teacher_positions)
-        want = plain.logits_at(batch, pos.batch_index, pos.teacher_positions)
+        got = cached.head(cached.hidden_at(batch, pos.batch_index, pos.teacher_positions))
+        want = plain.head(plain.hidden_at(batch, pos.batch_index, pos.teacher_positions))
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     stored = cached.prefix.stored.ids.numel()
     assert stored > 200  # the 2 exemplars (a couple of hundred tokens) are in the prefix
@@ -165,11 +166,11 @@ def test_reused_prefix_gives_the_uncached_teacher_logits(qwen3_tokenizer_path, g
 
 def test_prefix_mask_must_cover_the_prefix(qwen3_tokenizer_path, gsm8k_dir):
     """The pitfall the prefix path avoids: a suffix-only mask runs and is wrong."""
-    from fsdistill.models.prefix import PrefixKV, make_prefix_cache
+    from fsdistill.modeling.prefix import PrefixKV, make_prefix_cache
 
     cfg = tiny("fewshot.selection=fixed")
     (batch,) = first_batches(cfg, 1)
-    decoder = base_causal_lm(build_student_teacher(cfg, with_teacher=False).student.model).get_decoder()
+    decoder = base_causal_lm(student_and_teacher(cfg, with_teacher=False).student.model).get_decoder()
     ids, mask = batch.teacher_ids, batch.teacher_mask
     with torch.no_grad():
         kv = PrefixKV(min_tokens=1)

@@ -26,14 +26,19 @@ from helpers import (
     metrics,
     run_cli,
     snapshot,
+    student_and_teacher,
 )
 
 from fsdistill.config import from_dict, load_config
+from fsdistill.distill import objective
 from fsdistill.errors import UserError
-from fsdistill.training import core, train_ablation, train_baseline, train_online_v1
-from fsdistill.training.checkpoint import list_checkpoints
+from fsdistill.methods import METHODS as METHOD_TABLE
+from fsdistill.train import recipe
+from fsdistill.train import step as step_stages
+from fsdistill.train.checkpoint import list_checkpoints
+from fsdistill.train.entry import train_ablation, train_baseline, train_online_v1
 
-METHODS = ("sft", "few_shot_distillation", "zero_shot_teacher", "shuffled_answers")
+METHODS = tuple(METHOD_TABLE)  # sft, few_shot_distillation, zero_shot_teacher, shuffled_answers
 
 # Seeded per-step CE, distillation loss and gradient norm of the four 4-step runs below (fp32, CPU). A
 # regression guard: a change to the data order, prompts, model init, alignment, losses or gradient
@@ -71,7 +76,7 @@ def runs(tmp_path_factory, short_gsm8k, online_reference) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("entry_points")
     common = common_overrides(short_gsm8k)
     out = {"few_shot_distillation": online_reference}
-    assert run_cli(train_baseline.main, cli_argv("base.yaml", root / "sft", *common)) == 0
+    assert run_cli(train_baseline, cli_argv("base.yaml", root / "sft", *common)) == 0
     out["sft"] = root / "sft"
     argv = cli_argv(
         "online_v1.yaml",
@@ -80,7 +85,7 @@ def runs(tmp_path_factory, short_gsm8k, online_reference) -> dict[str, Path]:
         "distill.top_k=8",  # fewshot.k comes from --condition
         flags=("--condition", "zero_shot_teacher"),
     )
-    assert run_cli(train_ablation.main, argv) == 0
+    assert run_cli(train_ablation, argv) == 0
     out["zero_shot_teacher"] = root / "zero"
     # This one also saves every step and keeps the last 2 checkpoints.
     argv = cli_argv(
@@ -92,7 +97,7 @@ def runs(tmp_path_factory, short_gsm8k, online_reference) -> dict[str, Path]:
         "training.keep_last=2",
         flags=("--condition", "shuffled_answers"),
     )
-    assert run_cli(train_ablation.main, argv) == 0
+    assert run_cli(train_ablation, argv) == 0
     out["shuffled_answers"] = root / "shuffled"
     return out
 
@@ -206,7 +211,7 @@ def test_keep_last_prunes_old_checkpoints(runs):
 
 def test_baseline_refuses_teacher_settings(tmp_path, short_gsm8k, capsys):
     argv = cli_argv("base.yaml", tmp_path / "r", *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
-    assert run_cli(train_baseline.main, argv) == 2
+    assert run_cli(train_baseline, argv) == 2
     err = capsys.readouterr().err
     assert "'fewshot.k' would be ignored by train_baseline.py" in err
     assert "'distill.top_k' would be ignored" in err
@@ -216,13 +221,13 @@ def test_baseline_refuses_teacher_settings(tmp_path, short_gsm8k, capsys):
 
 def test_online_v1_refuses_a_zero_shot_teacher(tmp_path, short_gsm8k, capsys):
     argv = cli_argv("online_v1.yaml", tmp_path / "r", *common_overrides(short_gsm8k), "fewshot.k=0")
-    assert run_cli(train_online_v1.main, argv) == 2
+    assert run_cli(train_online_v1, argv) == 2
     err = capsys.readouterr().err
     assert "'fewshot.k' makes this the zero_shot_teacher control; run it with train_ablation.py" in err
     argv = cli_argv(
         "online_v1.yaml", tmp_path / "r", *common_overrides(short_gsm8k), "fewshot.shuffle_answers=true"
     )
-    assert run_cli(train_online_v1.main, argv) == 2
+    assert run_cli(train_online_v1, argv) == 2
     assert "shuffled_answers control; run it with train_ablation.py" in capsys.readouterr().err
 
 
@@ -233,7 +238,7 @@ def test_ablation_condition_must_agree_with_the_config(tmp_path, short_gsm8k, ca
         *common_overrides(short_gsm8k),
         flags=("--condition", "shuffled_answers"),
     )
-    assert run_cli(train_ablation.main, argv) == 2
+    assert run_cli(train_ablation, argv) == 2
     assert "--condition shuffled_answers conflicts with the config" in capsys.readouterr().err
 
 
@@ -241,7 +246,7 @@ def test_global_batch_size_mismatch_is_refused(tmp_path, short_gsm8k, capsys):
     argv = cli_argv(
         "base.yaml", tmp_path / "r", *common_overrides(short_gsm8k), "training.global_batch_size=8"
     )
-    assert run_cli(train_baseline.main, argv) == 2
+    assert run_cli(train_baseline, argv) == 2
     err = capsys.readouterr().err
     assert (
         "training.global_batch_size=8 but 1 processes x per_device_batch_size 2 x grad_accum_steps 2 = 4"
@@ -250,8 +255,8 @@ def test_global_batch_size_mismatch_is_refused(tmp_path, short_gsm8k, capsys):
     assert not (tmp_path / "r").exists()
     cfg, _ = load_config(str(TINY / "base.yaml"), overrides=["training.global_batch_size=4"])
     with pytest.raises(UserError, match=r"2 processes x per_device_batch_size 2 x grad_accum_steps 2 = 8"):
-        core.check_global_batch(cfg, 2)
-    assert core.check_global_batch(cfg, 1) == 4
+        recipe.check_global_batch(cfg, 2)
+    assert recipe.check_global_batch(cfg, 1) == 4
 
 
 def test_overrides_may_come_before_and_after_options(tmp_path):
@@ -293,13 +298,12 @@ def grad_setup(short_gsm8k):
 
     from fsdistill.data.batch import build_training_batches
     from fsdistill.data.prompts import load_tokenizer
-    from fsdistill.models.student import build_student_teacher
 
     overrides = [*common_overrides(short_gsm8k), *TEACHER_OVERRIDES]
     cfg, _ = load_config(str(TINY / "online_v1.yaml"), overrides=overrides)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     torch.manual_seed(0)
-    pair = build_student_teacher(cfg, with_teacher=True)
+    pair = student_and_teacher(cfg, with_teacher=True)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a non-zero adapter, so every LoRA matrix gets a gradient
         for name, p in pair.student.named_parameters():
@@ -318,7 +322,7 @@ def grad_setup(short_gsm8k):
 
 def gradients(cfg, pair, accelerator, micro_batches):
     pair.student.zero_grad(set_to_none=True)
-    sums = core.backward_step(cfg, accelerator, pair.student, pair.teacher, micro_batches)
+    sums = step_stages.backward_step(cfg, accelerator, pair.student, pair.teacher, micro_batches)
     return {n: p.grad.clone() for n, p in pair.student.named_parameters() if p.requires_grad}, sums
 
 
@@ -348,8 +352,8 @@ def test_gradient_is_the_same_for_any_split_of_the_step(grad_setup, monkeypatch)
         seen.append(int(count))
         return loss_sum, count
 
-    real = core.distillation_loss
-    monkeypatch.setattr(core, "distillation_loss", spy)
+    real = objective.distillation_loss
+    monkeypatch.setattr(objective, "distillation_loss", spy)
 
     one = micro_batches(4, 1, 1, 0)  # 1 process, 1 micro-batch of 4
     g1, s1 = gradients(cfg, pair, accelerator, one)
@@ -396,7 +400,7 @@ def resume_runs(tmp_path_factory, short_gsm8k) -> dict[str, Path]:
     LoRA dropout 0.1, so an RNG state that is not restored shows."""
     root = tmp_path_factory.mktemp("resume")
     overrides = [*common_overrides(short_gsm8k), *TEACHER_OVERRIDES, "lora.dropout=0.1"]
-    main = train_online_v1.main
+    main = train_online_v1
     assert run_cli(main, cli_argv("online_v1.yaml", root / "straight", *overrides)) == 0
     assert (
         run_cli(main, cli_argv("online_v1.yaml", root / "resumed", *overrides, "training.stop_after=2")) == 0
@@ -410,6 +414,10 @@ def resume_runs(tmp_path_factory, short_gsm8k) -> dict[str, Path]:
     scale_adapter(crashed, 3.0)
     with open(root / "resumed" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "train/ce_loss": 99.0}) + "\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(root / "resumed" / "tensorboard")) as writer:  # and sent it to the tracker
+        writer.add_scalar("train/ce_loss", 99.0, 3)
     assert run_cli(main, cli_argv("online_v1.yaml", root / "resumed", *overrides, flags=("--resume",))) == 0
 
     scale_adapter(root / "tampered" / "checkpoint-2", 2.0)
@@ -427,6 +435,13 @@ def scale_adapter(checkpoint: Path, factor: float) -> None:
 def test_resumed_run_equals_the_straight_run(resume_runs):
     straight, resumed = metrics(resume_runs["straight"]), metrics(resume_runs["resumed"])
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]  # the crash's step-3 record was replaced
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(resume_runs["resumed"] / "tensorboard"))
+    events.Reload()  # the tracker, too, holds each step once: the crash's step 3 was purged
+    logged = [(e.step, e.value) for e in events.Scalars("train/ce_loss")]
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    assert [v for _, v in logged] == pytest.approx([m["train/ce_loss"] for m in resumed], rel=1e-6)
     for a, b in zip(straight, resumed):
         for key in COMPARED:
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-12), (a["step"], key)
@@ -472,9 +487,9 @@ def test_full_finetuning_resume_equals_the_straight_run(tmp_path, short_gsm8k):
         "training.save_every=1",
         "training.warmup_steps=0",
         "training.grad_accum_steps=1",
-        "output.tensorboard=false",
+        "output.log_with=[]",
     ]
-    main = train_online_v1.main
+    main = train_online_v1
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_cli(main, cli_argv("full_ft_distill.yaml", straight, *overrides)) == 0
     assert run_cli(main, cli_argv("full_ft_distill.yaml", resumed, *overrides, "training.stop_after=1")) == 0
@@ -497,15 +512,31 @@ def test_existing_run_is_refused_without_resume_or_overwrite(resume_runs, short_
     run_dir = resume_runs["straight"]
     before = snapshot(run_dir)
     argv = cli_argv("online_v1.yaml", run_dir, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
-    assert run_cli(train_online_v1.main, argv) == 2
+    assert run_cli(train_online_v1, argv) == 2
     err = capsys.readouterr().err
     assert "already holds checkpoints (steps [2, 4])" in err and "--resume" in err and "--overwrite" in err
     assert snapshot(run_dir) == before
 
 
+def test_trackers_are_checked_before_any_work(tmp_path, short_gsm8k, capsys):
+    """output.log_with: a tracker whose package is missing is refused (accelerate would only warn and
+    drop it), an unknown name is a config error."""
+    common = common_overrides(short_gsm8k)
+    assert (
+        run_cli(train_baseline, cli_argv("base.yaml", tmp_path / "r", *common, "output.log_with=[wandb]"))
+        == 2
+    )
+    assert "output.log_with names ['wandb'], not installed here" in capsys.readouterr().err
+    assert (
+        run_cli(train_baseline, cli_argv("base.yaml", tmp_path / "r", *common, "output.log_with=[tb]")) == 2
+    )
+    assert "'output.log_with' names unknown trackers ['tb']" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path, short_gsm8k, capsys):
     argv = cli_argv("base.yaml", tmp_path, *common_overrides(short_gsm8k), flags=("--resume",))
-    assert run_cli(train_baseline.main, argv) == 2
+    assert run_cli(train_baseline, argv) == 2
     assert "holds no checkpoint to resume from" in capsys.readouterr().err
 
 
@@ -516,7 +547,7 @@ def test_overwrite_starts_again(resume_runs, tmp_path, short_gsm8k):
     argv = cli_argv(
         "base.yaml", run_dir, *common_overrides(short_gsm8k), "training.max_steps=1", flags=("--overwrite",)
     )
-    assert run_cli(train_baseline.main, argv) == 0
+    assert run_cli(train_baseline, argv) == 0
     assert [s for s, _ in list_checkpoints(run_dir)] == [1]
     assert [m["step"] for m in metrics(run_dir)] == [1]
     assert json.loads((run_dir / "run.json").read_text())["method"] == "sft"
@@ -529,17 +560,17 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 ):
     """CE turns NaN from the 3rd micro-batch on (step 2 with 2 micro-batches a step)."""
     calls = []
-    real = core.cross_entropy
+    real = step_stages.cross_entropy
 
     def poisoned(*args, **kwargs):
         loss_sum, count = real(*args, **kwargs)
         calls.append(1)
         return (loss_sum * float("nan") if len(calls) > 2 else loss_sum), count
 
-    monkeypatch.setattr(core, "cross_entropy", poisoned)
+    monkeypatch.setattr(step_stages, "cross_entropy", poisoned)
     run_dir = tmp_path / "nan"
     argv = cli_argv("base.yaml", run_dir, *common_overrides(short_gsm8k), "training.save_every=1")
-    assert run_cli(train_baseline.main, argv) == 2
+    assert run_cli(train_baseline, argv) == 2
     err = capsys.readouterr().err
     assert "non-finite loss or gradient at step 2" in err and "Traceback" not in err
     assert [s for s, _ in list_checkpoints(run_dir)] == [1]
@@ -571,9 +602,9 @@ def test_full_finetuning_overfits_four_short_examples(tmp_path, short_gsm8k):
         "training.lr_schedule=constant",
         "training.lr=5e-2",
         "training.save_every=1000",
-        "output.tensorboard=false",
+        "output.log_with=[]",
     )
-    assert run_cli(train_baseline.main, argv) == 0
+    assert run_cli(train_baseline, argv) == 0
     ce = column(run_dir, "train/ce_loss")
     rows = json.loads((run_dir / "ranks" / "rank0.json").read_text())["rows_by_step"]
     assert all(sorted(r) == [0, 1, 2, 3] for r in rows)  # the same 4 examples every step
@@ -596,7 +627,7 @@ def test_a_step_whose_examples_are_all_dropped_updates_nothing(tmp_path, short_g
         "training.save_every=1",
         "training.weight_decay=0.5",
     )
-    assert run_cli(train_baseline.main, argv) == 0
+    assert run_cli(train_baseline, argv) == 0
     captured = capsys.readouterr()
     assert "no answer tokens" in captured.out + captured.err
     first = load_file(str(tmp_path / "checkpoint-1" / "adapter_model.safetensors"))

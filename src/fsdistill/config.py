@@ -1,0 +1,976 @@
+"""The one typed config schema, its composition (``inherit:``, files, overrides) and its validation.
+
+Every setting of every entry point is a field below, documented once, next to its definition, with
+its default. Nothing else in the package holds a default for a setting. This module imports only
+omegaconf and yaml, so a mistake in a config fails in well under a second, before torch loads.
+
+Composition, the same for every entry point:
+  1. ``--base_config FILE`` (optional, the original's flag), then ``--config FILE``; a YAML file may
+     say ``inherit: OTHER.yaml`` (a path relative to that file; chains allowed, cycles refused);
+  2. ``--output_dir DIR`` (sets ``output.dir``);
+  3. ``key.sub=value`` overrides from the command line, last.
+A later setting of a key replaces the earlier one, except the dict field ``model.architecture``, whose
+fields merge. YAML timestamps are not resolved (``2024-07-26`` is a string), and a string-typed
+override keeps its text as typed (``data.question_template=Q: {question}``).
+All errors (unknown key, wrong type, missing value, out-of-range value) are collected, each naming
+the key and where it was set, and raised together as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import functools
+import math
+import operator
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fsdistill.errors import UserError
+
+COMMAND_LINE = "the command line"
+DEFAULT = "the schema default"
+
+
+def opt(
+    default: Any = MISSING,
+    help: str = "",  # noqa: A002
+    choices: tuple = (),
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    finite: bool = False,
+    alias: str | None = None,
+    unit: str | None = None,
+) -> Any:
+    """A schema field with its one-line documentation and its bounds, checked generically (_bound_problems).
+
+    choices: the allowed values of a closed set. ge/gt/le/lt: numeric bounds (a null value of an Optional
+    field is always allowed). finite: NaN and inf are refused. alias and unit only shape the message:
+    "'distill.weight' (lambda) must be a finite number >= 0", "'fewshot.k' must be >= 0 (a shot count)".
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
+        "finite": finite,
+        "alias": alias,
+        "unit": unit,
+    }
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+Problems = list[tuple[str, str]]  # (dotted key, message), messages read "'{key}' {message}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema. Each section's checks that involve more than one field (or list items) are its `problems`
+# method; single-field bounds are metadata above.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    name: Optional[str] = opt(
+        help="Hub id or local folder of the base model (weights, config and, unless model.tokenizer is set, "
+        "tokenizer). May be null only with model.init=random and an architecture that names its model_type."
+    )
+    init: str = opt(
+        "pretrained",
+        "pretrained: load model.name's weights. random: build the architecture with random weights "
+        "(tests, benchmarks; never for accuracy).",
+        ("pretrained", "random"),
+    )
+    architecture: dict[str, Any] = opt(
+        {},
+        "Model config fields. With init=random and name=null, a full config including model_type; "
+        "otherwise fields that override model.name's config. Later files and model.architecture.FIELD=value "
+        "overrides change single fields (merged, not replaced).",
+    )
+    tokenizer: Optional[str] = opt(None, "Hub id or local folder of the tokenizer; null means model.name.")
+    dtype: str = opt(
+        "bfloat16",
+        "dtype the weights are loaded in. Full fine-tuning should keep float32 weights and train under "
+        "training.mixed_precision=bf16.",
+        ("float32", "bfloat16", "float16"),
+    )
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory.")
+    attn_implementation: Optional[str] = opt(
+        None,
+        "transformers attention backend (sdpa, eager, flash_attention_2); null lets transformers choose.",
+    )
+    chat_template_kwargs: dict[str, Any] = opt(
+        {"enable_thinking": False, "date_string": "26 Jul 2024"},
+        "Extra variables passed to the tokenizer's chat template (merged field by field like "
+        "model.architecture; a null value removes one). enable_thinking=false gives Qwen3 prompts an empty "
+        "think block, so labels never contain <think>; date_string pins the date templates such as Llama "
+        "3's would otherwise take from today's clock, so prompts do not change from day to day.",
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
+        if self.name is None and "model.name" not in missing:
+            if not (self.init == "random" and "model_type" in self.architecture):
+                p.append(
+                    (
+                        "model.name",
+                        "may be null only with model.init=random and model.architecture.model_type set",
+                    )
+                )
+            if self.tokenizer is None:
+                p.append(("model.tokenizer", "is required when model.name is null"))
+        return p
+
+
+@dataclass
+class TaskConfig:
+    name: str = opt(
+        "gsm8k",
+        "What the rows are and how an answer is scored (fsdistill.tasks). gsm8k: rows with string fields "
+        "question and answer, the answer ending in '#### N'; a generation is scored by the number after its "
+        "first '####', else its last number, compared by value.",
+        ("gsm8k",),
+    )
+    question_template: str = opt("Question: {question}", "User turn text; {question} is replaced.")
+    max_new_tokens: int = opt(512, "Generation length limit (evaluation).", ge=1)
+    stop_strings: list[str] = opt(
+        [],
+        "Strings that end a generation besides the chat template's end-of-turn token (cut from the text).",
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
+        if "{question}" not in self.question_template:
+            p.append(("task.question_template", "must contain the placeholder {question}"))
+        if any(not s for s in self.stop_strings):
+            p.append(("task.stop_strings", f"must be non-empty strings, got {list(self.stop_strings)}"))
+        return p
+
+
+@dataclass
+class DataConfig:
+    source: str = opt(
+        "openai/gsm8k",
+        "Hub dataset id (loaded with datasets), or a local JSONL file or folder holding {train,test}.jsonl "
+        "with the task's fields.",
+    )
+    hub_config: str = opt("main", "Dataset config name on the Hub (ignored for local files).")
+    train_split: str = opt("train", "Split the student trains on and few-shot exemplars come from.")
+    test_split: str = opt("test", "Split evaluation scores.")
+    max_train_examples: Optional[int] = opt(
+        None, "Use only the first N training rows (row ids keep their position in the source file).", ge=1
+    )
+    validation_size: int = opt(
+        0,
+        "Rows held out of the training split (seeded by training.seed) to select checkpoints honestly; "
+        "they are never trained on nor used as exemplars.",
+        ge=0,
+    )
+    max_student_len: int = opt(
+        512, "Longest student sequence; a longer example is dropped and counted.", ge=8
+    )
+    max_teacher_len: int = opt(4096, "Longest teacher sequence; a longer example is dropped and counted.")
+    num_workers: int = opt(0, "DataLoader worker processes that tokenise the next micro-batches.", ge=0)
+    group_by_length: bool = opt(
+        True,
+        "Within each optimizer step, order the step's examples by sequence length before cutting them into "
+        "micro-batches, so examples of similar length are padded together. The step's set of examples, and "
+        "so its gradient, is unchanged.",
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        if self.max_teacher_len < self.max_student_len:
+            return [
+                (
+                    "data.max_teacher_len",
+                    f"must be >= data.max_student_len ({self.max_student_len}), got {self.max_teacher_len}",
+                )
+            ]
+        return []
+
+
+@dataclass
+class FewShotConfig:
+    k: int = opt(
+        8,
+        "Exemplars in the teacher's prompt. 0 gives the zero-shot-teacher control.",
+        ge=0,
+        unit="a shot count",
+    )
+    selection: str = opt(
+        "per_example",
+        "per_example: a fixed seeded sample for each training row, the same every epoch (the original); "
+        "per_batch: one sample per optimizer step, shared by all its micro-batches and processes; "
+        "fixed: one seeded set for the whole run, removed from the training examples.",
+        ("per_example", "per_batch", "fixed"),
+    )
+    seed: int = opt(42, "Seed of the exemplar draw (per_example uses seed + row id, as the original).")
+    shuffle_answers: bool = opt(
+        False, "Permute the exemplar answers among the exemplar questions (the shuffled-answers control)."
+    )
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(16, "LoRA rank.", ge=1)
+    alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).", gt=0)
+    dropout: float = opt(0.05, "Dropout on the LoRA branch input.", ge=0.0, lt=1.0)
+    target_modules: list[str] = opt(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Module names that get an adapter.",
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        return [] if self.target_modules else [("lora.target_modules", "must name at least one module")]
+
+
+@dataclass
+class TrainingConfig:
+    use_lora: bool = opt(
+        True,
+        "true: train a LoRA adapter, the teacher is the adapter switched off. "
+        "false: full fine-tuning, the teacher is a frozen copy of the initial weights.",
+    )
+    max_steps: int = opt(1000, "Optimizer steps of the schedule.", ge=1)
+    stop_after: Optional[int] = opt(
+        None, "End the run after this many optimizer steps without changing the schedule (resume later)."
+    )
+    save_every: int = opt(200, "Write checkpoint-{step}/ every N optimizer steps (and at max_steps).", ge=1)
+    keep_last: Optional[int] = opt(None, "Keep only the newest N checkpoints; null keeps all.", ge=1)
+    lr: float = opt(2.0e-4, "Peak learning rate of AdamW.", gt=0, finite=True)
+    weight_decay: float = opt(0.01, "AdamW weight decay.", ge=0)
+    lr_schedule: str = opt("cosine", "Decay after warmup.", ("cosine", "linear", "constant"))
+    warmup_steps: int = opt(50, "Linear warmup, in optimizer steps.", ge=0)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0)
+    per_device_batch_size: int = opt(4, "Examples per micro-batch on each process.", ge=1)
+    grad_accum_steps: int = opt(4, "Micro-batches per optimizer step on each process.", ge=1)
+    global_batch_size: Optional[int] = opt(
+        None,
+        "If set, must equal processes x per_device_batch_size x grad_accum_steps, checked at launch "
+        "(the reference recipe's 32 silently becomes 64 on 4 GPUs otherwise).",
+        ge=1,
+    )
+    mixed_precision: str = opt(
+        "bf16",
+        "Autocast precision. The one place it is set: an accelerate launch flag that disagrees is refused.",
+        ("no", "bf16", "fp16"),
+    )
+    seed: int = opt(42, "Seeds data order, adapter init, dropout and the validation split.")
+    log_every: int = opt(10, "Optimizer steps between metrics.jsonl / tracker records.", ge=1)
+    logits_chunk_size: int = opt(
+        1024,
+        "Answer positions sent through the output head at once (student and teacher): the loss's extra "
+        "memory is O(chunk x vocabulary) whatever the batch and sequence length.",
+        ge=1,
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.max_steps:
+            return [
+                (
+                    "training.stop_after",
+                    f"must be between 1 and training.max_steps ({self.max_steps}), got {self.stop_after}",
+                )
+            ]
+        return []
+
+
+@dataclass
+class DistillConfig:
+    loss: str = opt(
+        "topk_logit_mse",
+        "topk_logit_mse: the paper's squared error of raw logits at the teacher's top-K indices; "
+        "forward_kl: KL(teacher||student); reverse_kl: KL(student||teacher); generalized_jsd: see beta.",
+        ("topk_logit_mse", "forward_kl", "reverse_kl", "generalized_jsd"),
+    )
+    weight: float = opt(0.5, "lambda in CE + lambda * distillation.", ge=0, finite=True, alias="lambda")
+    top_k: Optional[int] = opt(
+        256,
+        "Teacher vocabulary entries used per answer token; null uses the full vocabulary (KL losses).",
+        ge=1,
+    )
+    topk_support: str = opt(
+        "renormalize",
+        "KL losses with top_k: renormalize both distributions over the teacher's K entries, or add a "
+        "tail bucket holding the rest of each distribution's mass.",
+        ("renormalize", "tail_bucket"),
+    )
+    temperature: float = opt(
+        1.0, "Softmax temperature of the KL losses (topk_logit_mse uses raw logits).", gt=0
+    )
+    scale_by_temperature_squared: bool = opt(False, "Multiply the KL losses by T^2 (Hinton et al.).")
+    beta: float = opt(
+        0.5, "generalized_jsd mixing weight, TRL's convention: 0 is forward KL, 1 is reverse KL.", ge=0, le=1
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
+        if self.loss == "topk_logit_mse":
+            if self.top_k is None:
+                p.append(("distill.top_k", "must be set (>= 1) for distill.loss=topk_logit_mse"))
+            if self.temperature != 1.0:
+                p.append(
+                    (
+                        "distill.temperature",
+                        "is not used by distill.loss=topk_logit_mse (raw logits); leave it at 1.0",
+                    )
+                )
+            if self.scale_by_temperature_squared:
+                p.append(
+                    ("distill.scale_by_temperature_squared", "is not used by distill.loss=topk_logit_mse")
+                )
+        return p
+
+
+@dataclass
+class TeacherConfig:
+    cache: str = opt(
+        "off",
+        "Teacher top-K cache, exact when an example's teacher input never changes (per_example or fixed "
+        "shots, shuffled answers, 0-shot teacher). memory: filled on an example's first visit and reused "
+        "(shared across processes); disk: memory-mapped folder teacher.cache_dir written by "
+        "scripts/precompute_teacher.py; off: the teacher runs at every visit.",
+        ("off", "memory", "disk"),
+    )
+    cache_dir: Optional[str] = opt(
+        None, "teacher.cache=disk: the folder scripts/precompute_teacher.py wrote for this config."
+    )
+    cache_top_k: Optional[int] = opt(
+        None,
+        "Entries cached per answer token when distill.top_k is null (full-vocabulary KL/JSD): the cache holds "
+        "the teacher's top-K plus one tail bucket, and the loss runs on those K+1 entries (an approximation "
+        "of the full-vocabulary loss). Must stay null when distill.top_k is set (the cache then uses it).",
+    )
+    prefix_cache: bool = opt(
+        True,
+        "With fewshot.selection fixed or per_batch, run the exemplar prefix that a micro-batch's teacher "
+        "sequences share once and reuse its keys/values (fixed: once per run); only question + answer "
+        "tokens are run per example.",
+    )
+    prefix_min_tokens: int = opt(64, "Shortest shared prefix worth caching (tokens).", ge=1)
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
+        f, top_k = cfg.fewshot, cfg.distill.top_k
+        if self.cache != "off":
+            if f.selection == "per_batch" and f.k > 0:
+                p.append(
+                    (
+                        "teacher.cache",
+                        f"is {self.cache!r}, which needs a teacher input that never changes for an example, but "
+                        "fewshot.selection=per_batch draws new exemplars every step; use teacher.cache=off "
+                        "(teacher.prefix_cache speeds per_batch up instead)",
+                    )
+                )
+            if top_k is None and self.cache_top_k is None:
+                p.append(
+                    (
+                        "teacher.cache_top_k",
+                        "must be set when distill.top_k is null and teacher.cache is on: the cache stores the "
+                        "top-K entries plus a tail bucket, never the full vocabulary",
+                    )
+                )
+        if self.cache == "disk" and self.cache_dir is None:
+            p.append(("teacher.cache_dir", "is required for teacher.cache=disk"))
+        if self.cache_top_k is not None:
+            if top_k is not None:
+                p.append(
+                    (
+                        "teacher.cache_top_k",
+                        "is only for full-vocabulary losses (distill.top_k null); the cache uses "
+                        f"distill.top_k={top_k}",
+                    )
+                )
+            if self.cache_top_k < 1:
+                p.append(("teacher.cache_top_k", f"must be >= 1, got {self.cache_top_k}"))
+        return p
+
+
+@dataclass
+class EvalConfig:
+    backend: str = opt(
+        "hf", "Generation backend: hf (transformers, tested on CPU) or vllm (GPU).", ("hf", "vllm")
+    )
+    batch_size: int = opt(16, "Prompts per generate call (hf backend).", ge=1)
+    n_samples: Optional[int] = opt(
+        None,
+        "Score a subset of the test split: torch.manual_seed(42); torch.randperm(n_test)[:n] (the "
+        "original's subset, the same for every condition). null scores all.",
+        ge=1,
+    )
+    icl_shots: list[int] = opt([0, 8], "Shot counts eval_icl.py scores the base model with.")
+    icl_seed: int = opt(42, "Seed of the exemplars drawn from train for k-shot evaluation.")
+    tensor_parallel_size: int = opt(1, "vLLM tensor parallel degree.", ge=1)
+    gpu_memory_utilization: float = opt(0.85, "vLLM fraction of GPU memory.", gt=0, le=1)
+    generate: bool = opt(
+        True,
+        "Score accuracy by greedy generation. false: teacher-forced metrics only (needs eval.teacher_forced).",
+    )
+    teacher_forced: bool = opt(
+        False,
+        "Also compute teacher-forced metrics: gold-answer NLL (0-shot prompt) and KL from the "
+        "k-shot base-model teacher, without generation.",
+    )
+    teacher_forced_batch_size: int = opt(4, "Examples per forward pass for teacher-forced metrics.", ge=1)
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
+        if not (self.generate or self.teacher_forced):
+            p.append(
+                (
+                    "eval.generate",
+                    "is false, so eval.teacher_forced must be true (otherwise nothing is measured)",
+                )
+            )
+        if not all(s >= 0 for s in self.icl_shots):
+            p.append(("eval.icl_shots", f"must be shot counts >= 0, got {list(self.icl_shots)}"))
+        return p
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
+@dataclass
+class OutputConfig:
+    dir: Optional[str] = opt(None, "Run folder (--output_dir). Checkpoints, run.json, metrics.jsonl, events.")
+    name: Optional[str] = opt(
+        None, "Run name, what eval_checkpoints.py --conditions matches; null means basename of output.dir."
+    )
+    log_with: list[str] = opt(
+        ["tensorboard"],
+        "accelerate trackers that receive the training metrics (metrics.jsonl is always written): "
+        "tensorboard writes under output.dir/tensorboard; wandb, mlflow, ... need their package installed. "
+        "[] logs to metrics.jsonl only.",
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        unknown = [t for t in self.log_with if t not in TRACKERS]
+        if unknown:
+            return [("output.log_with", f"names unknown trackers {unknown}; known: {list(TRACKERS)}")]
+        return []
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class ConfigError(UserError):
+    """One or more config mistakes, each naming the key and the file (or command line) that set it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        head = f"config error{'s' if n > 1 else ''} ({n}):"
+        return head + "".join(f"\n  - {p}" for p in self.problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema introspection
+# --------------------------------------------------------------------------------------------------
+
+
+class SchemaField(typing.NamedTuple):
+    key: str  # dotted name, e.g. "training.lr"
+    type: Any
+    default: Any
+    help: str
+    choices: tuple
+    bounds: dict[str, float]
+    finite: bool
+    alias: Optional[str]
+    unit: Optional[str]
+
+
+@functools.cache
+def schema_fields() -> tuple[SchemaField, ...]:
+    """Every leaf key with its type, default, documentation and checks, in schema order."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = f.default
+            m = f.metadata
+            rows.append(
+                SchemaField(
+                    f"{section}.{f.name}",
+                    hints[f.name],
+                    default,
+                    m["help"],
+                    m["choices"],
+                    m["bounds"],
+                    m["finite"],
+                    m["alias"],
+                    m["unit"],
+                )
+            )
+    return tuple(rows)
+
+
+def valid_keys() -> list[str]:
+    return [r[0] for r in schema_fields()]
+
+
+# Names other training scripts (HF Trainer, the original's argparse) use for a setting here.
+_ALIASES = {
+    "learning_rate": "training.lr",
+    "gradient_accumulation_steps": "training.grad_accum_steps",
+    "per_device_train_batch_size": "training.per_device_batch_size",
+    "max_train_steps": "training.max_steps",
+    "lr_scheduler_type": "training.lr_schedule",
+    "num_shots": "fewshot.k",
+    "n_shots": "fewshot.k",
+    "shots": "fewshot.k",
+    "lambda": "distill.weight",
+    "distill_weight": "distill.weight",
+    "topk": "distill.top_k",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "model_name_or_path": "model.name",
+    "output_dir": "output.dir",
+}
+
+
+# Keys of earlier versions and where their setting lives now. A saved config (run.json, a checkpoint's
+# config.yaml) is read with them moved (_upgrade_saved); a file or override that still uses one is told.
+MOVED = {
+    "data.question_template": "task.question_template",
+    "data.chat_template_date": "model.chat_template_kwargs.date_string",
+    "eval.max_new_tokens": "task.max_new_tokens",
+    "output.tensorboard": "output.log_with",
+}
+
+
+def _upgrade_saved(flat: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's flat values with MOVED keys at their new place (output.tensorboard: true/false
+    becomes output.log_with: [tensorboard] / [])."""
+    out = dict(flat)
+    for old, new in MOVED.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if old == "output.tensorboard":
+            value = ["tensorboard"] if value else []
+        section_key, _, sub = new.partition(".chat_template_kwargs.")
+        if sub:
+            key = f"{section_key}.chat_template_kwargs"
+            out[key] = {**(out.get(key) or {}), sub: value}
+        else:
+            out.setdefault(new, value)
+    return out
+
+
+def _nearest(key: str) -> str:
+    """'; did you mean ...?' naming the valid key closest to an unknown one (or where a key moved)."""
+    if key in MOVED:
+        return f"; it is now '{MOVED[key]}'"
+    keys = valid_keys()
+    section, _, leaf = key.rpartition(".")
+    same_section = [k for k in keys if k.split(".")[0] == section]
+    leaf_matches = [k for k in keys if k.split(".")[-1] == leaf]
+    close_leaf = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in same_section], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, leaf_matches or keys, n=1, cutoff=0.0)
+    if leaf in _ALIASES:
+        best = _ALIASES[leaf]
+    elif close_leaf:
+        best = f"{section}.{close_leaf[0]}"
+    else:
+        best = close[0] if close else None
+    return f"; did you mean '{best}'?" if best else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and composition
+# --------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader without implicit timestamps: `2024-07-26` stays a string (no setting is a date,
+    and OmegaConf cannot hold a datetime.date)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read config file ({e.strerror})"]) from None
+    try:
+        data = _yaml_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"])
+    return data
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; dict-typed fields (model.architecture, ...) stay whole.
+
+    An empty section (`fewshot:` with every key commented out) sets nothing.
+    """
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if not prefix and key in SECTIONS and (v is None or v == {}):
+            continue
+        if isinstance(v, dict) and key not in _DICT_FIELDS and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+_DICT_FIELDS = {"model.architecture", "model.chat_template_kwargs"}
+
+
+def _merge_dicts(base: dict, new: dict) -> dict:
+    """Recursive merge, `new` winning (a child config or override changes single architecture fields)."""
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set(values: dict[str, Any], source: dict[str, str], key: str, value: Any, where: str) -> None:
+    """Set one flat key; a dict field merges (whole or `model.architecture.x.y=v`) instead of replacing."""
+    for dict_field in _DICT_FIELDS:
+        if key.startswith(dict_field + "."):
+            for part in reversed(key[len(dict_field) + 1 :].split(".")):
+                value = {part: value}
+            key = dict_field
+        if key == dict_field and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = _merge_dicts(values[key], value)
+    values[key] = value
+    source[key] = where
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The files of an ``inherit:`` chain, base first: [(path, mapping without 'inherit'), ...]."""
+    path = path.resolve()
+    if path in seen:
+        cycle = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError([f"{path}: inherit cycle: {cycle}"])
+    data = _read_yaml(path)
+    parent = data.pop("inherit", None)
+    chain: list[tuple[Path, dict]] = []
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError([f"{path}: 'inherit' must be a path string, got {parent!r}"])
+        chain = _load_chain(path.parent / parent, (*seen, path))
+    return [*chain, (path, data)]
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'training.lr=1e-4' -> ('training.lr', 1e-4); the value is parsed as YAML.
+
+    A string setting keeps the text as typed unless it is null: `data.question_template=Q: {question}`
+    is that text, not the YAML mapping {'Q': {'question': None}}.
+    """
+    if "=" not in item:
+        raise ConfigError([f"{COMMAND_LINE}: override '{item}' is not of the form key.sub=value"])
+    key, raw = item.split("=", 1)
+    key = key.strip().lstrip("+")
+    try:
+        value = _yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if value is not None and not isinstance(value, str) and _is_str_field(key):
+        value = raw
+    return key, value
+
+
+def _is_str_field(key: str) -> bool:
+    return any(r[0] == key and r[1] in (str, Optional[str]) for r in schema_fields())
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def compose(
+    config: Optional[str] = None,
+    base_config: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    output_dir: Optional[str] = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge files and overrides into flat {dotted key: value} plus {dotted key: where it was set}."""
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    files: list[tuple[Path, dict]] = []
+    if base_config:
+        files += _load_chain(Path(base_config))
+    if config:
+        files += _load_chain(Path(config))
+    for path, data in files:
+        for key, value in _flatten(data).items():
+            _set(values, source, key, value, _display(path))
+    if output_dir is not None:
+        _set(values, source, "output.dir", output_dir, f"{COMMAND_LINE} (--output_dir)")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set(values, source, key, value, COMMAND_LINE)
+    return values, source
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _section_node(section: str) -> Any:
+    return OmegaConf.structured(SECTIONS[section])
+
+
+def _type_problems(values: dict[str, Any], source: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+    """Unknown keys and values OmegaConf cannot convert to the field's type, one message each.
+
+    Returns the messages and the values that passed, so later checks can still run on those.
+    """
+    problems, good = [], {}
+    known = set(valid_keys())
+    for key, value in values.items():
+        where = source[key]
+        if key not in known:
+            if key in SECTIONS:
+                problems.append(f"{where}: '{key}' must be a section of keys, got {value!r}")
+            else:
+                problems.append(f"{where}: unknown key '{key}'{_nearest(key)}")
+            continue
+        section, name = key.split(".", 1)
+        try:  # the same conversion build_config applies, one key at a time
+            OmegaConf.merge(_section_node(section), {name: value})  # merge copies, never mutates
+        except OmegaConfBaseException as e:
+            msg = str(e).splitlines()[0]
+            problems.append(f"{where}: '{key}' has a wrong type or value ({value!r}): {msg}")
+            continue
+        good[key] = value
+    return problems, good
+
+
+_OPERATORS = {
+    "ge": (operator.ge, ">="),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "<="),
+    "lt": (operator.lt, "<"),
+}
+
+
+def bound_text(bounds: dict[str, float]) -> str:
+    """{'ge': 0, 'le': 1} -> 'in [0, 1]'; {'gt': 0} -> '> 0'."""
+    if len(bounds) == 2:
+        (lo_op, lo), (hi_op, hi) = sorted(bounds.items(), key=lambda kv: kv[0][0] == "l")
+        return f"in {'[' if lo_op == 'ge' else '('}{lo}, {hi}{']' if hi_op == 'le' else ')'}"
+    ((op, value),) = bounds.items()
+    return f"{_OPERATORS[op][1]} {value}"
+
+
+def _within(value: float, bounds: dict[str, float]) -> bool:
+    return all(_OPERATORS[op][0](value, bound) for op, bound in bounds.items())
+
+
+def _field_problems(cfg: Config, missing: frozenset[str]) -> Problems:
+    """Closed sets and numeric bounds, from each field's metadata (see opt())."""
+    p: Problems = []
+    for f in schema_fields():
+        section, name = f.key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if f.key in missing or value is None:
+            continue
+        if f.choices and value not in f.choices:
+            p.append((f.key, f"must be one of {list(f.choices)}, got {value!r}"))
+        if f.bounds or f.finite:
+            finite = math.isfinite(value)
+            if (f.finite and not finite) or not _within(value, f.bounds):
+                alias = f"({f.alias}) " if f.alias else ""
+                what = "a finite number " if f.finite else ""
+                unit = f" ({f.unit})" if f.unit else ""
+                or_null = " or null" if type(None) in typing.get_args(f.type) else ""
+                p.append((f.key, f"{alias}must be {what}{bound_text(f.bounds)}{unit}{or_null}, got {value}"))
+    return p
+
+
+def _range_problems(cfg: Config, source: dict[str, str], missing: frozenset[str] = frozenset()) -> list[str]:
+    """Values of the right type that are out of range (field metadata) or inconsistent with each other
+    (each section's `problems`), as "where: 'key' message" lines.
+
+    Keys in `missing` (required, no value: already reported) hold a None stand-in and are not checked.
+    """
+    found = _field_problems(cfg, missing)
+    for section in SECTIONS:
+        check = getattr(getattr(cfg, section), "problems", None)
+        if check is not None:
+            found += check(cfg, missing)
+    return [f"{source.get(key, DEFAULT)}: '{key}' {message}" for key, message in found]
+
+
+def _missing_keys(node: Any) -> list[str]:
+    return [k for k in valid_keys() if OmegaConf.is_missing(node[k.split(".")[0]], k.split(".", 1)[1])]
+
+
+def build_config(values: dict[str, Any], source: dict[str, str]) -> Config:
+    """Validate flat values against the schema and return a typed :class:`Config`, or raise ConfigError.
+
+    Every problem is collected first (unknown keys, wrong types, missing and out-of-range values) and
+    reported in one error.
+    """
+    problems, good = _type_problems(values, source)
+    nested: dict[str, Any] = {}
+    for key, value in good.items():
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    node = OmegaConf.merge(OmegaConf.structured(Config), nested)
+    missing = _missing_keys(node)
+    problems += [
+        f"{source.get(key, DEFAULT)}: '{key}' is required but has no value (set it in the config file or as {key}=...)"
+        for key in missing
+    ]
+    # Range checks still run with a None stand-in for each missing value (required fields are Optional:
+    # a null is meaningful for some, see model.name), so every mistake is reported in one run.
+    try:
+        for key in missing:
+            OmegaConf.update(node, key, None, merge=False)
+        cfg: Config = OmegaConf.to_object(node)  # type: ignore[assignment]
+    except OmegaConfBaseException:  # a required field that cannot be null: report what we have
+        if not problems:
+            raise
+    else:
+        problems += _range_problems(cfg, source, frozenset(missing))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(
+    config: Optional[str] = None,
+    base_config: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    output_dir: Optional[str] = None,
+) -> tuple[Config, dict[str, str]]:
+    """Compose and validate; returns the config and, for every key set explicitly, where it was set."""
+    values, source = compose(config, base_config, overrides, output_dir)
+    return build_config(values, source), source
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg), sort_keys=False)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any], where: str) -> Config:
+    """Rebuild a config saved in a run or checkpoint (e.g. config.yaml), validating it like a file.
+
+    Keys an earlier version saved under another name (MOVED) are read at their new place.
+    """
+    flat = _upgrade_saved(_flatten(data))
+    return build_config(flat, dict.fromkeys(flat, where))
+
+
+# --------------------------------------------------------------------------------------------------
+# Identities: what two configs must agree on for one use
+# --------------------------------------------------------------------------------------------------
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """{dotted key: value} of every setting (dict fields such as model.architecture stay whole)."""
+    return {
+        f"{section}.{name}": value
+        for section, values in to_dict(cfg).items()
+        for name, value in values.items()
+    }
+
+
+def config_identity(cfg: Config, may_differ: tuple[str, ...]) -> dict[str, Any]:
+    """What must agree for one use (resume, a teacher cache, a result file, ...), derived from the whole
+    resolved config: every key except those `may_differ` lets go.
+
+    Patterns are fnmatch patterns on dotted keys ('training.*', 'eval.batch_size'); one that starts with
+    '!' takes matching keys back. The last pattern that matches a key decides, so
+    ('training.*', '!training.seed') lets every training setting differ but the seed. A setting added to
+    the schema is part of every identity until a use says it may differ: the safe default.
+    """
+    out = {}
+    for key, value in flat_config(cfg).items():
+        differs = False
+        for pattern in may_differ:
+            if fnmatch.fnmatchcase(key, pattern.lstrip("!")):
+                differs = not pattern.startswith("!")
+        if not differs:
+            out[key] = value
+    return out
+
+
+def identity_differences(
+    saved: dict[str, Any], wanted: dict[str, Any], saved_as: str, wanted_as: str
+) -> list[str]:
+    """'key: <saved_as> has X, <wanted_as> has Y' for every key whose values differ (or is on one side)."""
+    absent = "<absent>"
+    return [
+        f"{key}: {saved_as} has {saved.get(key, absent)!r}, {wanted_as} has {wanted.get(key, absent)!r}"
+        for key in sorted(set(saved) | set(wanted))
+        if key not in saved or key not in wanted or saved[key] != wanted[key]
+    ]
+
+
+def run_name(cfg: Config) -> str:
+    """output.name, or the basename of output.dir."""
+    if cfg.output.name:
+        return cfg.output.name
+    if not cfg.output.dir:
+        raise ConfigError([f"{DEFAULT}: 'output.dir' is required (pass --output_dir DIR)"])
+    return Path(cfg.output.dir).resolve().name

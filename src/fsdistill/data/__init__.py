@@ -1,0 +1,1 @@
+"""Prompts (chat template, answer span, tokenisation), exemplar selection, and training batches."""

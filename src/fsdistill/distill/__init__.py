@@ -1,0 +1,1 @@
+"""Teachers, their targets and caches, the distillation losses and the answer-position alignment."""

@@ -1,0 +1,191 @@
+"""The teacher: the frozen base model on the k-shot sequence, reduced to what the loss reads.
+
+What the training loop calls on a teacher is the :class:`Teacher` protocol; two implementations:
+
+- `LiveTeacher` runs the model (the student with its LoRA adapter switched off, or a frozen copy of the
+  initial weights for full fine-tuning) and returns `TeacherTargets` at the N answer positions: top-K
+  logits and their vocabulary ids (and the log-normaliser when a tail bucket needs it), computed chunk by
+  chunk so no (N, V) tensor outlives a chunk; full-vocabulary losses get the teacher's hidden states and
+  its head instead, applied per chunk by the loss. With `fixed`/`per_batch` shots it reuses the
+  exemplar prefix's keys/values (modeling/prefix.py).
+- `CachedTeacher` (teacher_cache.py) puts a per-example store of those top-K targets in front of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Optional, Protocol
+
+import torch
+
+from fsdistill.config import Config
+from fsdistill.distill.losses import TeacherTargets, teacher_targets_from_logits
+from fsdistill.distill.objective import TargetSpec, target_spec
+from fsdistill.distill.teacher_cache import CachedTeacher, open_store
+from fsdistill.modeling.answer_lm import AnswerLogitsLM, base_causal_lm, eval_mode, head_logits
+from fsdistill.modeling.prefix import PrefixKV, all_layers_full_attention, check_prefix_forward, suffix_hidden
+
+
+class Teacher(Protocol):
+    """What the training loop calls on a teacher. `batch` is a data.batch.Batch, `pos` its
+    distill.alignment.AnswerPositions (N answer tokens)."""
+
+    def targets(self, batch, pos) -> TeacherTargets:
+        """The loss's targets at the N answer positions (what target_spec asks for)."""
+        ...
+
+    def logits_at(self, batch, pos, token_ids: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (N, K) at vocabulary ids token_ids (N, K) the caller names, at the N answer
+        positions (e.g. a loss over the student's own top-K support)."""
+        ...
+
+    def self_check(self, vocab_size: int, device) -> None:
+        """Start-up check that the teacher's fast paths equal the plain forward on this model."""
+        ...
+
+    def end_step(self, accelerator) -> None:
+        """Called once per optimizer step on every process (a cache shares its new entries here)."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Values to log with the step's metrics (names without the train/ prefix)."""
+        ...
+
+
+class LiveTeacher:
+    """The frozen base model run on the k-shot sequence at every call.
+
+    answer_lm: the student's AnswerLogitsLM (LoRA: `adapter_off` switches the adapter off, no second copy
+    of the weights) or a frozen copy's (full fine-tuning: adapter_off None).
+    prefix: a PrefixKV when shared exemplar prefixes should be reused (fixed / per_batch shots), else None.
+    """
+
+    def __init__(
+        self,
+        answer_lm: AnswerLogitsLM,
+        adapter_off,
+        spec: TargetSpec,
+        chunk_size: int,
+        prefix: Optional[PrefixKV] = None,
+    ):
+        self.answer_lm = answer_lm
+        self.adapter_off = adapter_off
+        self.spec = spec
+        self.chunk_size = chunk_size
+        self.prefix = prefix
+
+    @contextlib.contextmanager
+    def _frozen(self):
+        off = self.adapter_off() if self.adapter_off else contextlib.nullcontext()
+        with torch.no_grad(), off, eval_mode(self.answer_lm):
+            yield
+
+    def _causal_lm(self):
+        return base_causal_lm(self.answer_lm.model)
+
+    def hidden_at(self, batch, batch_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (N, H) at teacher positions (N,) of the batch's teacher sequences."""
+        with self._frozen():
+            if self.prefix is not None:
+                # Every predicting position must stay in the suffix: prefix <= first one.
+                limit = int(batch.teacher_answer_start.min()) - 1
+                action, length = self.prefix.plan(batch.teacher_ids, batch.teacher_mask, limit)
+                if action != "none":
+                    decoder = self._causal_lm().get_decoder()
+                    if action == "compute":
+                        self.prefix.compute(decoder, batch.teacher_ids, length)
+                    hidden = suffix_hidden(
+                        decoder, self.prefix.stored, batch.teacher_ids, batch.teacher_mask, length
+                    )
+                    return hidden[batch_index, positions - length]
+            return self.answer_lm(
+                batch.teacher_ids, batch.teacher_mask, batch_index, positions, return_hidden=True
+            )
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head (n, H) -> (n, V) without grad (the head is the same with the adapter off)."""
+        with torch.no_grad():
+            return head_logits(self._causal_lm(), hidden)
+
+    def targets(self, batch, pos) -> TeacherTargets:
+        hidden = self.hidden_at(batch, pos.batch_index, pos.teacher_positions)
+        spec = self.spec
+        if spec.top_k is None:
+            return TeacherTargets(hidden=hidden, head=self.head)
+        parts = [
+            teacher_targets_from_logits(
+                self.head(chunk),
+                top_k=spec.top_k,
+                keep_full=False,
+                logsumexp_temperature=spec.logsumexp_temperature,
+            )
+            for chunk in hidden.split(self.chunk_size)
+        ]
+        if not parts:  # no answer tokens (an all-dropped micro-batch)
+            empty = hidden.new_zeros((0, spec.top_k))
+            return TeacherTargets(
+                topk_values=empty, topk_indices=empty.long(), logsumexp_temperature=spec.logsumexp_temperature
+            )
+        return TeacherTargets.cat(parts)
+
+    def logits_at(self, batch, pos, token_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden_at(batch, pos.batch_index, pos.teacher_positions)
+        parts = [
+            self.head(h).gather(-1, ids)
+            for h, ids in zip(hidden.split(self.chunk_size), token_ids.split(self.chunk_size))
+        ]
+        return torch.cat(parts) if parts else hidden.new_zeros(token_ids.shape)
+
+    def self_check(self, vocab_size: int, device) -> None:
+        """Reusing a prefix must equal the plain forward on this model (the only fast path here)."""
+        if self.prefix is not None:
+            with self._frozen():
+                check_prefix_forward(self._causal_lm().get_decoder(), vocab_size, device)
+
+    def end_step(self, accelerator) -> None:
+        """Nothing to share between processes."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+def make_prefix_kv(cfg: Config, causal_lm) -> Optional[PrefixKV]:
+    """A PrefixKV when the shots are shared across a micro-batch and the model supports it, else None."""
+    f, t = cfg.fewshot, cfg.teacher
+    if not t.prefix_cache or f.k == 0 or f.selection == "per_example":
+        return None
+    if not all_layers_full_attention(causal_lm.config):
+        return None
+    return PrefixKV(t.prefix_min_tokens)
+
+
+def make_live_teacher(cfg: Config, answer_lm: AnswerLogitsLM, adapter_off) -> LiveTeacher:
+    """The live teacher cfg describes (with a prefix cache for shared shots), without a top-K cache."""
+    return LiveTeacher(
+        answer_lm,
+        adapter_off,
+        target_spec(cfg),
+        cfg.training.logits_chunk_size,
+        make_prefix_kv(cfg, base_causal_lm(answer_lm.model)),
+    )
+
+
+def make_teacher(cfg: Config, student: AnswerLogitsLM) -> Teacher:
+    """The teacher of `student` cfg describes, made before training changes the student's weights.
+
+    LoRA: the student module itself with its adapter switched off. Full fine-tuning: a frozen copy of
+    the student's (initial) weights, on the student's device. Live, with a prefix cache for shared shots,
+    behind a top-K cache when teacher.cache is on.
+    """
+    if cfg.training.use_lora:
+        answer_lm, adapter_off = student, student.model.disable_adapter
+    else:
+        frozen = copy.deepcopy(student.model)
+        frozen.requires_grad_(False)
+        frozen.eval()
+        answer_lm, adapter_off = AnswerLogitsLM(frozen), None
+    live = make_live_teacher(cfg, answer_lm, adapter_off)
+    if cfg.teacher.cache == "off":
+        return live
+    return CachedTeacher(live, open_store(cfg))

@@ -1,0 +1,2 @@
+"""Evaluation: generation backends, scoring records, teacher-forced metrics, result files, statistics,
+figures, and the evaluation commands."""

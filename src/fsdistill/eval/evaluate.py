@@ -1,0 +1,260 @@
+"""What eval_icl.py and eval_checkpoints.py share: test subsets, prompts, scoring and teacher-forced metrics.
+
+Prompts and scoring are the same functions for both generation backends; only the engine differs.
+
+Teacher-forced metrics need no generation, so they show what a 135M-parameter model learns even where
+its accuracy is ~0: per example, over the gold answer's tokens,
+  nll: mean -log p_model(token | 0-shot prompt, earlier answer tokens),
+  kl:  mean KL(p_teacher || p_model), the teacher being the BASE model with k exemplars in its prompt
+       (the training teacher), the model seeing the bare question.
+They reuse the training code's alignment (`answer_positions`) and loss functions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from fsdistill.config import Config, config_identity
+from fsdistill.data.batch import collate
+from fsdistill.data.prompts import EncodedExample, PromptBuilder, load_tokenizer
+from fsdistill.distill.alignment import answer_positions
+from fsdistill.distill.losses import TeacherTargets, cross_entropy, forward_kl
+from fsdistill.errors import UserError
+from fsdistill.eval.generation import GenerationSettings, load_generation_config, stop_token_ids_for
+from fsdistill.eval.results import collect_provenance, load_or_new
+from fsdistill.modeling.answer_lm import AnswerLogitsLM
+from fsdistill.tasks import Example, Task
+from fsdistill.tasks.rows import data_files, training_rows
+
+SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k]
+
+
+def subset_indices(n_total: int, n_samples: int | None) -> list[int]:
+    """The original's test subset: the same examples for every condition, so comparisons are paired."""
+    if n_samples is None or n_samples >= n_total:
+        return list(range(n_total))
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(n_total, generator=generator)[:n_samples].tolist()
+
+
+@dataclass
+class EvalData:
+    split: str  # "test", or "validation" (held out of train, for honest checkpoint selection)
+    examples: list[Example]  # the evaluated examples, in subset order
+    train: list[Example]  # exemplar pool
+
+
+def load_eval_data(cfg: Config, task: Task, split: str) -> EvalData:
+    """The examples to score (subset by eval.n_samples) and the training rows exemplars come from."""
+    train, validation = training_rows(cfg, task)
+    if split == "validation":
+        if not validation:
+            raise UserError("--split validation needs data.validation_size > 0 (rows held out of training)")
+        pool = validation
+    elif split == "test":
+        pool = task.load(cfg.data.source, cfg.data.test_split, cfg.data.hub_config)
+    else:
+        raise UserError(f"--split must be 'test' or 'validation', got {split!r}")
+    picked = [pool[i] for i in subset_indices(len(pool), cfg.eval.n_samples)]
+    return EvalData(split=split, examples=picked, train=train)
+
+
+def icl_exemplars(train: list[Example], k: int, seed: int) -> list[Example]:
+    """k seeded training exemplars, the same for every evaluated question (k-shot ICL evaluation)."""
+    if k > len(train):
+        raise UserError(
+            f"{k}-shot evaluation needs {k} training rows as exemplars, the pool has {len(train)}"
+        )
+    return random.Random(f"icl:{seed}").sample(train, k)
+
+
+def teacher_exemplars(train: list[Example], k: int, seed: int, row: int) -> list[Example]:
+    """The k-shot teacher's exemplars for an evaluated row: the training protocol's per-row seeded draw."""
+    return random.Random(seed + row).sample(train, k)
+
+
+def score_examples(task: Task, examples: list[Example], predictions: list[str] | None) -> list[dict]:
+    """Per-example records of the result schema: index (row in the split), prediction, extracted, gold, correct.
+
+    predictions None (eval.generate=false, teacher-forced metrics only): index and gold alone, which
+    results.make_entry records as an entry without accuracy.
+    """
+    if predictions is None:
+        return [{"index": e.row, "gold": e.gold} for e in examples]
+    records = []
+    for example, text in zip(examples, predictions, strict=True):
+        scored = task.score(text, example.gold)
+        records.append(
+            {
+                "index": example.row,
+                "prediction": text,
+                "extracted": scored.extracted,
+                "gold": example.gold,
+                "correct": scored.correct,
+            }
+        )
+    return records
+
+
+def describe_entry(label: str, entry: dict) -> str:
+    """One line for the console: accuracy with its interval (when generated) and teacher-forced means."""
+    if entry["accuracy"] is None:
+        text = f"{label}: n={entry['n']}, not generated"
+    else:
+        lo, hi = entry["ci95"]
+        text = f"{label}: accuracy {entry['accuracy']:.2%} (n={entry['n']}, 95% CI {lo:.2%}-{hi:.2%})"
+    return text + "".join(f", {k} {m['mean']:.4f}" for k, m in (entry["teacher_forced"] or {}).items())
+
+
+def generation_prompts(
+    prompts: PromptBuilder, examples: list[Example], shots: list[Example]
+) -> list[list[int]]:
+    return [prompts.generation_prompt_ids(e, shots) for e in examples]
+
+
+# ------------------------------------------------------------------------------------------------
+# Teacher-forced metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def encode_teacher_forced(prompts: PromptBuilder, data: EvalData, k: int, seed: int) -> list[EncodedExample]:
+    """Student (0-shot) and teacher (k-shot) sequences of each evaluated example with its gold answer."""
+    return [
+        prompts.encode_pair(e, teacher_exemplars(data.train, k, seed, e.row) if k else [])
+        for e in data.examples
+    ]
+
+
+@torch.no_grad()
+def teacher_forced_metrics(
+    model_logits,
+    teacher_logits,
+    encoded: list[EncodedExample],
+    pad_id: int,
+    batch_size: int,
+    device,
+    desc: str = "teacher-forced",
+) -> dict[str, list[float]]:
+    """Per-example mean NLL of the gold answer under `model_logits` and, if `teacher_logits` is given,
+    mean KL(teacher || model) over the answer tokens.
+
+    model_logits(batch, positions: AnswerPositions) -> (N, V) logits of the evaluated model at its
+    0-shot positions; teacher_logits(batch, positions) -> (N, V) at the teacher's positions.
+    """
+    nll: list[float] = []
+    kl: list[float] = []
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False):
+        batch = collate(encoded[start : start + batch_size], pad_id).to(device)
+        pos = answer_positions(batch)
+        logits = model_logits(batch, pos).float()
+        teacher = TeacherTargets(logits=teacher_logits(batch, pos).float()) if teacher_logits else None
+        for b in range(batch.size):
+            mask = pos.batch_index == b
+            ce_sum, count = cross_entropy(logits, pos.targets, mask)
+            nll.append((ce_sum / count).item())
+            if teacher is not None:
+                kl_sum, _ = forward_kl(
+                    logits, teacher, mask, temperature=1.0, support="full", scale_by_temperature_squared=False
+                )
+                kl.append((kl_sum / count).item())
+    return {"nll": nll, "kl": kl} if teacher_logits else {"nll": nll}
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends and settings
+# ------------------------------------------------------------------------------------------------
+
+
+def eval_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def generation_settings(cfg: Config, prompts: PromptBuilder) -> GenerationSettings:
+    """The task's length limit and stop strings; stop ids from the tokenizer, its chat template and the
+    model's generation config (looked for beside the tokenizer, then the model)."""
+    task = prompts.task.generation()
+    config = load_generation_config(cfg.model.tokenizer, cfg.model.name)
+    stop_ids = stop_token_ids_for(prompts.tokenizer, prompts.end_of_turn_ids(), config)
+    return GenerationSettings(task.max_new_tokens, stop_ids, task.stop_strings)
+
+
+# What a result file's numbers do not depend on (config_identity patterns): training and distillation
+# settings, throughput knobs and where runs are written. The rest of the config (model, tokenizer, chat
+# template, task, data, the exemplar protocol of k-shot prompts and of the teacher-forced teacher, the
+# evaluation settings) is the file's identity: a resumed sweep must match it (results.load_or_new).
+RESULT_MAY_DIFFER = (
+    "training.*",
+    "!training.seed",  # draws the validation rows
+    "lora.*",
+    "distill.*",
+    "teacher.*",
+    "output.*",
+    "fewshot.selection",
+    "fewshot.shuffle_answers",
+    "data.num_workers",
+    "data.group_by_length",
+    "data.max_student_len",
+    "data.max_teacher_len",
+    "model.gradient_checkpointing",
+    "eval.batch_size",
+    "eval.tensor_parallel_size",
+    "eval.gpu_memory_utilization",
+    "eval.teacher_forced_batch_size",
+    "eval.icl_shots",  # each entry records its shot count
+)
+
+
+def result_settings(cfg: Config, script: str, split: str) -> dict:
+    """What a result file's numbers depend on: the script, the split, and the config's identity."""
+    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher).
+    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*",))
+    return {"script": script, "split": split, "subset_seed": SUBSET_SEED, **config_identity(cfg, may_differ)}
+
+
+def hf_answer_logits(model, device):
+    """model_logits callback for teacher_forced_metrics: the model on the 0-shot (student) sequences."""
+    lm = AnswerLogitsLM(model).to(device).eval()
+    return lambda batch, pos: lm(
+        batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
+    )
+
+
+def hf_teacher_logits(base_model, device, adapter_off=None):
+    """teacher_logits callback: the BASE model on the k-shot (teacher) sequences (adapter off for LoRA)."""
+    import contextlib
+
+    lm = AnswerLogitsLM(base_model).to(device).eval()
+
+    def logits(batch, pos):
+        with adapter_off() if adapter_off else contextlib.nullcontext():
+            return lm(batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions)
+
+    return logits
+
+
+@dataclass
+class EvalSession:
+    """What both evaluation scripts open first: task, tokenizer, prompt builder, examples, the result file."""
+
+    task: Task
+    tokenizer: object
+    prompts: PromptBuilder
+    data: EvalData
+    results: dict
+
+
+def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSession:
+    """Load the tokenizer and the evaluated examples, and the result file to resume (or a new one)."""
+    tokenizer_name = cfg.model.tokenizer or cfg.model.name
+    tokenizer = load_tokenizer(tokenizer_name)
+    prompts = PromptBuilder.from_config(tokenizer, cfg)
+    data = load_eval_data(cfg, prompts.task, split)
+    provenance = collect_provenance(
+        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]), tokenizer=tokenizer_name
+    )
+    results = load_or_new(output, result_settings(cfg, script, split), provenance)
+    return EvalSession(prompts.task, tokenizer, prompts, data, results)

@@ -1,0 +1,306 @@
+"""Greedy generation for scoring, with two interchangeable backends.
+
+`hf` (transformers; tested on CPU) and `vllm` (GPU; imported only when chosen) both take the SAME prompt
+token id lists built by the data layer (chat template rendered, tokenised with add_special_tokens=False).
+Neither backend re-tokenises text: vLLM would prepend a second BOS for Llama/Gemma templates that already
+contain one, and the two backends would then score different prompts.
+
+Both return the generated text only (no prompt), cut before the first stop token or stop string, special
+tokens skipped. Answer extraction and scoring are the task's (fsdistill.tasks), on these strings.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What both backends need to generate identically. Decoding is always greedy (temperature 0).
+
+    stop_strings (the task's) end a generation too; the text is cut before the first one.
+    """
+
+    max_new_tokens: int
+    stop_token_ids: tuple[int, ...]
+    stop_strings: tuple[str, ...] = ()
+
+
+def stop_token_ids_for(tokenizer, end_of_turn_ids=(), generation_config=None) -> tuple[int, ...]:
+    """Token ids that end an answer: eos, the chat template's end-of-turn token (data.prompts
+    PromptBuilder.end_of_turn_ids: a chat model ends its turn with it rather than with eos), and the
+    model's generation-config eos ids (Qwen3's lists `<|endoftext|>` beside `<|im_end|>`: a model that
+    stops at either must stop in both backends). Returns a sorted, deduplicated tuple.
+    """
+    ids: set[int] = {int(i) for i in end_of_turn_ids}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if generation_config is not None:
+        ids.update(_as_id_list(generation_config.eos_token_id))
+    return tuple(sorted(ids))
+
+
+def load_generation_config(*names: str | None):
+    """The first GenerationConfig found in these folders or Hub ids (the tokenizer's folder often carries
+    the model's), or None: a random-weight model has none."""
+    from transformers import GenerationConfig
+
+    for name in names:
+        if name:
+            try:
+                return GenerationConfig.from_pretrained(name)
+            except OSError:
+                continue
+    return None
+
+
+def cut_at_stop_strings(text: str, stop_strings: tuple[str, ...]) -> str:
+    """The text before the first occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _as_id_list(token_ids: int | list[int] | None) -> list[int]:
+    """generation_config.eos_token_id may be None, one int, or a list."""
+    if token_ids is None:
+        return []
+    if isinstance(token_ids, int):
+        return [token_ids]
+    return [int(token_id) for token_id in token_ids]
+
+
+# --------------------------------------------------------------------------------------------------
+# transformers backend
+# --------------------------------------------------------------------------------------------------
+
+
+def pad_token_id_for(tokenizer) -> int:
+    """The id filling left padding: the tokenizer's pad token, else its eos token.
+
+    The padded positions are masked out, so the id only has to exist in the vocabulary; eos is the
+    usual stand-in for tokenizers (e.g. Llama 3) that define no pad token.
+    """
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    raise ValueError("tokenizer has neither a pad nor an eos token: cannot pad a batch")
+
+
+def left_pad(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts so every row's last prompt token sits at the final column, where generation starts.
+
+    Returns (input_ids, attention_mask), both int64 of shape (batch, longest prompt); mask 0 marks padding.
+    """
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("empty prompt: generation needs at least one prompt token")
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def cut_at_stop(token_ids: list[int], stop_token_ids: tuple[int, ...]) -> list[int]:
+    """Tokens before the first stop token: drops the stop token and any padding generate added after it.
+
+    Needed beyond skip_special_tokens because a stop id need not be a special token.
+    """
+    stops = set(stop_token_ids)
+    for position, token_id in enumerate(token_ids):
+        if token_id in stops:
+            return token_ids[:position]
+    return token_ids
+
+
+def batches_by_length(prompt_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of similar length, longest first.
+
+    Similar lengths waste little compute on padding; longest first makes an out-of-memory batch fail at
+    the start of a run rather than at the end.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(prompt_ids)), key=lambda index: len(prompt_ids[index]), reverse=True)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def generate_hf(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    settings: GenerationSettings,
+    batch_size: int,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy completions of `prompt_ids` (one token id list per prompt) with a transformers model.
+
+    Works for a plain or peft-wrapped causal LM. Batches are formed by prompt length, but the returned
+    list of len(prompt_ids) strings is in the original order. The model runs in eval mode and is put
+    back in its previous mode afterwards, so this can be called in the middle of training.
+    """
+    pad_token_id = pad_token_id_for(tokenizer)
+    texts: list[str | None] = [None] * len(prompt_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for indices in tqdm(
+                batches_by_length(prompt_ids, batch_size), desc="generate", disable=not progress
+            ):
+                batch_texts = generate_hf_batch(
+                    model, tokenizer, [prompt_ids[index] for index in indices], settings, pad_token_id
+                )
+                for index, text in zip(indices, batch_texts):
+                    texts[index] = text
+    finally:
+        model.train(was_training)
+    return texts
+
+
+def generate_hf_batch(
+    model, tokenizer, prompt_ids: list[list[int]], settings: GenerationSettings, pad_token_id: int
+) -> list[str]:
+    """One left-padded generate call; returns the decoded new text of each row, in row order."""
+    input_ids, attention_mask = left_pad(prompt_ids, pad_token_id)
+    stop = (
+        {"stop_strings": list(settings.stop_strings), "tokenizer": tokenizer} if settings.stop_strings else {}
+    )
+    output = model.generate(
+        input_ids=input_ids.to(model.device),
+        attention_mask=attention_mask.to(model.device),
+        do_sample=False,
+        max_new_tokens=settings.max_new_tokens,
+        eos_token_id=list(settings.stop_token_ids),
+        pad_token_id=pad_token_id,
+        use_cache=True,
+        **stop,
+    )
+    # Left padding puts every row's prompt in the first input_ids.shape[1] columns.
+    new_tokens = output[:, input_ids.shape[1] :].tolist()
+    return [
+        cut_at_stop_strings(
+            tokenizer.decode(cut_at_stop(row, settings.stop_token_ids), skip_special_tokens=True),
+            settings.stop_strings,
+        )
+        for row in new_tokens
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM backend
+# --------------------------------------------------------------------------------------------------
+
+
+VLLM_MISSING = (
+    "the vllm backend needs vLLM, which is not installed in this environment. Make the separate vLLM "
+    "environment described in compute.md and run from it, or use --backend hf."
+)
+
+
+def import_vllm() -> SimpleNamespace:
+    """The three vLLM names this module uses, imported only when the vllm backend is chosen."""
+    try:
+        import vllm
+        from vllm.lora.request import LoRARequest
+    except ImportError as error:
+        raise ImportError(VLLM_MISSING) from error
+    return SimpleNamespace(LLM=vllm.LLM, SamplingParams=vllm.SamplingParams, LoRARequest=LoRARequest)
+
+
+class VLLMGenerator:
+    """Greedy generation with one vLLM engine, optionally through LoRA adapters loaded per request.
+
+    A LoRA sweep keeps one engine and passes each checkpoint's adapter path to `generate`; a full
+    fine-tuning sweep builds one engine per checkpoint and calls `close` between them.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None,
+        settings: GenerationSettings,
+        tensor_parallel_size: int,
+        dtype: str,
+        max_lora_rank: int | None,
+        gpu_memory_utilization: float,
+        seed: int = 0,
+        vllm_module: Any = None,
+    ):
+        """`vllm_module`: a namespace with LLM, SamplingParams and LoRARequest (tests pass a stand-in);
+        None imports the real vLLM. `max_lora_rank` None builds an engine without LoRA support."""
+        self.vllm = import_vllm() if vllm_module is None else vllm_module
+        self.settings = settings
+        self.lora_enabled = max_lora_rank is not None
+        # vLLM caches adapters by integer id, so each distinct path needs its own id (see lora_request).
+        self.lora_ids: dict[str, int] = {}
+        engine_args: dict[str, Any] = dict(
+            model=model,
+            tokenizer=tokenizer,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+        )
+        if self.lora_enabled:
+            engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank)
+        self.llm = self.vllm.LLM(**engine_args)
+
+    def sampling_params(self):
+        """Greedy decoding with the same length limit and stop ids as the hf backend."""
+        return self.vllm.SamplingParams(
+            temperature=0.0,
+            max_tokens=self.settings.max_new_tokens,
+            stop_token_ids=list(self.settings.stop_token_ids),
+            stop=list(self.settings.stop_strings) or None,
+            skip_special_tokens=True,
+        )
+
+    def lora_request(self, lora_path: str):
+        """A LoRARequest whose integer id is distinct per adapter path and stable when a path recurs.
+
+        vLLM caches a loaded adapter under its id: reusing one id for every checkpoint would silently
+        score each checkpoint with the first one's weights. (The converse caveat: an adapter rewritten in
+        place at the same path is served from the cache.) Ids start at 1.
+        """
+        path = os.path.abspath(lora_path)
+        if path not in self.lora_ids:
+            self.lora_ids[path] = len(self.lora_ids) + 1
+        lora_id = self.lora_ids[path]
+        return self.vllm.LoRARequest(f"adapter-{lora_id}", lora_id, path)
+
+    def generate(self, prompt_ids: list[list[int]], lora_path: str | None = None) -> list[str]:
+        """Completions of `prompt_ids` (token id lists, never re-tokenised), in input order.
+
+        `lora_path`: a PEFT adapter folder to apply, or None for the engine's own weights.
+        """
+        if self.llm is None:
+            raise RuntimeError("VLLMGenerator.generate called after close()")
+        if lora_path is not None and not self.lora_enabled:
+            raise ValueError(
+                f"lora_path={lora_path!r} given, but the engine was built with max_lora_rank=None"
+            )
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        lora = None if lora_path is None else self.lora_request(lora_path)
+        results = self.llm.generate(prompts, sampling_params=self.sampling_params(), lora_request=lora)
+        return [result.outputs[0].text for result in results]
+
+    def close(self) -> None:
+        """Release the engine and its GPU memory so the next checkpoint's engine fits. Idempotent."""
+        if self.llm is None:
+            return
+        del self.llm
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

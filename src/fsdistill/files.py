@@ -1,0 +1,100 @@
+"""Small file and provenance helpers every part of the package shares: one of each.
+
+- :func:`write_text_atomic` / :func:`write_json_atomic`: a file holds either its old or its complete new
+  content, never a torn one (temporary file in the same folder, fsync, rename, fsync of the folder).
+- :func:`sha256_file`: the hash used for data files, weights and checkpoint files.
+- :func:`git_state`: the commit of the checkout the package runs from, and whether it is dirty.
+- :func:`package_versions`: installed versions of the packages results depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "vllm")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that a crash leaves either the old or the complete new file.
+
+    The temporary name is unique per call (mkstemp), so two processes writing the same path never
+    share a temporary file; the last rename wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> None:
+    """JSON through write_text_atomic; serialised first, so a non-serialisable object touches no file."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Persist a rename inside `folder` (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    """Output of a read-only git command run in this package's folder, or None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+    """{"commit": the checkout's HEAD or None, "dirty": whether tracked files differ from it, or None}."""
+    commit = _git("rev-parse", "HEAD")
+    # --no-optional-locks: reading the status must not rewrite the checkout's index.
+    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package, None when it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

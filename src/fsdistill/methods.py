@@ -1,0 +1,105 @@
+"""The training methods, as data: one table that entry points, run records and result files read.
+
+A method is SFT (cross-entropy only) or CE + λ·distillation from a teacher; the causal controls are the
+same distillation with one setting changed. `settings` are the config values that make a config that
+method (what train_ablation.py --condition applies); a config describes the first teacher method whose
+settings all hold, else few_shot_distillation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fsdistill.config import Config, ConfigError, parse_override
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # what run.json, checkpoints and result files record
+    teacher: bool  # distils from a teacher (else cross-entropy only)
+    entry_point: str  # the README's training script that runs it
+    condition: str | None  # train_ablation.py --condition value
+    settings: tuple[str, ...]  # key=value overrides that make a distillation config this method
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("sft", False, "train_baseline.py", None, (), "cross-entropy on the answer tokens only"),
+        Method(
+            "few_shot_distillation",
+            True,
+            "train_online_v1.py",
+            "few_shot",
+            (),
+            "CE + λ·D to the same frozen model with k exemplars in its prompt",
+        ),
+        Method(
+            "zero_shot_teacher",
+            True,
+            "train_ablation.py",
+            "zero_shot_teacher",
+            ("fewshot.k=0",),
+            "control: the teacher sees no exemplars (its input equals the student's)",
+        ),
+        Method(
+            "shuffled_answers",
+            True,
+            "train_ablation.py",
+            "shuffled_answers",
+            ("fewshot.shuffle_answers=true",),
+            "control: exemplar answers permuted among the exemplar questions",
+        ),
+    )
+}
+CONDITIONS: dict[str, Method] = {m.condition: m for m in METHODS.values() if m.condition}
+
+
+def _holds(cfg: Config, setting: str) -> bool:
+    key, value = parse_override(setting)
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name) == value
+
+
+def distillation_method(cfg: Config) -> Method:
+    """The distillation method (or control) a config describes."""
+    for method in METHODS.values():
+        if method.teacher and method.settings and all(_holds(cfg, s) for s in method.settings):
+            return method
+    return METHODS["few_shot_distillation"]
+
+
+def check_entry_point(
+    entry_point: str, cfg: Config, source: dict[str, str], condition: str | None = None
+) -> Method:
+    """The method `entry_point` runs for this config; settings it would ignore or a control run through
+    the wrong script are refused (ConfigError naming the key and where it was set)."""
+    if entry_point == "train_baseline.py":
+        ignored = {k: w for k, w in source.items() if k.split(".")[0] in ("fewshot", "distill", "teacher")}
+        if ignored:
+            raise ConfigError(
+                [
+                    f"{where}: '{key}' would be ignored by train_baseline.py (CE only); use train_online_v1.py or "
+                    "train_ablation.py for a teacher, or remove it"
+                    for key, where in sorted(ignored.items())
+                ]
+            )
+        return METHODS["sft"]
+    method = distillation_method(cfg)
+    if entry_point == "train_online_v1.py" and method.entry_point != entry_point:
+        key = parse_override(method.settings[0])[0]
+        raise ConfigError(
+            [
+                f"{source.get(key, 'the schema default')}: '{key}' makes this the {method.name} control; "
+                "run it with train_ablation.py"
+            ]
+        )
+    if condition is not None and CONDITIONS[condition] is not method:
+        raise ConfigError(
+            [
+                f"--condition {condition} conflicts with the config, which describes {method.name} "
+                "(fewshot.k=0 and fewshot.shuffle_answers=true cannot both hold)"
+            ]
+        )
+    return method

@@ -1,0 +1,92 @@
+"""Loading the base model, and the student made from it (a LoRA adapter on it, or the model itself).
+
+- LoRA: only the adapter trains; the teacher is this very module with the adapter switched off
+  (distill/teacher.py), so there is no second copy of the weights.
+- Full fine-tuning: every weight trains; the teacher is a frozen copy of the initial weights (one extra
+  copy of the parameters: 2 bytes/parameter in bf16, 4 in fp32; ~1.1 GB for Gemma-3-270M in fp32).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from fsdistill.config import Config, LoraConfig, ModelConfig
+from fsdistill.errors import UserError
+from fsdistill.modeling.answer_lm import AnswerLogitsLM
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def make_autocast(mixed_precision: str, device):
+    """A context-manager factory doing what accelerate's autocast does for training.mixed_precision, for
+    code that runs without an Accelerator (the benchmark, scripts/precompute_teacher.py)."""
+    if mixed_precision == "no":
+        return nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+    return lambda: torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def model_config(cfg: ModelConfig):
+    """The transformers config of the base model: model.name's, or model.architecture's alone."""
+    from transformers import AutoConfig
+
+    arch = dict(cfg.architecture)
+    if cfg.name is None:
+        model_type = arch.pop("model_type")
+        return AutoConfig.for_model(model_type, **arch)
+    try:
+        return AutoConfig.from_pretrained(cfg.name, **arch)
+    except OSError as e:
+        raise UserError(f"model.name '{cfg.name}': cannot load its config ({e})") from None
+
+
+def load_causal_lm(cfg: ModelConfig) -> nn.Module:
+    """A causal LM: pretrained weights of model.name, or seeded random weights of its architecture."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = DTYPES[cfg.dtype]
+    extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if cfg.init == "random":
+        # A pure function of the architecture (seed 0, global RNG untouched), so training, evaluation and
+        # a LoRA checkpoint all see the same random base weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(model_config(cfg), dtype=dtype, **extra)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.name, config=model_config(cfg), dtype=dtype, **extra
+            )
+        except OSError as e:
+            raise UserError(f"model.name '{cfg.name}': cannot load weights ({e})") from None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def add_lora(model: nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> nn.Module:
+    """Wrap with a fresh peft LoRA adapter; only adapter parameters require grad."""
+    import peft
+
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)
+
+
+def load_student(cfg: Config) -> AnswerLogitsLM:
+    """The student: the base model with a fresh LoRA adapter (training.use_lora) or the whole model."""
+    model = load_causal_lm(cfg.model)
+    if cfg.training.use_lora:
+        model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
+    return AnswerLogitsLM(model)

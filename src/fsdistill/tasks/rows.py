@@ -1,0 +1,114 @@
+"""Reading a split's rows (local JSONL or a Hub dataset) and holding out a validation set.
+
+A row keeps its position in the source split (`row`, 0-based: line number - 1 in a JSONL file). Few-shot
+selection is keyed by it, so a subset (data.max_train_examples) or a held-out validation set leaves
+every other row's exemplars unchanged. What a row must contain is the task's business: each task passes
+a `parse` function that turns one JSON object into an Example or raises DataError naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from fsdistill.errors import UserError
+from fsdistill.tasks.base import Example
+
+# parse(obj, row, where) -> Example; `where` names the file and line (or Hub split and row) for errors.
+RowParser = Callable[[object, int, str], Example]
+
+
+class DataError(UserError):
+    """A malformed data file or row; the message names the file and line."""
+
+
+def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
+    """Every non-empty line of a JSONL file as an Example; the first bad line fails naming file:line."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            examples.append(parse(obj, lineno - 1, where))
+    if not examples:
+        raise DataError(f"{path}: no rows")
+    return examples
+
+
+def _local_split_file(source: Path, split: str) -> Path:
+    if source.is_dir():
+        path = source / f"{split}.jsonl"
+        if not path.is_file():
+            found = sorted(p.name for p in source.glob("*.jsonl"))
+            raise DataError(f"{source}: no {split}.jsonl for split '{split}' (found: {found or 'nothing'})")
+        return path
+    return source
+
+
+def _load_hub_split(source: str, hub_config: str, split: str, parse: RowParser) -> list[Example]:
+    import datasets  # heavy: only when the Hub is the source
+
+    try:
+        ds = datasets.load_dataset(source, hub_config, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the cause
+        raise DataError(
+            f"data.source '{source}' (config '{hub_config}', split '{split}') could not be loaded from the Hub: "
+            f"{type(e).__name__}: {e}. Offline, point data.source at a local folder with {split}.jsonl."
+        ) from None
+    return [parse(obj, i, f"{source}[{split}] row {i}") for i, obj in enumerate(ds)]
+
+
+def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> list[Example]:
+    """All rows of a split: `source` is a local folder ({split}.jsonl), a local JSONL file, or a Hub id.
+
+    A single local file serves as every split asked for only when it is named explicitly as a file;
+    the caller decides whether that is meaningful (evaluation refuses to score the training file).
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return read_jsonl(_local_split_file(path, split), parse)
+    if source.endswith(".jsonl") or source.startswith((".", "/", "~")):
+        raise DataError(f"data.source '{source}': no such file or folder")
+    return _load_hub_split(source, hub_config, split, parse)
+
+
+def data_files(source: str, splits: list[str]) -> list[Path]:
+    """The local files behind `source` for these splits (for provenance hashes); [] for a Hub source."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return []
+    return sorted({_local_split_file(path, s) for s in splits})
+
+
+def split_train_validation(
+    examples: list[Example], validation_size: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Hold out `validation_size` seeded rows of the training split for honest checkpoint selection."""
+    if validation_size == 0:
+        return examples, []
+    if validation_size >= len(examples):
+        raise DataError(
+            f"data.validation_size={validation_size} leaves no training rows (the split has {len(examples)})"
+        )
+    held = set(random.Random(f"validation:{seed}").sample(range(len(examples)), validation_size))
+    train = [e for i, e in enumerate(examples) if i not in held]
+    validation = [e for i, e in enumerate(examples) if i in held]
+    return train, validation
+
+
+def training_rows(cfg, task) -> tuple[list[Example], list[Example]]:
+    """(train, validation) of a config: the first data.max_train_examples rows of the training split,
+    minus data.validation_size rows held out (seeded by training.seed). Training, its teacher cache and
+    evaluation all cut the split this one way."""
+    d = cfg.data
+    rows = task.load(d.source, d.train_split, d.hub_config)
+    if d.max_train_examples is not None:
+        rows = rows[: d.max_train_examples]
+    return split_train_validation(rows, d.validation_size, cfg.training.seed)

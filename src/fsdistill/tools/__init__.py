@@ -1,0 +1,1 @@
+"""Command-line tools: inspecting configs and batches, config docs, the benchmark, SmolLM2 weights."""

@@ -1,0 +1,385 @@
+"""The one training recipe: SFT, few-shot distillation and the controls differ only in the teacher.
+
+    setup → for each optimizer step: step → log → checkpoint → finish
+
+A step is a sequence of stages (step.py for the first four):
+    batch (the step's micro-batches; on-policy training adds rollouts here)
+    → teacher targets → student losses → backward      (per micro-batch)
+    → optimizer (clip, AdamW, schedule)
+
+Every process builds its own micro-batches (deterministic in the step, see data/batch.py). The scheduler
+is not handed to `accelerator.prepare`, which would step it once per process (the original's LR hit 0 at
+step 500 of 1000 on 2 GPUs). The state of a run is one object, :class:`TrainState`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from fsdistill.cli import check_launcher_precision
+from fsdistill.config import Config, run_name
+from fsdistill.data.batch import TrainingBatches, build_training_batches
+from fsdistill.data.prompts import load_tokenizer
+from fsdistill.distill.teacher import Teacher, make_teacher
+from fsdistill.errors import UserError
+from fsdistill.files import write_json_atomic
+from fsdistill.methods import METHODS, Method
+from fsdistill.modeling.answer_lm import check_answer_logits, eval_mode
+from fsdistill.modeling.loading import load_student
+from fsdistill.train.checkpoint import (
+    checkpoint_step,
+    clear_run_dir,
+    load_training_state,
+    model_identity,
+    prune_checkpoints,
+    resume_checkpoint,
+    save_checkpoint,
+)
+from fsdistill.train.records import RunRecorder, make_trackers
+from fsdistill.train.step import StepSums, backward_step
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(cfg: Config, log_with: Optional[list] = None):
+    """An Accelerator whose mixed precision is the config's; a disagreeing launcher flag is refused."""
+    from accelerate import Accelerator
+
+    check_launcher_precision(cfg)
+    return Accelerator(mixed_precision=cfg.training.mixed_precision, log_with=log_with or None)
+
+
+def check_global_batch(cfg: Config, num_processes: int) -> int:
+    t = cfg.training
+    global_batch = num_processes * t.per_device_batch_size * t.grad_accum_steps
+    if t.global_batch_size is not None and t.global_batch_size != global_batch:
+        raise UserError(
+            f"training.global_batch_size={t.global_batch_size} but {num_processes} processes x "
+            f"per_device_batch_size {t.per_device_batch_size} x grad_accum_steps {t.grad_accum_steps} = "
+            f"{global_batch}; change grad_accum_steps (or the process count) so they agree"
+        )
+    return global_batch
+
+
+def make_scheduler(cfg: Config, optimizer):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[
+        cfg.training.lr_schedule
+    ]
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=cfg.training.warmup_steps, num_training_steps=cfg.training.max_steps
+    )
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s = this process's micro-batches of optimizer step s (a DataLoader prefetches them)."""
+
+    def __init__(self, batches, rank: int, num_processes: int, cfg: Config):
+        self.batches, self.rank, self.num_processes = batches, rank, num_processes
+        self.per_device, self.accum = cfg.training.per_device_batch_size, cfg.training.grad_accum_steps
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int):
+        return [
+            self.batches.micro_batch(step, m, self.rank, self.num_processes, self.per_device)
+            for m in range(self.accum)
+        ]
+
+
+def step_loader(batches, cfg: Config, rank: int, num_processes: int, start: int, end: int):
+    dataset = StepBatches(batches, rank, num_processes, cfg)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start, end),
+        num_workers=cfg.data.num_workers,
+        collate_fn=lambda x: x,
+        persistent_workers=False,
+        generator=torch.Generator(),  # never draw from the global RNG: resumed runs must match straight ones
+    )
+
+
+def parameter_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's state, and setup
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Everything a run holds, made once by :func:`setup`."""
+
+    cfg: Config
+    method: Method
+    accelerator: Any
+    run_dir: Path
+    tokenizer: Any
+    batches: TrainingBatches
+    student: Any  # the AnswerLogitsLM, wrapped by accelerator.prepare (DDP on several processes)
+    teacher: Optional[Teacher]
+    optimizer: Any
+    scheduler: Any
+    params: list  # trainable parameters
+    recorder: RunRecorder
+    checkpoint_meta: dict  # what every checkpoint.json records besides its step
+    start: int  # optimizer steps already done (0, or the resumed checkpoint's step)
+    end: int  # the last step this launch runs (training.stop_after or max_steps)
+    rows_seen: list[list[int]] = field(default_factory=list)  # this process's rows, per step
+
+
+def setup(cfg: Config, method: Method, *, resume: bool, overwrite: bool) -> TrainState:
+    """Run folder, data, student and teacher, optimizer and schedule; restored from a checkpoint on resume."""
+    from accelerate.utils import set_seed
+
+    run_dir = Path(cfg.output.dir)
+    resume_from = resume_checkpoint(run_dir, resume, overwrite)  # refusals first, before any work
+    accelerator = make_accelerator(cfg, make_trackers(cfg, run_dir, checkpoint_step(resume_from)))
+    rank, nproc = accelerator.process_index, accelerator.num_processes
+    global_batch = check_global_batch(cfg, nproc)
+    if overwrite and accelerator.is_main_process:
+        clear_run_dir(run_dir)
+    accelerator.wait_for_everyone()
+
+    set_seed(cfg.training.seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    batches = build_training_batches(cfg, tokenizer, method.teacher, nproc)
+    student = load_student(cfg)
+    student.to(accelerator.device)
+    teacher = make_teacher(cfg, student) if method.teacher else None
+    with eval_mode(student):
+        check_answer_logits(student, len(tokenizer), accelerator.device)
+    if teacher is not None:
+        teacher.self_check(len(tokenizer), accelerator.device)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+    scheduler = make_scheduler(cfg, optimizer)
+    # With LoRA the teacher keeps the unwrapped module: its no-grad passes need no DDP.
+    student, optimizer = accelerator.prepare(student, optimizer)
+
+    start = 0
+    if resume_from is not None:
+        start = load_training_state(accelerator, resume_from, cfg, student, optimizer, scheduler)
+    else:
+        set_seed(cfg.training.seed + rank)  # per-process dropout streams
+    end = min(cfg.training.max_steps, cfg.training.stop_after or cfg.training.max_steps)
+    recorder = RunRecorder(run_dir, cfg, method.name, accelerator, global_batch, start)
+    meta = {
+        "name": run_name(cfg),
+        "method": method.name,
+        "model_identity": model_identity(cfg),
+        "num_processes": nproc,
+        "global_batch_size": global_batch,
+    }
+    return TrainState(
+        cfg,
+        method,
+        accelerator,
+        run_dir,
+        tokenizer,
+        batches,
+        student,
+        teacher,
+        optimizer,
+        scheduler,
+        [p for p in student.parameters() if p.requires_grad],
+        recorder,
+        meta,
+        start,
+        end,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train(cfg: Config, method: str, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train `method` (a name in distill.methods.METHODS) as `cfg` says; returns the run folder."""
+    state = setup(cfg, METHODS[method], resume=resume, overwrite=overwrite)
+    status = "failed"
+    try:
+        run_steps(state)
+        status = "finished" if state.end == cfg.training.max_steps else f"stopped_after_{state.end}"
+    except TrainingDiverged:
+        status = "diverged"
+        raise
+    finally:
+        finish(state, status)
+    return state.run_dir
+
+
+def run_steps(state: TrainState) -> None:
+    """step → log → checkpoint, for steps start+1 .. end (steps count from 1: checkpoint-{step} holds
+    `step` updates)."""
+    acc = state.accelerator
+    loader = step_loader(
+        state.batches, state.cfg, acc.process_index, acc.num_processes, state.start, state.end
+    )
+    progress = tqdm(
+        total=state.end,
+        initial=state.start,
+        disable=not acc.is_main_process,
+        desc=state.method.name,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    state.student.train()
+    for step, micro_batches in zip(range(state.start + 1, state.end + 1), loader):
+        tick = time.perf_counter()
+        result = train_step(state, step, micro_batches)
+        log_step(state, step, result, time.perf_counter() - tick)
+        progress.update(1)
+        progress.set_postfix(
+            ce=f"{result.ce:.4f}", dist=f"{result.dist:.4f}" if state.teacher else "-", lr=f"{result.lr:.2e}"
+        )
+        t = state.cfg.training
+        if step % t.save_every == 0 or step == state.end:
+            checkpoint(state, step)
+    progress.close()
+
+
+@dataclass
+class StepResult:
+    sums: StepSums
+    ce: float  # mean CE per answer token of the step
+    dist: float  # mean distillation loss per answer token
+    lr: float  # the learning rate the update used
+    grad_norm: float  # before clipping
+
+
+def train_step(state: TrainState, step: int, micro_batches) -> StepResult:
+    """batch → (teacher targets → student losses → backward) per micro-batch → optimizer."""
+    state.rows_seen.append([r for mb in micro_batches for r in mb.batch.rows.tolist() if r >= 0])
+    sums = backward_step(state.cfg, state.accelerator, state.student, state.teacher, micro_batches)
+    if state.teacher is not None:
+        state.teacher.end_step(state.accelerator)
+    result = optimizer_step(state, step, sums)
+    dropped = [r for mb in micro_batches for r in mb.dropped_rows]
+    if dropped or sums.dropped:
+        report_dropped(state.recorder, step, dropped, sums.dropped)
+    return result
+
+
+def optimizer_step(state: TrainState, step: int, sums: StepSums) -> StepResult:
+    """Clip, check, update, advance the schedule. A step without answer tokens updates nothing (AdamW would
+    still move the weights on zero gradients: momentum, weight decay); the schedule advances anyway."""
+    t = state.cfg.training
+    grad_norm = float(
+        state.accelerator.clip_grad_norm_(
+            state.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        )
+    )
+    tokens = max(sums.answer_tokens, 1.0)
+    ce, dist = sums.ce_sum / tokens, sums.dist_sum / tokens
+    if not all(math.isfinite(v) for v in (ce, dist, grad_norm)):
+        state.optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(
+            f"non-finite loss or gradient at step {step} (ce={ce}, dist={dist}, grad_norm={grad_norm}); "
+            f"stopped before updating: the last good checkpoint in {state.run_dir} is intact"
+        )
+    lr = state.scheduler.get_last_lr()[0]
+    if sums.answer_tokens > 0:
+        state.optimizer.step()
+    elif state.accelerator.is_main_process:
+        tqdm.write(f"warning: step {step} has no answer tokens (all its examples were dropped): no update")
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return StepResult(sums, ce, dist, lr, grad_norm)
+
+
+def log_step(state: TrainState, step: int, result: StepResult, seconds: float) -> None:
+    """Record the step's metrics at log_every, at the first step of a launch and at its last."""
+    if result.sums.answer_tokens <= 0:
+        return
+    if not (step % state.cfg.training.log_every == 0 or step == state.end or step == state.start + 1):
+        return
+    values = {"train/ce_loss": result.ce}
+    if state.teacher is not None:
+        values["train/dist_loss"] = result.dist
+    values.update(
+        {
+            "train/total_loss": result.ce
+            + (state.cfg.distill.weight * result.dist if state.teacher else 0.0),
+            "train/lr": result.lr,
+            "train/grad_norm": result.grad_norm,
+            "train/tokens_per_s": result.sums.seq_tokens / max(seconds, 1e-9),
+            "train/answer_tokens": result.sums.answer_tokens,
+        }
+    )
+    if state.teacher is not None:
+        values.update({f"train/{k}": v for k, v in state.teacher.metrics().items()})
+    state.recorder.log(step, values)
+
+
+def checkpoint(state: TrainState, step: int) -> None:
+    save_checkpoint(
+        state.accelerator,
+        state.run_dir,
+        step,
+        state.cfg,
+        state.checkpoint_meta,
+        state.student,
+        state.optimizer,
+        state.scheduler,
+        state.tokenizer,
+    )
+    if state.accelerator.is_main_process:
+        prune_checkpoints(state.run_dir, state.cfg.training.keep_last)
+        state.recorder.checkpoints_changed()
+
+
+def report_dropped(recorder: RunRecorder, step: int, local_rows: list[int], total: int) -> None:
+    """Count examples left out for length; warn once per run (main process), never silently."""
+    first = not recorder.manifest["dropped_examples"]
+    recorder.manifest["dropped_examples"].append({"step": step, "count": total, "rows_on_main": local_rows})
+    if first and recorder.is_main:
+        tqdm.write(
+            f"warning: step {step}: {total} example(s) longer than data.max_student_len/max_teacher_len were "
+            "dropped (never truncated); every drop is counted in run.json 'dropped_examples'"
+        )
+
+
+def finish(state: TrainState, status: str) -> None:
+    """run.json's final status, and what this process saw (rows per step, a digest of its weights)."""
+    state.recorder.close(status)
+    acc = state.accelerator
+    ranks = state.run_dir / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        ranks / f"rank{acc.process_index}.json",
+        {
+            "rank": acc.process_index,
+            "world_size": acc.num_processes,
+            "first_step": state.start + 1,
+            "rows_by_step": state.rows_seen,
+            "trainable_parameters_sha256": parameter_digest(acc.unwrap_model(state.student)),
+        },
+    )

@@ -1,0 +1,120 @@
+"""A run's records, written by the main process: run.json, metrics.jsonl and the configured trackers.
+
+run.json        name, method, config, git commit, global batch, checkpoints so far, status
+metrics.jsonl   one JSON line per logged optimizer step (what figure scripts read)
+trackers        accelerate's trackers (output.log_with: TensorBoard under tensorboard/ by default;
+                wandb, MLflow, ... when installed), which receive the same values
+
+On resume, records past the checkpoint's step are dropped from metrics.jsonl and TensorBoard (purge_step),
+so a step a crash logged before its checkpoint was written appears once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+from fsdistill.config import Config, flat_config, run_name, to_dict, to_yaml
+from fsdistill.errors import UserError
+from fsdistill.files import git_state, write_json_atomic
+from fsdistill.train.checkpoint import list_checkpoints
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}
+
+
+def make_trackers(cfg: Config, run_dir: Path, start_step: int) -> list:
+    """The `log_with` of the run's Accelerator: TensorBoard as a tracker writing to run_dir/tensorboard
+    (purging records past `start_step` on resume), the others by name. A tracker whose package is not
+    installed is refused (accelerate would drop it with a warning only)."""
+    missing = [t for t in cfg.output.log_with if importlib.util.find_spec(TRACKER_MODULES.get(t, t)) is None]
+    if missing:
+        raise UserError(f"output.log_with names {missing}, not installed here; install it or remove it")
+    trackers: list = []
+    for name in cfg.output.log_with:
+        if name == "tensorboard":
+            from accelerate.tracking import TensorBoardTracker
+
+            trackers.append(TensorBoardTracker("tensorboard", str(run_dir), purge_step=start_step + 1))
+        else:
+            trackers.append(name)
+    return trackers
+
+
+class RunRecorder:
+    """run.json, metrics.jsonl and the Accelerator's trackers (main process only)."""
+
+    def __init__(
+        self, run_dir: Path, cfg: Config, method: str, accelerator, global_batch: int, start_step: int
+    ):
+        self.run_dir, self.is_main, self.accelerator = run_dir, accelerator.is_main_process, accelerator
+        self.manifest = {
+            "name": run_name(cfg),
+            "method": method,
+            "output_dir": str(run_dir),
+            "git_commit": git_state()["commit"],
+            "num_processes": accelerator.num_processes,
+            "global_batch_size": global_batch,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": "running",
+            "dropped_examples": [],
+            "checkpoints": [],
+            "config": to_dict(cfg),
+        }
+        # Every process joins (trackers are started on the main process only).
+        accelerator.init_trackers("few-shot-distillation", init_kwargs={"wandb": {"name": run_name(cfg)}})
+        if not self.is_main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        old = run_dir / "run.json"
+        if start_step > 0 and old.is_file():
+            previous = json.loads(old.read_text())
+            self.manifest["dropped_examples"] = previous.get("dropped_examples", [])
+            self.manifest["resumed_from_step"] = start_step
+            self.manifest["started"] = previous.get("started", self.manifest["started"])
+        self.manifest["checkpoints"] = [{"step": s, "path": p.name} for s, p in list_checkpoints(run_dir)]
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self._truncate_metrics(start_step)
+        self.save()
+        # The config, for trackers with a place for it (TensorBoard's hparams would add a second events
+        # file; run.json holds the config anyway).
+        flat = {
+            k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
+            for k, v in flat_config(cfg).items()
+        }
+        for tracker in accelerator.trackers:
+            if tracker.name != "tensorboard":
+                tracker.store_init_configuration(flat)
+
+    def _truncate_metrics(self, start_step: int) -> None:
+        """On resume, drop records past the checkpoint (a crash may have logged steps that are redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [
+            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step
+        ]
+        path.write_text("".join(f"{line}\n" for line in keep))
+
+    def save(self) -> None:
+        if self.is_main:
+            write_json_atomic(self.run_dir / "run.json", self.manifest)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.accelerator.log(values, step=step)
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+
+    def checkpoints_changed(self) -> None:
+        self.manifest["checkpoints"] = [
+            {"step": s, "path": p.name} for s, p in list_checkpoints(self.run_dir)
+        ]
+        self.save()
+
+    def close(self, status: str) -> None:
+        self.manifest["status"] = status
+        self.save()
+        for tracker in self.accelerator.trackers:  # not end_training(): it also destroys the process group
+            tracker.finish()
