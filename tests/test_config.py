@@ -397,6 +397,20 @@ def test_date_like_value_in_a_file_is_a_string(tmp_path):
     assert cfg.model.chat_template_kwargs["date_string"] == "2024-07-26"
 
 
+def test_duplicate_keys_are_refused_naming_file_and_line(tmp_path):
+    """PyYAML would keep the second `training:` section and silently drop every setting of the first."""
+    path = write(
+        tmp_path / "dup.yaml",
+        f"inherit: {ONLINE}\ntraining:\n  lr: 1.0e-3\nfewshot:\n  k: 2\ntraining:\n  max_steps: 5\n",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert f"{path} line 6: not valid YAML (duplicate key 'training' (also at line 2)" in str(e.value)
+    nested = write(tmp_path / "nested.yaml", f"inherit: {ONLINE}\ntraining:\n  lr: 1.0e-3\n  lr: 2.0e-3\n")
+    with pytest.raises(ConfigError, match=r"nested\.yaml line 4: not valid YAML \(duplicate key 'lr'"):
+        load_config(str(nested))
+
+
 def test_empty_section_sets_nothing(tmp_path):
     path = write(tmp_path / "empty.yaml", f"inherit: {ONLINE}\nfewshot:\neval: {{}}\n")
     cfg, _ = load_config(str(path))

@@ -93,6 +93,29 @@ def test_malformed_row_fails_naming_file_and_line(case, tmp_path):
     assert isinstance(e.value, UserError)  # the CLIs print it without a traceback
 
 
+def test_every_bad_line_is_reported_at_once(tmp_path):
+    """A damaged file (bytes that are not UTF-8, torn JSON, rows the task refuses) names every bad line in
+    one error, so it is mended in one pass; past 20 lines the rest are counted."""
+    path = tmp_path / "train.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(
+        b"\n".join([good, b'{"question": "caf\xe9", "answer": "#### 1"}', good, b'{"question": ', good])
+        + b"\n"
+        + json.dumps({"question": "q"}).encode()
+        + b"\n"
+    )
+    with pytest.raises(DataError) as e:
+        load_split(str(tmp_path), "train")
+    message = str(e.value)
+    assert message.startswith(f"{path}: 3 malformed lines:")
+    assert f"{path}:2: not UTF-8 text (byte 17" in message
+    assert f"{path}:4: not valid JSON" in message
+    assert f"{path}:6: missing field 'answer'" in message
+    write_jsonl(path, [json.dumps({"question": "q"})] * 25)
+    with pytest.raises(DataError, match=r"25 malformed lines:(.|\n)*:20: missing(.|\n)*\.\.\. and 5 more$"):
+        load_split(str(tmp_path), "train")
+
+
 def test_good_rows_keep_their_line_position(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [json.dumps(GOOD), "", json.dumps({**GOOD, "question": "second"})])
     rows = load_split(str(tmp_path), "train")

@@ -245,6 +245,29 @@ def test_eval_icl_refuses_to_resume_a_file_measured_differently(
     assert [e["shots"] for e in load_results(out)["results"]] == [0, 2]
 
 
+def test_a_single_training_file_is_never_scored_as_test(tmp_path, monkeypatch, arithmetic_dir, capsys):
+    """data.source may be one JSONL file: it is the training file, so evaluation refuses to score it as the
+    test split unless data.test_split names a file explicitly; n_samples beyond the split is refused."""
+    monkeypatch.setattr(
+        generation, "generate_hf", lambda model, tok, prompt_ids, *a, **k: ["#### 1"] * len(prompt_ids)
+    )
+    train_file = arithmetic_dir / "train.jsonl"
+    argv = ["--config", str(TINY / "base.yaml"), *EVAL_OVERRIDES, f"data.source={train_file}"]
+    err = user_error(eval_icl.main, [*argv, "--output", str(tmp_path / "a.json"), "--shots", "0"], capsys)
+    assert "is a single JSONL file, which is the training file" in err
+    assert not (tmp_path / "a.json").exists()
+    explicit = [
+        *argv,
+        f"data.test_split={arithmetic_dir / 'test.jsonl'}",
+        "--output",
+        str(tmp_path / "b.json"),
+    ]
+    eval_icl.main([*explicit, "--shots", "0"])
+    assert load_results(tmp_path / "b.json")["results"][0]["n"] == N
+    err = user_error(eval_icl.main, [*explicit, "eval.n_samples=17", "--shots", "0"], capsys)
+    assert "eval.n_samples=17 but the evaluated split has 16 rows" in err
+
+
 def test_eval_icl_teacher_forced(tmp_path, monkeypatch, arithmetic_dir):
     monkeypatch.setattr(
         generation, "generate_hf", lambda model, tok, prompt_ids, *a, **k: ["#### 1"] * len(prompt_ids)

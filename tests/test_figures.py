@@ -23,7 +23,6 @@ from fsdistill.eval.results import (
     new_results,
     paired_correctness,
     save_results,
-    upsert_entry,
 )
 from fsdistill.eval.stats import mcnemar_exact, paired_bootstrap_diff
 
@@ -67,8 +66,7 @@ def entry(condition, method, step, n_correct, shots=0, indices=range(N)):
 
 def write(path: Path, entries, settings=SETTINGS) -> Path:
     res = new_results(settings, PROVENANCE)
-    for e in entries:
-        upsert_entry(res, e)
+    res["results"] += entries
     save_results(path, res)
     return path
 

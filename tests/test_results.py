@@ -28,8 +28,8 @@ from fsdistill.eval.results import (
     merge_results,
     new_results,
     paired_correctness,
+    record_entry,
     save_results,
-    upsert_entry,
 )
 from fsdistill.eval.stats import bootstrap_mean_ci
 from fsdistill.files import PACKAGES
@@ -64,8 +64,7 @@ def entry(condition="run", step=100, correct=(True, True, True, False), shots=0,
 
 def a_file(*entries):
     res = new_results(SETTINGS, PROVENANCE)
-    for e in entries:
-        upsert_entry(res, e)
+    res["results"] += entries
     return res
 
 
@@ -224,16 +223,48 @@ def test_load_refuses_inconsistent_counts_and_duplicate_keys(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_upsert_replaces_in_place_and_appends():
-    res = a_file(entry(step=100), entry(step=200), entry("other", 100))
-    newer = entry(step=200, correct=(False,) * 4)
-    upsert_entry(res, newer)
-    assert [entry_key(e) for e in res["results"]] == [("run", 100, 0), ("run", 200, 0), ("other", 100, 0)]
-    assert res["results"][1]["accuracy"] == 0.0
-    upsert_entry(res, entry(step=300))
-    assert entry_key(res["results"][-1]) == ("run", 300, 0)
+def test_record_entry_keeps_what_is_there_and_never_replaces(tmp_path):
+    path = tmp_path / "sweep.json"
+    record_entry(path, entry(step=100), SETTINGS, PROVENANCE)
+    record_entry(path, entry("other", 100), SETTINGS, PROVENANCE)
+    newer = entry(step=100, correct=(False,) * 4)
+    written = record_entry(
+        path, newer, SETTINGS, PROVENANCE
+    )  # the key is there: the first measurement stands
+    assert [entry_key(e) for e in written["results"]] == [("run", 100, 0), ("other", 100, 0)]
+    assert load_results(path)["results"][0]["accuracy"] == 0.75
     with pytest.raises(ResultsError, match="missing field 'ci95'"):
-        upsert_entry(res, {k: v for k, v in newer.items() if k != "ci95"})
+        record_entry(path, {k: v for k, v in entry(step=300).items() if k != "ci95"}, SETTINGS, PROVENANCE)
+    with pytest.raises(ResultsError, match="refusing to mix"):
+        record_entry(path, entry(step=300), {**SETTINGS, "max_new_tokens": 9}, PROVENANCE)
+    assert len(load_results(path)["results"]) == 2
+
+
+def add_entries(path: str, condition: str, count: int) -> None:
+    """One sweep: `count` entries of its own condition, each written as soon as it is measured."""
+    for step in range(count):
+        record_entry(path, entry(condition, step + 1), SETTINGS, {**PROVENANCE, "created": condition})
+
+
+def test_two_sweeps_into_one_file_keep_every_entry(tmp_path):
+    """Two processes appending to one result file at the same time (what two eval_checkpoints.py runs with
+    the same --output do): the lock and the re-read before each write lose nothing."""
+    import multiprocessing
+
+    path = tmp_path / "shared.json"
+    context = multiprocessing.get_context("fork")
+    sweeps = [context.Process(target=add_entries, args=(str(path), name, 25)) for name in ("a", "b")]
+    for p in sweeps:
+        p.start()
+    for p in sweeps:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    res = load_results(path)
+    assert sorted(entry_key(e) for e in res["results"]) == sorted(
+        (name, step, 0) for name in ("a", "b") for step in range(1, 26)
+    )
+    sessions = [res["provenance"]["created"], *(p["created"] for p in res["provenance"]["resumed"])]
+    assert sorted(sessions) == ["a", "b"]  # each session's provenance once
 
 
 def test_find_entry_distinguishes_base_shots_and_steps():
@@ -279,7 +310,7 @@ def test_load_or_new_creates_then_resumes(tmp_path):
     path = tmp_path / "sweep.json"
     res = load_or_new(path, SETTINGS, PROVENANCE)
     assert res["results"] == [] and not path.exists()
-    upsert_entry(res, entry())
+    res["results"].append(entry())
     save_results(path, res)
     later = {**PROVENANCE, "created": "2025-01-02"}
     resumed = load_or_new(path, {**SETTINGS, "batch_size": 64}, later)  # a throughput knob may change

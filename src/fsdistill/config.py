@@ -267,6 +267,13 @@ class TrainingConfig:
         ("no", "bf16", "fp16"),
     )
     seed: int = opt(42, "Seeds data order, adapter init, dropout and the validation split.")
+    checkpoint_signal: Optional[str] = opt(
+        "SIGUSR1",
+        "Besides SIGTERM and Ctrl-C, a signal that makes the run finish its optimizer step, write a checkpoint "
+        "and exit (SLURM: sbatch --signal=USR1@120 sends it before the time limit, when the grace period "
+        "after SIGTERM may be too short for a large save); null: only SIGTERM and Ctrl-C.",
+        ("SIGUSR1", "SIGUSR2", "SIGHUP"),
+    )
     log_every: int = opt(10, "Optimizer steps between metrics.jsonl / tracker records.", ge=1)
     logits_chunk_size: int = opt(
         1024,
@@ -621,7 +628,22 @@ def _nearest(key: str) -> str:
 
 class _Loader(yaml.SafeLoader):
     """yaml.SafeLoader without implicit timestamps: `2024-07-26` stays a string (no setting is a date,
-    and OmegaConf cannot hold a datetime.date)."""
+    and OmegaConf cannot hold a datetime.date), and with duplicate keys refused: PyYAML keeps the last
+    of two `training:` sections silently, dropping every setting of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (also at line {seen[key]}); the second would silently replace the first",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {

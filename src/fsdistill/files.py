@@ -5,10 +5,13 @@
 - :func:`sha256_file`: the hash used for data files, weights and checkpoint files.
 - :func:`git_state`: the commit of the checkout the package runs from, and whether it is dirty.
 - :func:`package_versions`: installed versions of the packages results depend on.
+- :func:`file_lock`: an exclusive lock (one writer of a run folder, of a result file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -98,3 +101,38 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` is what it wrote into the lock file (host, pid, ...)."""
+
+    def __init__(self, path: Path, holder: str):
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is locked by {holder or 'another process'}")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, wait: bool = True, holder: dict | None = None):
+    """An exclusive `fcntl.flock` on `path` (created if missing) for the duration of the block.
+
+    wait=False raises LockHeld at once, naming the holder, when another process holds it. `holder` (e.g.
+    host and pid) is written into the file while held, for that message. The kernel releases the lock when
+    the process dies, however it dies (kill -9 included), so a stale lock file never blocks anyone.
+    Caveat: flock is reliable on local filesystems; on NFS it depends on the client (Linux >= 2.6.12 maps it
+    to POSIX byte-range locks, which the server must support) and on some network filesystems it is a no-op.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockHeld(path, os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()) from None
+        if holder is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            os.fsync(fd)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

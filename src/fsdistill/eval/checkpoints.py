@@ -134,10 +134,10 @@ def main(argv=None) -> None:
 
 def sweep(cfg, args, plan) -> None:
     from fsdistill.eval import evaluate as ev
-    from fsdistill.eval.results import find_entry, make_entry, save_results, upsert_entry
+    from fsdistill.eval.results import make_entry
 
     session = ev.open_session(cfg, "eval_checkpoints", args.split, args.output)
-    prompts, data, results = session.prompts, session.data, session.results
+    prompts, data = session.prompts, session.data
     prompt_ids = ev.generation_prompts(prompts, data.examples, [])
     teacher_seq = (
         ev.encode_teacher_forced(prompts, data, cfg.fewshot.k, cfg.fewshot.seed)
@@ -148,7 +148,7 @@ def sweep(cfg, args, plan) -> None:
     try:
         for name, method, run_cfg, checkpoints in plan:
             for step, path in checkpoints:
-                if find_entry(results, name, step, 0) is not None:
+                if session.has(name, step, 0):
                     print(f"{name} step {step}: already in {args.output}, skipped")
                     continue
                 texts, metrics = evaluator.evaluate(run_cfg, path)
@@ -161,8 +161,7 @@ def sweep(cfg, args, plan) -> None:
                     checkpoint=str(path),
                     teacher_forced_metrics=metrics,
                 )
-                upsert_entry(results, entry)
-                save_results(args.output, results)
+                session.record(entry)
                 print(ev.describe_entry(f"{name} step {step}", entry))
     finally:
         evaluator.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from fsdistill.distill.alignment import answer_positions
 from fsdistill.distill.losses import TeacherTargets, cross_entropy, forward_kl
 from fsdistill.errors import UserError
 from fsdistill.eval.generation import GenerationSettings, load_generation_config, stop_token_ids_for
-from fsdistill.eval.results import collect_provenance, load_or_new
+from fsdistill.eval.results import collect_provenance, has_entry, load_or_new, record_entry
 from fsdistill.modeling.answer_lm import AnswerLogitsLM
 from fsdistill.tasks import Example, Task
 from fsdistill.tasks.rows import data_files, training_rows
@@ -34,8 +35,11 @@ SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k]
 
 
 def subset_indices(n_total: int, n_samples: int | None) -> list[int]:
-    """The original's test subset: the same examples for every condition, so comparisons are paired."""
-    if n_samples is None or n_samples >= n_total:
+    """The original's test subset: the same examples for every condition, so comparisons are paired.
+    More than the split holds is refused rather than silently clipped."""
+    if n_samples is not None and n_samples > n_total:
+        raise UserError(f"eval.n_samples={n_samples} but the evaluated split has {n_total} rows")
+    if n_samples is None or n_samples == n_total:
         return list(range(n_total))
     generator = torch.Generator().manual_seed(SUBSET_SEED)
     return torch.randperm(n_total, generator=generator)[:n_samples].tolist()
@@ -56,11 +60,23 @@ def load_eval_data(cfg: Config, task: Task, split: str) -> EvalData:
             raise UserError("--split validation needs data.validation_size > 0 (rows held out of training)")
         pool = validation
     elif split == "test":
-        pool = task.load(cfg.data.source, cfg.data.test_split, cfg.data.hub_config)
+        pool = task.load(cfg.data.source, test_split_source(cfg.data), cfg.data.hub_config)
     else:
         raise UserError(f"--split must be 'test' or 'validation', got {split!r}")
     picked = [pool[i] for i in subset_indices(len(pool), cfg.eval.n_samples)]
     return EvalData(split=split, examples=picked, train=train)
+
+
+def test_split_source(data) -> str:
+    """The test split to load: data.test_split, a split name or an explicit .jsonl path. A data.source that
+    is one JSONL file is the training file only: scoring it as "test" would score trained-on rows."""
+    if data.test_split.endswith(".jsonl") or not Path(data.source).expanduser().is_file():
+        return data.test_split
+    raise UserError(
+        f"data.source {data.source} is a single JSONL file, which is the training file: evaluation never scores "
+        f"the training rows by accident. Give a folder holding {data.test_split}.jsonl, or point "
+        "data.test_split at a .jsonl file (or use --split validation with data.validation_size > 0)"
+    )
 
 
 def icl_exemplars(train: list[Example], k: int, seed: int) -> list[Example]:
@@ -244,11 +260,22 @@ class EvalSession:
     tokenizer: object
     prompts: PromptBuilder
     data: EvalData
-    results: dict
+    output: str
+    settings: dict
+    provenance: dict
+
+    def has(self, condition: str, step: int | None, shots: int) -> bool:
+        """Whether the result file already holds this entry (read now: another sweep may have added it)."""
+        return has_entry(self.output, (condition, step, shots))
+
+    def record(self, entry: dict) -> None:
+        """Add an entry to the result file (under its lock, merged with what other sweeps wrote)."""
+        record_entry(self.output, entry, self.settings, self.provenance)
 
 
 def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSession:
-    """Load the tokenizer and the evaluated examples, and the result file to resume (or a new one)."""
+    """Load the tokenizer and the evaluated examples; check that the result file to resume, if any, was
+    measured with these settings (refused before any model loads otherwise)."""
     tokenizer_name = cfg.model.tokenizer or cfg.model.name
     tokenizer = load_tokenizer(tokenizer_name)
     prompts = PromptBuilder.from_config(tokenizer, cfg)
@@ -256,5 +283,6 @@ def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSessi
     provenance = collect_provenance(
         data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]), tokenizer=tokenizer_name
     )
-    results = load_or_new(output, result_settings(cfg, script, split), provenance)
-    return EvalSession(prompts.task, tokenizer, prompts, data, results)
+    settings = result_settings(cfg, script, split)
+    load_or_new(output, settings, provenance)  # the settings check, before any work
+    return EvalSession(prompts.task, tokenizer, prompts, data, output, settings, provenance)

@@ -31,11 +31,11 @@ def main(argv=None) -> None:
     cfg, _ = config_from_args(args)
 
     from fsdistill.eval import evaluate as ev
-    from fsdistill.eval.results import find_entry, make_entry, save_results, upsert_entry
+    from fsdistill.eval.results import make_entry
 
     session = ev.open_session(cfg, "eval_icl", args.split, args.output)
-    tokenizer, prompts, data, results = session.tokenizer, session.prompts, session.data, session.results
-    todo = [k for k in cfg.eval.icl_shots if find_entry(results, "base", None, k) is None]
+    tokenizer, prompts, data = session.tokenizer, session.prompts, session.data
+    todo = [k for k in cfg.eval.icl_shots if not session.has("base", None, k)]
     if not todo:
         print(f"{args.output}: every shot count is already evaluated")
     model = None
@@ -81,8 +81,7 @@ def main(argv=None) -> None:
                 ev.score_examples(session.task, data.examples, texts),
                 teacher_forced_metrics=metrics,
             )
-            upsert_entry(results, entry)
-            save_results(args.output, results)
+            session.record(entry)
             print(ev.describe_entry(f"base {k}-shot", entry))
     finally:
         if generator is not None:

@@ -43,7 +43,7 @@ from typing import Any
 
 from fsdistill.errors import UserError
 from fsdistill.eval.stats import bootstrap_mean_ci, wilson_interval
-from fsdistill.files import git_state, package_versions, sha256_file, write_json_atomic
+from fsdistill.files import file_lock, git_state, package_versions, sha256_file, write_json_atomic
 from fsdistill.methods import METHODS as TRAINING_METHODS
 
 SCHEMA_VERSION = 1
@@ -320,16 +320,6 @@ def find_entry(results: dict, condition: str, step: int | None = None, shots: in
     return None
 
 
-def upsert_entry(results: dict, entry: dict) -> None:
-    """Replace the entry with the same key in place (keeping order), or append it."""
-    validate_entry(entry, "upsert_entry()")
-    for i, old in enumerate(results["results"]):
-        if entry_key(old) == entry_key(entry):
-            results["results"][i] = entry
-            return
-    results["results"].append(entry)
-
-
 def entries_for(results: dict, condition: str, shots: int = 0) -> list[dict]:
     """Every entry of a condition at this shot count, sorted by step (the base model's None first)."""
     found = [e for e in results["results"] if e["condition"] == condition and e["shots"] == shots]
@@ -467,8 +457,40 @@ def load_or_new(
             f"(differing keys: {_describe_mismatch(differ, results['settings'], wanted)}); "
             "write to a new file or delete the old one"
         )
-    results["provenance"].setdefault("resumed", []).append(_json_normalised(provenance, "provenance"))
+    session = _json_normalised(provenance, "provenance")
+    first = {k: v for k, v in results["provenance"].items() if k not in ("resumed", "merged_from")}
+    resumed = results["provenance"].setdefault("resumed", [])
+    if session != first and session not in resumed:  # each session once, however many entries it adds
+        resumed.append(session)
     return results
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file beside a result file (left in place: an unlocked lock file is harmless)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def record_entry(path: str | Path, entry: dict, settings: dict, provenance: dict) -> dict:
+    """Add one evaluated entry to the result file at ``path`` and return the file as written.
+
+    Under an exclusive lock the file is read again (another sweep may have added entries since this one
+    opened it), its settings checked as load_or_new does, this entry added unless its key is already there
+    (an entry already present is never replaced: the first measurement stands), and the whole file
+    written atomically. So two sweeps into one file keep every entry of both.
+    """
+    with file_lock(lock_path(path)):
+        results = load_or_new(path, settings, provenance)
+        if find_entry(results, *entry_key(entry)) is None:
+            validate_entry(entry, "record_entry()")
+            results["results"].append(entry)
+        save_results(path, results)
+    return results
+
+
+def has_entry(path: str | Path, key: tuple) -> bool:
+    """Whether the result file at ``path`` (as it is now, on disk) holds an entry with this key."""
+    return Path(path).exists() and find_entry(load_results(path), *key) is not None
 
 
 def merge_results(

@@ -24,19 +24,36 @@ class DataError(UserError):
     """A malformed data file or row; the message names the file and line."""
 
 
+MAX_REPORTED = 20  # bad lines named in one error; the count covers them all
+
+
 def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
-    """Every non-empty line of a JSONL file as an Example; the first bad line fails naming file:line."""
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    """Every non-empty line of a JSONL file as an Example. Every bad line (bytes that are not UTF-8, not
+    JSON, a row the task refuses) is found before anything fails, and reported together naming
+    file:line, so a damaged file is mended in one pass."""
+    examples, problems = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"{where}: not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                examples.append(parse(json.loads(line), lineno - 1, where))
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            examples.append(parse(obj, lineno - 1, where))
+                problems.append(f"{where}: not valid JSON ({e.msg})")
+            except DataError as e:
+                problems.append(str(e))
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise DataError(f"{path}: {len(problems)} malformed lines:\n  {shown}{more}")
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples
@@ -66,11 +83,16 @@ def _load_hub_split(source: str, hub_config: str, split: str, parse: RowParser) 
 
 
 def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> list[Example]:
-    """All rows of a split: `source` is a local folder ({split}.jsonl), a local JSONL file, or a Hub id.
+    """All rows of a split: `source` is a local folder ({split}.jsonl), a local JSONL file, or a Hub id;
+    a `split` that is itself a path to a .jsonl file is read as that file.
 
-    A single local file serves as every split asked for only when it is named explicitly as a file;
-    the caller decides whether that is meaningful (evaluation refuses to score the training file).
+    A single local file serves as every split asked for; the caller decides whether that is meaningful
+    (evaluation refuses to score the training file: eval.evaluate.test_split_source).
     """
+    if split.endswith(".jsonl"):
+        if not Path(split).expanduser().is_file():
+            raise DataError(f"split file '{split}': no such file")
+        return read_jsonl(Path(split).expanduser(), parse)
     path = Path(source).expanduser()
     if path.exists():
         return read_jsonl(_local_split_file(path, split), parse)
@@ -82,9 +104,10 @@ def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> li
 def data_files(source: str, splits: list[str]) -> list[Path]:
     """The local files behind `source` for these splits (for provenance hashes); [] for a Hub source."""
     path = Path(source).expanduser()
-    if not path.exists():
-        return []
-    return sorted({_local_split_file(path, s) for s in splits})
+    files = {Path(s).expanduser() for s in splits if s.endswith(".jsonl")}
+    if path.exists():
+        files |= {_local_split_file(path, s) for s in splits if not s.endswith(".jsonl")}
+    return sorted(files)
 
 
 def split_train_validation(
