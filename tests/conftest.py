@@ -79,10 +79,19 @@ def qwen_cfg(*overrides: str, config: str = "online_v1.yaml"):
     return cfg
 
 
+def gsm8k_parser():
+    """The row parser of the GSM8K task (the schema's default task), every row needing its answer and gold."""
+    from fsdistill.config import TaskConfig
+    from fsdistill.tasks import ConfiguredTask
+    from fsdistill.tasks.scoring import make_scoring
+
+    settings = TaskConfig()
+    return ConfiguredTask(settings, make_scoring(settings)).parser(("answer", "gold"))
+
+
 @pytest.fixture(scope="session")
 def train_rows(gsm8k_dir):
     """The real GSM8K training split."""
-    from fsdistill.tasks.gsm8k import parse_row
     from fsdistill.tasks.rows import load_split
 
-    return load_split(str(gsm8k_dir), "train", "main", parse_row)
+    return load_split(str(gsm8k_dir), "train", "main", gsm8k_parser())

@@ -6,19 +6,18 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import CONFIGS, OFFLINE_OVERRIDES
+from conftest import CONFIGS, OFFLINE_OVERRIDES, gsm8k_parser
 
 from fsdistill.config import load_config
 from fsdistill.data.batch import IGNORE_INDEX, ExampleOrder, build_training_batches, collate
 from fsdistill.errors import UserError
 from fsdistill.tasks import rows
-from fsdistill.tasks.gsm8k import parse_row
 from fsdistill.tasks.rows import DataError, split_train_validation
 
 
 def load_split(source: str, split: str):
     """A split read as GSM8K rows."""
-    return rows.load_split(source, split, "main", parse_row)
+    return rows.load_split(source, split, "main", gsm8k_parser())
 
 
 GOOD = {"question": "Tom has 3 apples and buys 2 more. How many?", "answer": "3+2=<<3+2=5>>5\n#### 5"}

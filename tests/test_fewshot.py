@@ -158,7 +158,7 @@ def test_fixed_rows_are_removed_from_training_and_never_in_the_order(qwen3_token
 
 
 def test_shuffled_answers_follow_the_original_rule(qwen3_tokenizer, train_rows):
-    cfg = qwen_cfg(config="ablation_shuffled_answers.yaml")
+    cfg = qwen_cfg("fewshot.shuffle_mode=permutation", config="ablation_shuffled_answers.yaml")
     assert cfg.fewshot.shuffle_answers and cfg.fewshot.k == 8
     batches = build_training_batches(cfg, qwen3_tokenizer, with_teacher=True, num_processes=2)
     moved = 0

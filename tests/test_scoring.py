@@ -7,10 +7,11 @@ import json
 import pytest
 
 from fsdistill.config import TaskConfig
-from fsdistill.tasks import Scored
-from fsdistill.tasks.gsm8k import GSM8K, extract_answer, gold_answer, normalize_number
+from fsdistill.tasks import ConfiguredTask, Scored
+from fsdistill.tasks.gsm8k import extract_answer, gold_answer, normalize_number
+from fsdistill.tasks.scoring import make_scoring
 
-TASK = GSM8K(TaskConfig())
+TASK = ConfiguredTask(TaskConfig(), make_scoring(TaskConfig()))  # GSM8K: the schema's default task
 
 
 def is_correct(generated: str, gold: str) -> bool:

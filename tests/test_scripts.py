@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONFIGS, OFFLINE_OVERRIDES, REPO
+from conftest import CONFIGS, OFFLINE_OVERRIDES, REPO, gsm8k_parser
 
 from fsdistill.config import load_config, to_dict
-from fsdistill.tasks.gsm8k import parse_row
 from fsdistill.tasks.rows import load_split
 
-ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+# configs/tasks/ holds fragments that model configs inherit (they name no model).
+ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set((CONFIGS / "tasks").glob("*.yaml")))
 SFT_CONFIGS = {"base.yaml", "qwen8b.yaml", "tiny/base.yaml", "tiny/full_ft.yaml"}
 BATCH_CONFIGS = sorted(
     [
@@ -109,7 +109,7 @@ def show_batch_module(qwen3_tokenizer_path):
 
 @pytest.fixture(scope="module")
 def train_rows(gsm8k_dir):
-    return load_split(str(gsm8k_dir), "train", "main", parse_row)
+    return load_split(str(gsm8k_dir), "train", "main", gsm8k_parser())
 
 
 HEADER = re.compile(

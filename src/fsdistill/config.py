@@ -24,6 +24,8 @@ import fnmatch
 import functools
 import math
 import operator
+import re
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,13 @@ class ModelConfig:
         "3's would otherwise take from today's clock, so prompts do not change from day to day.",
     )
 
+    chat_template: Optional[str] = opt(
+        None,
+        "null: the tokenizer's own chat template. plain: a plain-text format for models without one (the "
+        "user turn, a newline and 'Answer:'; the answer, eos, a blank line). Any other text: a Jinja chat "
+        "template used instead of the tokenizer's.",
+    )
+
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
         p: Problems = []
         if self.name is None and "model.name" not in missing:
@@ -133,16 +142,61 @@ class ModelConfig:
         return p
 
 
+SCORINGS = ("gsm8k", "last_number", "exact", "choice", "regex", "callable")
+ROW_FORMATS = ("fields", "messages", "prompt_completion")
+
+
 @dataclass
 class TaskConfig:
+    """The task (fsdistill.tasks). The defaults are GSM8K's; configs/tasks/ holds the shipped tasks."""
+
     name: str = opt(
         "gsm8k",
-        "What the rows are and how an answer is scored (fsdistill.tasks). gsm8k: rows with string fields "
-        "question and answer, the answer ending in '#### N'; a generation is scored by the number after its "
-        "first '####', else its last number, compared by value.",
-        ("gsm8k",),
+        "The task's name, recorded in run.json and every result file (configs/tasks/: gsm8k, twostep).",
     )
-    question_template: str = opt("Question: {question}", "User turn text; {question} is replaced.")
+    row_format: str = opt(
+        "fields",
+        "How a row holds its question and answer. fields: task.question_field, task.answer_field (and "
+        "task.gold_field); messages: a chat list [user] or [user, assistant] in task.messages_field; "
+        "prompt_completion: TRL's columns prompt and completion (strings, or one-message lists).",
+        ROW_FORMATS,
+    )
+    question_field: str = opt("question", "row_format=fields: the field holding the question.")
+    answer_field: str = opt(
+        "answer",
+        "row_format=fields: the field holding the worked answer (trained on, shown by exemplars). A row "
+        "without it is a question only: allowed where no answer is read (a scored split with "
+        "task.gold_field; training rows whose exemplars come from fewshot.pool).",
+    )
+    gold_field: Optional[str] = opt(
+        None,
+        "The field holding the gold final answer; null: read it from the worked answer by the scoring rule.",
+    )
+    messages_field: str = opt("messages", "row_format=messages: the column holding the chat list.")
+    question_template: str = opt(
+        "Question: {question}",
+        "User turn text: {question} is the row's question; {name} is any other field of the row.",
+    )
+    system_prompt: Optional[str] = opt(
+        None, "A system turn opening every conversation (student, teacher, evaluation); null: none of ours."
+    )
+    scoring: str = opt(
+        "gsm8k",
+        "How a generation is judged (fsdistill/tasks/scoring.py). gsm8k: the number after the first '####', "
+        "else the last number, by value (gold: the answer's last '#### N'); last_number: the last number, by "
+        "value; exact: normalised string equality; choice: a letter A-E; regex: task.scoring_regex's one "
+        "group; callable: task.scoring_callable.",
+        SCORINGS,
+    )
+    scoring_regex: Optional[str] = opt(
+        None, "scoring=regex: a Python regex with exactly one group; its last match is the answer."
+    )
+    scoring_callable: Optional[str] = opt(
+        None,
+        "scoring=callable: 'package.module:function', called as function(generation, gold) -> bool or "
+        "(extracted, correct). Imported only from the config given on the command line, never from a "
+        "run's or result file's recorded config.",
+    )
     max_new_tokens: int = opt(512, "Generation length limit (evaluation).", ge=1)
     stop_strings: list[str] = opt(
         [],
@@ -151,23 +205,90 @@ class TaskConfig:
 
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
         p: Problems = []
-        if "{question}" not in self.question_template:
-            p.append(("task.question_template", "must contain the placeholder {question}"))
+        p += _template_problems(self.question_template)
         if any(not s for s in self.stop_strings):
             p.append(("task.stop_strings", f"must be non-empty strings, got {list(self.stop_strings)}"))
+        if self.scoring == "regex":
+            if self.scoring_regex is None:
+                p.append(
+                    (
+                        "task.scoring",
+                        "is 'regex', which needs task.scoring_regex (a regex with exactly one group)",
+                    )
+                )
+            else:
+                p += _regex_problems(self.scoring_regex)
+        elif self.scoring_regex is not None:
+            p.append(
+                ("task.scoring_regex", f"is only read with task.scoring=regex (scoring is {self.scoring!r})")
+            )
+        if self.scoring == "callable":
+            if self.scoring_callable is None:
+                p.append(
+                    (
+                        "task.scoring",
+                        "is 'callable', which needs task.scoring_callable ('package.module:function')",
+                    )
+                )
+            elif not _IMPORT_PATH.fullmatch(self.scoring_callable):
+                p.append(
+                    (
+                        "task.scoring_callable",
+                        f"must be 'package.module:function' for task.scoring=callable, got {self.scoring_callable!r}",
+                    )
+                )
+        elif self.scoring_callable is not None:
+            p.append(
+                (
+                    "task.scoring_callable",
+                    f"is only read with task.scoring=callable (scoring is {self.scoring!r})",
+                )
+            )
         return p
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _template_problems(template: str) -> Problems:
+    """A user-turn template: valid str.format syntax, {question} in it, only plain field names (no
+    positional '{}', attribute or index access, which would reach into Python objects)."""
+    key = "task.question_template"
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        return [(key, f"is not a valid template ({e}); write a literal brace as {{{{ or }}}}")]
+    bad = [name for name in names if not name.isidentifier()]
+    if bad:
+        return [(key, f"may only name fields as {{name}}, got {['{' + n + '}' for n in bad]}")]
+    if "question" not in names:
+        return [(key, "must contain the placeholder {question}")]
+    return []
+
+
+def _regex_problems(pattern: str) -> Problems:
+    key = "task.scoring_regex"
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as e:
+        return [(key, f"is not a valid regex ({e}): {pattern!r}")]
+    if groups != 1:
+        return [(key, f"must have exactly one group (the answer), {pattern!r} has {groups}")]
+    return []
 
 
 @dataclass
 class DataConfig:
     source: str = opt(
         "openai/gsm8k",
-        "Hub dataset id (loaded with datasets), or a local JSONL file or folder holding {train,test}.jsonl "
-        "with the task's fields.",
+        "Hub dataset id (loaded with datasets), or a local file (.jsonl, .json, .csv, .parquet) or folder "
+        "holding {split}.jsonl (or .json, .csv, .parquet) with the task's fields.",
     )
     hub_config: str = opt("main", "Dataset config name on the Hub (ignored for local files).")
-    train_split: str = opt("train", "Split the student trains on and few-shot exemplars come from.")
-    test_split: str = opt("test", "Split evaluation scores.")
+    train_split: str = opt(
+        "train", "Split the student trains on (and exemplars come from unless fewshot.pool is set)."
+    )
+    test_split: str = opt("test", "Split evaluation scores (a split name, or a file path).")
     max_train_examples: Optional[int] = opt(
         None, "Use only the first N training rows (row ids keep their position in the source file).", ge=1
     )
@@ -176,6 +297,11 @@ class DataConfig:
         "Rows held out of the training split (seeded by training.seed) to select checkpoints honestly; "
         "they are never trained on nor used as exemplars.",
         ge=0,
+    )
+    validation_split: Optional[str] = opt(
+        None,
+        "A split of data.source (or a file) that is the validation set, instead of holding out "
+        "data.validation_size training rows (so every training seed selects on the same rows).",
     )
     max_student_len: int = opt(
         512, "Longest student sequence; a longer example is dropped and counted.", ge=8
@@ -190,14 +316,22 @@ class DataConfig:
     )
 
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
         if self.max_teacher_len < self.max_student_len:
-            return [
+            p.append(
                 (
                     "data.max_teacher_len",
                     f"must be >= data.max_student_len ({self.max_student_len}), got {self.max_teacher_len}",
                 )
-            ]
-        return []
+            )
+        if self.validation_split is not None and self.validation_size > 0:
+            p.append(
+                (
+                    "data.validation_split",
+                    f"and data.validation_size={self.validation_size} both name a validation set; keep one",
+                )
+            )
+        return p
 
 
 @dataclass
@@ -217,8 +351,34 @@ class FewShotConfig:
     )
     seed: int = opt(42, "Seed of the exemplar draw (per_example uses seed + row id, as the original).")
     shuffle_answers: bool = opt(
-        False, "Permute the exemplar answers among the exemplar questions (the shuffled-answers control)."
+        False,
+        "Move the exemplar answers among the exemplar questions (the shuffled-answers control), as "
+        "fewshot.shuffle_mode says. Needs fewshot.k >= 2.",
     )
+    shuffle_mode: str = opt(
+        "derangement",
+        "derangement: no exemplar keeps its own answer (a uniformly drawn derangement), so the control "
+        "always breaks every question-answer pair; permutation: the original's plain random.shuffle, under "
+        "which an answer may stay with its own question (what the original's 72.48% control ran).",
+        ("derangement", "permutation"),
+    )
+    pool: Optional[str] = opt(
+        None,
+        "Where exemplars (the teacher's and k-shot evaluation's) come from: null: the training rows; else a "
+        "split of data.source or a file (.jsonl, .json, .csv, .parquet) in the task's format, every row with "
+        "a worked answer, so training rows may be questions only.",
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        if self.shuffle_answers and self.k < 2:
+            return [
+                (
+                    "fewshot.shuffle_answers",
+                    f"needs fewshot.k >= 2, got k={self.k}: with fewer exemplars no answer can move, and the "
+                    "control would equal the run it controls",
+                )
+            ]
+        return []
 
 
 @dataclass
@@ -585,8 +745,11 @@ MOVED = {
 
 def _upgrade_saved(flat: dict[str, Any]) -> dict[str, Any]:
     """A saved config's flat values with MOVED keys at their new place (output.tensorboard: true/false
-    becomes output.log_with: [tensorboard] / [])."""
+    becomes output.log_with: [tensorboard] / []). A shuffled-answers config saved before
+    fewshot.shuffle_mode existed ran the original's plain permutation, and says so once read."""
     out = dict(flat)
+    if out.get("fewshot.shuffle_answers") is True and "fewshot.shuffle_mode" not in out:
+        out["fewshot.shuffle_mode"] = "permutation"
     for old, new in MOVED.items():
         if old not in out:
             continue
@@ -923,7 +1086,19 @@ def load_config(
 ) -> tuple[Config, dict[str, str]]:
     """Compose and validate; returns the config and, for every key set explicitly, where it was set."""
     values, source = compose(config, base_config, overrides, output_dir)
-    return build_config(values, source), source
+    cfg = build_config(values, source)
+    # Marks the config as the user's own: only such a config may name code to import (task.scoring_callable).
+    object.__setattr__(cfg, _COMMAND_LINE_SOURCES, dict(source))
+    return cfg, source
+
+
+_COMMAND_LINE_SOURCES = "_fsdistill_command_line_sources"
+
+
+def command_line_sources(cfg: Config) -> Optional[dict[str, str]]:
+    """Where each key of a config composed by load_config (files and overrides the user named) was set;
+    None for a config rebuilt from a record (from_dict: run.json, a checkpoint, ...) or built in code."""
+    return getattr(cfg, _COMMAND_LINE_SOURCES, None)
 
 
 def to_yaml(cfg: Config) -> str:

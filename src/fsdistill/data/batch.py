@@ -23,7 +23,7 @@ import torch
 from fsdistill.data.fewshot import ShotSampler
 from fsdistill.data.prompts import EncodedExample, PromptBuilder
 from fsdistill.tasks import Example
-from fsdistill.tasks.rows import training_rows
+from fsdistill.tasks.rows import exemplar_pool, training_rows
 
 IGNORE_INDEX = -100
 
@@ -254,15 +254,22 @@ class TrainingBatches:
 
 
 def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: int) -> TrainingBatches:
-    """TrainingBatches for a config: rows (subset, minus validation and fixed exemplars), shots, order."""
+    """TrainingBatches for a config: rows (subset, minus validation and fixed exemplars), shots, order.
+
+    Training on gold answers reads every training row's answer: a row without one is refused here,
+    naming its file and line, before any model loads.
+    """
     prompts = PromptBuilder.from_config(tokenizer, cfg)
     train, _validation = training_rows(cfg, prompts.task)
     shots = None
     if with_teacher:
         f = cfg.fewshot
-        shots = ShotSampler(train, f.k, f.selection, f.seed, f.shuffle_answers)
-        fixed = set(shots.fixed_rows)
-        train = [e for e in train if e.row not in fixed]
+        separate = f.pool is not None
+        pool = exemplar_pool(cfg, prompts.task, train)
+        shots = ShotSampler(pool, f.k, f.selection, f.seed, f.shuffle_answers, f.shuffle_mode, separate)
+        if not separate:  # a fixed exemplar is then a training row: never train on it as well
+            fixed = set(shots.fixed_rows)
+            train = [e for e in train if e.row not in fixed]
     t = cfg.training
     order = ExampleOrder(
         [e.row for e in train], t.seed, num_processes * t.per_device_batch_size * t.grad_accum_steps

@@ -1,8 +1,13 @@
 """Prompts through the tokenizer's own chat template, and the prompt/answer boundary taken from it.
 
-Turn structure (the original's): no system prompt; each exemplar is a user turn (the task's, e.g.
+Turn structure (the original's): no system prompt of ours unless the task gives one (task.system_prompt,
+then a system turn opens every conversation); each exemplar is a user turn (the task's, e.g.
 `Question: {q}` for GSM8K) and an assistant turn with its worked answer; then the real question as a
 user turn and, in training, its answer as the final assistant turn.
+
+The template is the tokenizer's own chat template, or model.chat_template: `plain` (PLAIN_TEMPLATE, for
+models without a chat template) or a Jinja template of the user's. Either way it is rendered by
+transformers' apply_chat_template (its sandboxed Jinja environment), so one code path serves all.
 
 The boundary is never hard-coded. We render the conversation twice, with the final assistant turn and
 as a generation prompt without it, require the second to be a prefix of the first, and call the rest
@@ -27,6 +32,20 @@ Message = dict[str, str]
 
 class TemplateError(UserError):
     """The chat template does not render a conversation as a prompt followed by an answer part."""
+
+
+# model.chat_template: plain. Plain text for a model without a chat template: an optional system text
+# and a blank line; each user turn, a newline and "Answer:"; each answer after one space, closed by the
+# tokenizer's eos token (what the model learns to stop with) and a blank line. The space belongs to the
+# answer part, so the prompt never ends in a space (BPE tokenizers write " 42" as one token).
+PLAIN_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}{{ message['content'] }}{{ '\n\n' }}"
+    "{%- elif message['role'] == 'user' %}{{ message['content'] }}{{ '\nAnswer:' }}"
+    "{%- else %}{{ ' ' + message['content'] + eos_token + '\n\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
 
 
 @dataclass(frozen=True)
@@ -56,21 +75,44 @@ class PromptBuilder:
     silently ignored); a null value is not passed at all.
     """
 
-    def __init__(self, tokenizer, task: Task, chat_template_kwargs: dict):
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
+    def __init__(
+        self, tokenizer, task: Task | None, chat_template_kwargs: dict, chat_template: str | None = None
+    ):
+        self.chat_template = PLAIN_TEMPLATE if chat_template == "plain" else chat_template
+        if self.chat_template is None and getattr(tokenizer, "chat_template", None) is None:
+            raise TemplateError(
+                f"tokenizer {tokenizer.name_or_path!r} has no chat template; set model.chat_template: plain (a "
+                "plain-text format) or give a Jinja template there"
+            )
         self.tokenizer = tokenizer
         self.task = task
         self.template_kwargs = {k: v for k, v in chat_template_kwargs.items() if v is not None}
+        system = task.system_prompt() if task is not None else None  # None: the template alone (for_template)
+        self.opening: list[Message] = [] if system is None else [{"role": "system", "content": system}]
 
     @classmethod
     def from_config(cls, tokenizer, cfg: Config) -> PromptBuilder:
-        """The config's task (task.*) rendered with model.chat_template_kwargs."""
-        return cls(tokenizer, make_task(cfg), cfg.model.chat_template_kwargs)
+        """The config's task (task.*) rendered with model.chat_template (or the tokenizer's) and
+        model.chat_template_kwargs."""
+        return cls(tokenizer, make_task(cfg), cfg.model.chat_template_kwargs, cfg.model.chat_template)
+
+    @classmethod
+    def for_template(cls, tokenizer, cfg: Config) -> PromptBuilder:
+        """The config's chat template alone, without its task (no rows, no scoring rule): what reading
+        the template's end-of-turn token or rendering a bare conversation needs."""
+        return cls(tokenizer, None, cfg.model.chat_template_kwargs, cfg.model.chat_template)
+
+    def template_text(self) -> str:
+        """The Jinja source of the template in use (model.chat_template's, else the tokenizer's)."""
+        return self.chat_template or self.tokenizer.chat_template
 
     # -- text ------------------------------------------------------------------------------------
     def user_turn(self, example: Example) -> Message:
         return {"role": "user", "content": self.task.user_turn(example)}
+
+    def conversation(self, shots: list[Example], example: Example) -> list[Message]:
+        """The messages before an answer: the system turn (if any), the exemplars, the question."""
+        return [*self.opening, *self.exemplar_turns(shots), self.user_turn(example)]
 
     def exemplar_turns(self, shots: list[Example]) -> list[Message]:
         """Exemplars as alternating user/assistant turns."""
@@ -81,7 +123,11 @@ class PromptBuilder:
 
     def render(self, messages: list[Message], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **self.template_kwargs
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=self.chat_template,
+            **self.template_kwargs,
         )
 
     def split_prompt_answer(self, history: list[Message], answer: str, where: str) -> tuple[str, str]:
@@ -101,7 +147,7 @@ class PromptBuilder:
         what a chat model emits to stop. Read off the template itself: the answer part of a rendered
         conversation after the answer's own text, first token. [] for a template that adds nothing."""
         sentinel = "fsdistill-end-of-turn-probe"
-        history = [{"role": "user", "content": "?"}]
+        history = [*self.opening, {"role": "user", "content": "?"}]
         _, part = self.split_prompt_answer(history, sentinel, "the end-of-turn probe")
         tail = part[part.index(sentinel) + len(sentinel) :]
         ids = self.encode(tail) if tail.strip() else []
@@ -114,13 +160,17 @@ class PromptBuilder:
 
     def generation_prompt_ids(self, example: Example, shots: list[Example]) -> list[int]:
         """Ids of a k-shot (k = len(shots)) generation prompt for evaluation."""
-        messages = [*self.exemplar_turns(shots), self.user_turn(example)]
-        return self.encode(self.render(messages, add_generation_prompt=True))
+        return self.encode(self.render(self.conversation(shots, example), add_generation_prompt=True))
 
     def encode_student(self, example: Example) -> tuple[list[int], list[int], str]:
         """(prompt ids, answer-part ids, answer-part text) of the 0-shot conversation."""
+        if example.answer is None:
+            raise UserError(
+                f"row {example.row} has no worked answer (task.answer_field) to train on or to score "
+                "teacher-forced; questions-only rows serve generation-based evaluation only"
+            )
         prompt, answer_part = self.split_prompt_answer(
-            [self.user_turn(example)], example.answer, f"row {example.row}"
+            self.conversation([], example), example.answer, f"row {example.row}"
         )
         return self.encode(prompt), self.encode(answer_part), answer_part
 
@@ -133,7 +183,7 @@ class PromptBuilder:
         """Student and teacher ids of one example; `student` reuses encode_student's result (a cache)."""
         student_prompt, answer_ids, answer_part = student or self.encode_student(example)
         if shots:
-            history = [*self.exemplar_turns(shots), self.user_turn(example)]
+            history = self.conversation(shots, example)
             teacher_prompt_text, teacher_answer_part = self.split_prompt_answer(
                 history, example.answer, f"row {example.row} (teacher, {len(shots)} shots)"
             )

@@ -29,7 +29,7 @@ from fsdistill.eval.generation import GenerationSettings, load_generation_config
 from fsdistill.eval.results import collect_provenance, has_entry, load_or_new, record_entry
 from fsdistill.modeling.answer_lm import AnswerLogitsLM
 from fsdistill.tasks import Example, Task
-from fsdistill.tasks.rows import data_files, training_rows
+from fsdistill.tasks.rows import data_files, exemplar_pool, is_file_split, training_rows
 
 SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k]
 
@@ -49,28 +49,39 @@ def subset_indices(n_total: int, n_samples: int | None) -> list[int]:
 class EvalData:
     split: str  # "test", or "validation" (held out of train, for honest checkpoint selection)
     examples: list[Example]  # the evaluated examples, in subset order
-    train: list[Example]  # exemplar pool
+    train: list[Example]  # exemplar pool: fewshot.pool's rows, else the training rows
 
 
 def load_eval_data(cfg: Config, task: Task, split: str) -> EvalData:
-    """The examples to score (subset by eval.n_samples) and the training rows exemplars come from."""
-    train, validation = training_rows(cfg, task)
+    """The examples to score (subset by eval.n_samples) and the pool exemplars come from.
+
+    Evaluated rows must have a gold answer when generations are scored, and a worked answer for
+    teacher-forced metrics; exemplars must have worked answers. A row lacking one is refused naming its
+    file and line, before any model loads.
+    """
+    need = ("gold",) * cfg.eval.generate + ("answer",) * cfg.eval.teacher_forced
+    # The training rows are the exemplars unless fewshot.pool names others: then they may be questions only.
+    train_need = ("answer",) if cfg.fewshot.pool is None else ()
+    train, validation = training_rows(cfg, task, train_need, need)
     if split == "validation":
         if not validation:
-            raise UserError("--split validation needs data.validation_size > 0 (rows held out of training)")
-        pool = validation
+            raise UserError(
+                "--split validation needs a validation set: data.validation_split, or data.validation_size > 0 "
+                "(rows held out of training)"
+            )
+        rows = validation
     elif split == "test":
-        pool = task.load(cfg.data.source, test_split_source(cfg.data), cfg.data.hub_config)
+        rows = task.load(cfg.data.source, test_split_source(cfg.data), cfg.data.hub_config, need)
     else:
         raise UserError(f"--split must be 'test' or 'validation', got {split!r}")
-    picked = [pool[i] for i in subset_indices(len(pool), cfg.eval.n_samples)]
-    return EvalData(split=split, examples=picked, train=train)
+    picked = [rows[i] for i in subset_indices(len(rows), cfg.eval.n_samples)]
+    return EvalData(split=split, examples=picked, train=exemplar_pool(cfg, task, train))
 
 
 def test_split_source(data) -> str:
     """The test split to load: data.test_split, a split name or an explicit .jsonl path. A data.source that
     is one JSONL file is the training file only: scoring it as "test" would score trained-on rows."""
-    if data.test_split.endswith(".jsonl") or not Path(data.source).expanduser().is_file():
+    if is_file_split(data.test_split) or not Path(data.source).expanduser().is_file():
         return data.test_split
     raise UserError(
         f"data.source {data.source} is a single JSONL file, which is the training file: evaluation never scores "
@@ -211,6 +222,7 @@ RESULT_MAY_DIFFER = (
     "output.*",
     "fewshot.selection",
     "fewshot.shuffle_answers",
+    "fewshot.shuffle_mode",
     "data.num_workers",
     "data.group_by_length",
     "data.max_student_len",
@@ -226,9 +238,18 @@ RESULT_MAY_DIFFER = (
 
 def result_settings(cfg: Config, script: str, split: str) -> dict:
     """What a result file's numbers depend on: the script, the split, and the config's identity."""
-    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher).
-    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*",))
-    return {"script": script, "split": split, "subset_seed": SUBSET_SEED, **config_identity(cfg, may_differ)}
+    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher); where exemplars
+    # come from (fewshot.pool) matters to k-shot prompts too. training.seed only draws validation rows.
+    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*", "!fewshot.pool"))
+    if cfg.data.validation_size == 0:
+        may_differ += ("training.seed",)
+    return {
+        "script": script,
+        "split": split,
+        "task": cfg.task.name,
+        "subset_seed": SUBSET_SEED,
+        **config_identity(cfg, may_differ),
+    }
 
 
 def hf_answer_logits(model, device):

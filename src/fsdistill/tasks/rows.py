@@ -1,9 +1,12 @@
-"""Reading a split's rows (local JSONL or a Hub dataset) and holding out a validation set.
+"""Reading a split's rows (local JSONL, JSON, CSV or Parquet, or a Hub dataset) and the validation set.
 
-A row keeps its position in the source split (`row`, 0-based: line number - 1 in a JSONL file). Few-shot
-selection is keyed by it, so a subset (data.max_train_examples) or a held-out validation set leaves
-every other row's exemplars unchanged. What a row must contain is the task's business: each task passes
-a `parse` function that turns one JSON object into an Example or raises DataError naming what is wrong.
+A row keeps its position in the source split (`row`, 0-based: line number - 1 in a JSONL file, record
+number - 1 otherwise). Few-shot selection is keyed by it, so a subset (data.max_train_examples) or a
+held-out validation set leaves every other row's exemplars unchanged. What a row must contain is the
+task's business: each task passes a `parse` function that turns one record (a dict) into an Example or
+raises DataError naming what is wrong. JSONL is read here, line by line, so a bad line is named by its
+number (and bytes that are not UTF-8 are caught); JSON, CSV and Parquet files and Hub datasets are read
+with `datasets` (a missing value there arrives as None, which tasks treat as an absent field).
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ class DataError(UserError):
 
 
 MAX_REPORTED = 20  # bad lines named in one error; the count covers them all
+# Local file formats, by extension; a folder source holds {split}{extension}.
+EXTENSIONS = {".jsonl": None, ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def raise_problems(path, problems: list[str], unit: str = "lines") -> None:
+    """One DataError for every problem found in a file (up to MAX_REPORTED named), or nothing."""
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise DataError(f"{path}: {len(problems)} malformed {unit}:\n  {shown}{more}")
 
 
 def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
@@ -48,24 +63,60 @@ def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
                 problems.append(f"{where}: not valid JSON ({e.msg})")
             except DataError as e:
                 problems.append(str(e))
-    if len(problems) == 1:
-        raise DataError(problems[0])
-    if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise DataError(f"{path}: {len(problems)} malformed lines:\n  {shown}{more}")
+    raise_problems(path, problems)
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples
 
 
+def parse_records(records, parse: RowParser, where: Callable[[int], str], name: str) -> list[Example]:
+    """Every record (a dict) through `parse`, all problems reported together; `where(i)` names record i."""
+    examples, problems = [], []
+    for i, obj in enumerate(records):
+        try:
+            examples.append(parse(obj, i, where(i)))
+        except DataError as e:
+            problems.append(str(e))
+    raise_problems(name, problems, "rows")
+    if not examples:
+        raise DataError(f"{name}: no rows")
+    return examples
+
+
+def read_with_datasets(path: Path, parse: RowParser) -> list[Example]:
+    """A local JSON, CSV or Parquet file through `datasets`' builders; record i is named 'row i+1'."""
+    import datasets  # heavy: only for these formats
+
+    builder = EXTENSIONS[path.suffix]
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the cause
+        raise DataError(f"{path}: could not be read as {builder}: {type(e).__name__}: {e}") from None
+    return parse_records(ds, parse, lambda i: f"{path} row {i + 1}", str(path))
+
+
+def read_file(path: Path, parse: RowParser) -> list[Example]:
+    """A local data file of any supported format (by extension; anything else is read as JSONL)."""
+    if EXTENSIONS.get(path.suffix) is None:
+        return read_jsonl(path, parse)
+    return read_with_datasets(path, parse)
+
+
+def is_file_split(split: str) -> bool:
+    """A split given as a file path rather than a split name (data.test_split=held_out.csv)."""
+    return split.endswith(tuple(EXTENSIONS))
+
+
 def _local_split_file(source: Path, split: str) -> Path:
     if source.is_dir():
-        path = source / f"{split}.jsonl"
-        if not path.is_file():
-            found = sorted(p.name for p in source.glob("*.jsonl"))
-            raise DataError(f"{source}: no {split}.jsonl for split '{split}' (found: {found or 'nothing'})")
-        return path
+        for extension in EXTENSIONS:
+            path = source / f"{split}{extension}"
+            if path.is_file():
+                return path
+        found = sorted(p.name for p in source.iterdir() if p.suffix in EXTENSIONS)
+        raise DataError(
+            f"{source}: no {split}.jsonl for split '{split}' (nor .json, .csv, .parquet; found: {found or 'nothing'})"
+        )
     return source
 
 
@@ -79,24 +130,24 @@ def _load_hub_split(source: str, hub_config: str, split: str, parse: RowParser) 
             f"data.source '{source}' (config '{hub_config}', split '{split}') could not be loaded from the Hub: "
             f"{type(e).__name__}: {e}. Offline, point data.source at a local folder with {split}.jsonl."
         ) from None
-    return [parse(obj, i, f"{source}[{split}] row {i}") for i, obj in enumerate(ds)]
+    return parse_records(ds, parse, lambda i: f"{source}[{split}] row {i}", f"{source}[{split}]")
 
 
 def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> list[Example]:
-    """All rows of a split: `source` is a local folder ({split}.jsonl), a local JSONL file, or a Hub id;
-    a `split` that is itself a path to a .jsonl file is read as that file.
+    """All rows of a split: `source` is a local folder ({split}.jsonl, .json, .csv or .parquet), a local
+    file, or a Hub id; a `split` that is itself a path to such a file is read as that file.
 
     A single local file serves as every split asked for; the caller decides whether that is meaningful
     (evaluation refuses to score the training file: eval.evaluate.test_split_source).
     """
-    if split.endswith(".jsonl"):
+    if is_file_split(split):
         if not Path(split).expanduser().is_file():
             raise DataError(f"split file '{split}': no such file")
-        return read_jsonl(Path(split).expanduser(), parse)
+        return read_file(Path(split).expanduser(), parse)
     path = Path(source).expanduser()
     if path.exists():
-        return read_jsonl(_local_split_file(path, split), parse)
-    if source.endswith(".jsonl") or source.startswith((".", "/", "~")):
+        return read_file(_local_split_file(path, split), parse)
+    if is_file_split(source) or source.startswith((".", "/", "~")):
         raise DataError(f"data.source '{source}': no such file or folder")
     return _load_hub_split(source, hub_config, split, parse)
 
@@ -104,9 +155,9 @@ def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> li
 def data_files(source: str, splits: list[str]) -> list[Path]:
     """The local files behind `source` for these splits (for provenance hashes); [] for a Hub source."""
     path = Path(source).expanduser()
-    files = {Path(s).expanduser() for s in splits if s.endswith(".jsonl")}
+    files = {Path(s).expanduser() for s in splits if is_file_split(s)}
     if path.exists():
-        files |= {_local_split_file(path, s) for s in splits if not s.endswith(".jsonl")}
+        files |= {_local_split_file(path, s) for s in splits if not is_file_split(s)}
     return sorted(files)
 
 
@@ -126,12 +177,27 @@ def split_train_validation(
     return train, validation
 
 
-def training_rows(cfg, task) -> tuple[list[Example], list[Example]]:
+def training_rows(
+    cfg, task, need: tuple[str, ...] = ("answer",), validation_need: tuple[str, ...] = ("gold",)
+) -> tuple[list[Example], list[Example]]:
     """(train, validation) of a config: the first data.max_train_examples rows of the training split,
-    minus data.validation_size rows held out (seeded by training.seed). Training, its teacher cache and
-    evaluation all cut the split this one way."""
+    minus data.validation_size rows held out (seeded by training.seed); or, with data.validation_split,
+    that split as the validation set. Training, its teacher cache and evaluation all cut the split this
+    one way. `need` is what every training row must have (tasks.base.NEEDS): the worked answer by
+    default, which training on gold answers and training rows serving as exemplars both read;
+    `validation_need` what a data.validation_split row must have (scoring reads its gold)."""
     d = cfg.data
-    rows = task.load(d.source, d.train_split, d.hub_config)
+    rows = task.load(d.source, d.train_split, d.hub_config, need)
     if d.max_train_examples is not None:
         rows = rows[: d.max_train_examples]
+    if d.validation_split is not None:
+        return rows, task.load(d.source, d.validation_split, d.hub_config, validation_need)
     return split_train_validation(rows, d.validation_size, cfg.training.seed)
+
+
+def exemplar_pool(cfg, task, train: list[Example]) -> list[Example]:
+    """The rows exemplars are drawn from: fewshot.pool (a split name of data.source or a file), whose
+    rows must all have worked answers, else the training rows."""
+    if cfg.fewshot.pool is None:
+        return train
+    return task.load(cfg.data.source, cfg.fewshot.pool, cfg.data.hub_config, ("answer",))
