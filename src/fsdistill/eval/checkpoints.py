@@ -32,6 +32,7 @@ SAME_VALIDATION_MAY_DIFFER = (
     "!data.train_split",
     "!data.max_train_examples",
     "!data.validation_size",
+    "!data.validation_split",
     "!training.seed",
 )
 
@@ -41,7 +42,13 @@ def parse(argv):
     add_eval_args(parser)
     parser.add_argument("--conditions", nargs="+", required=True, help="Run names to evaluate.")
     parser.add_argument("--base_dir", required=True, help="Folder searched (recursively) for run.json files.")
-    parser.add_argument("--checkpoint_steps", type=int, nargs="+", help="Steps to score (default: all).")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint_steps", type=int, nargs="+", help="Steps to score (default: all).")
+    which.add_argument(
+        "--selected",
+        metavar="JSON",
+        help="Score each condition at the step select_checkpoints.py chose for it on the validation split.",
+    )
     return parse_eval_args(parser, argv)
 
 
@@ -105,6 +112,16 @@ def main(argv=None) -> None:
     from fsdistill.config import from_dict
 
     runs = find_runs(Path(args.base_dir))
+    selected = None
+    if args.selected:
+        from fsdistill.eval.select import read_selection
+
+        selected = read_selection(args.selected)
+        missing = [name for name in args.conditions if name not in selected]
+        if missing:
+            raise UserError(
+                f"--selected {args.selected}: no chosen step for {missing}; it has {sorted(selected)}"
+            )
     plan = []
     for name in args.conditions:
         run_dir = resolve_condition(runs, name)
@@ -121,14 +138,17 @@ def main(argv=None) -> None:
             "was trained from another base model than --config describes",
         )
         if args.split == "validation":
+            # training.seed draws the held-out rows only when they are held out of the training split.
+            seed = () if cfg.data.validation_size else ("training.seed",)
             check_same(
                 cfg,
                 run_cfg,
                 run_dir,
-                SAME_VALIDATION_MAY_DIFFER,
+                SAME_VALIDATION_MAY_DIFFER + seed,
                 "held out other rows than --config describes, so its training rows could be scored as validation (--split validation)",
             )
-        plan.append((name, manifest["method"], run_cfg, run_checkpoints(run_dir, args.checkpoint_steps)))
+        steps = [selected[name]] if selected is not None else args.checkpoint_steps
+        plan.append((name, manifest["method"], run_cfg, run_checkpoints(run_dir, steps)))
     sweep(cfg, args, plan)
 
 

@@ -1,8 +1,12 @@
 """Paired comparison of two conditions scored on the same problems, and merging of result files.
 
 For each compared checkpoint: both accuracies, their difference a - b in percentage points with a
-paired bootstrap 95% interval, the exact McNemar p-value and n. A condition is a run name (its 0-shot
-checkpoint entries) or NAME@K for a step-less entry with K shots, e.g. ``base@0`` or ``base@8``.
+paired bootstrap 95% interval, the exact McNemar p-value and n; and for every teacher-forced metric both
+entries carry (per-example gold NLL, KL to the teacher), both means and the mean per-example difference
+a - b with a paired bootstrap 95% interval. Entries without accuracy (teacher-forced only) are compared
+on their metrics alone. A condition is a run name (its 0-shot checkpoint entries) or NAME@K for a
+step-less entry with K shots, e.g. ``base@0`` or ``base@8``. Two runs each evaluated at one checkpoint
+only (the one chosen on validation, select_checkpoints.py) are compared at those steps, whatever they are.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from fsdistill.errors import UserError, exit_on_user_error
 from fsdistill.eval.results import (
     ResultsError,
     entries_for,
+    entry_key,
     find_entry,
     load_pooled,
     load_results,
@@ -21,7 +26,12 @@ from fsdistill.eval.results import (
     paired_correctness,
     save_results,
 )
-from fsdistill.eval.stats import discordant_counts, mcnemar_exact, paired_bootstrap_diff
+from fsdistill.eval.stats import (
+    discordant_counts,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+    paired_bootstrap_mean_diff,
+)
 from fsdistill.files import write_json_atomic
 
 _FIXED_SPEC = re.compile(r"(?P<condition>.+)@(?P<shots>\d+)")
@@ -73,6 +83,8 @@ def pair_steps(a: dict, b: dict, steps: list[int] | None) -> list[tuple[int | No
             raise ResultsError(f"steps {missing} not evaluated; steps present: {sorted(other)}")
         return [(None, s) if None in a else (s, None) for s in chosen]
     if steps is None:
+        if len(a) == 1 and len(b) == 1:  # one chosen checkpoint each: compare them, whatever their steps
+            return [(next(iter(a)), next(iter(b)))]
         chosen = sorted(set(a) & set(b))
         if not chosen:
             raise ResultsError(f"no step evaluated for both: a has {sorted(a)}, b has {sorted(b)}")
@@ -83,32 +95,93 @@ def pair_steps(a: dict, b: dict, steps: list[int] | None) -> list[tuple[int | No
     return [(s, s) for s in steps]
 
 
+def paired_metric(entry_a: dict, entry_b: dict, metric: str) -> tuple[list[float], list[float]]:
+    """Both entries' per-example values of a teacher-forced metric, aligned by example index."""
+    a = {ex["index"]: ex.get(metric) for ex in entry_a["examples"]}
+    b = {ex["index"]: ex.get(metric) for ex in entry_b["examples"]}
+    if a.keys() != b.keys():
+        raise ResultsError(
+            f"{entry_key(entry_a)} and {entry_key(entry_b)} were scored on different examples "
+            f"({len(a)} vs {len(b)} problems, or different indices)"
+        )
+    missing = [i for i in sorted(a) if a[i] is None or b[i] is None]
+    if missing:
+        raise ResultsError(f"teacher-forced metric {metric!r} is missing for examples {missing[:5]}")
+    order = sorted(a)
+    return [a[i] for i in order], [b[i] for i in order]
+
+
 def compare_pair(entry_a: dict, entry_b: dict, n_boot: int, seed: int) -> dict:
-    """The paired statistics of two entries over their (identical) examples."""
-    a, b = paired_correctness(entry_a, entry_b)
-    diff, lo, hi = paired_bootstrap_diff(a, b, n_boot=n_boot, seed=seed)
-    a_only, b_only = discordant_counts(a, b)
-    return {
-        "a": {k: entry_a[k] for k in ("condition", "step", "shots", "accuracy", "n_correct")},
-        "b": {k: entry_b[k] for k in ("condition", "step", "shots", "accuracy", "n_correct")},
-        "n": len(a),
-        "diff_pp": 100 * diff,
-        "diff_ci95_pp": [100 * lo, 100 * hi],
-        "mcnemar_p": mcnemar_exact(a, b),
-        "a_only_correct": a_only,
-        "b_only_correct": b_only,
+    """The paired statistics of two entries over their (identical) examples: accuracy (when both were
+    generated) and every teacher-forced metric both carry. Keys of what does not apply are None."""
+    fields = ("condition", "step", "shots", "accuracy", "n_correct")
+    row: dict = {
+        "a": {k: entry_a[k] for k in fields},
+        "b": {k: entry_b[k] for k in fields},
+        "n": entry_a["n"],
+        "diff_pp": None,
+        "diff_ci95_pp": None,
+        "mcnemar_p": None,
+        "a_only_correct": None,
+        "b_only_correct": None,
+        "teacher_forced": {},
     }
+    if entry_a["accuracy"] is not None and entry_b["accuracy"] is not None:
+        a, b = paired_correctness(entry_a, entry_b)
+        diff, lo, hi = paired_bootstrap_diff(a, b, n_boot=n_boot, seed=seed)
+        a_only, b_only = discordant_counts(a, b)
+        row.update(
+            n=len(a),
+            diff_pp=100 * diff,
+            diff_ci95_pp=[100 * lo, 100 * hi],
+            mcnemar_p=mcnemar_exact(a, b),
+            a_only_correct=a_only,
+            b_only_correct=b_only,
+        )
+    metrics = sorted(set(entry_a["teacher_forced"] or {}) & set(entry_b["teacher_forced"] or {}))
+    for metric in metrics:
+        values_a, values_b = paired_metric(entry_a, entry_b, metric)
+        diff, lo, hi = paired_bootstrap_mean_diff(values_a, values_b, n_boot=n_boot, seed=seed)
+        row["n"] = len(values_a)
+        row["teacher_forced"][metric] = {
+            "a_mean": entry_a["teacher_forced"][metric]["mean"],
+            "b_mean": entry_b["teacher_forced"][metric]["mean"],
+            "diff": diff,
+            "diff_ci95": [lo, hi],
+        }
+    if row["diff_pp"] is None and not metrics:
+        raise ResultsError(
+            f"{entry_key(entry_a)} and {entry_key(entry_b)} share nothing to compare: one has no accuracy "
+            "(teacher-forced only) and they have no teacher-forced metric in common"
+        )
+    return row
+
+
+def _step(side: dict) -> str:
+    return f"{side['shots']}-shot" if side["step"] is None else f"step {side['step']}"
 
 
 def format_row(row: dict) -> str:
-    def step(side: dict) -> str:
-        return f"{side['shots']}-shot" if side["step"] is None else f"step {side['step']}"
-
+    """The accuracy line of a comparison (empty when either side was not generated)."""
+    if row["diff_pp"] is None:
+        return ""
     lo, hi = row["diff_ci95_pp"]
     return (
-        f"{step(row['a']):>10} {step(row['b']):>10} {row['n']:>6} {100 * row['a']['accuracy']:>7.2f} "
+        f"{_step(row['a']):>10} {_step(row['b']):>10} {row['n']:>6} {100 * row['a']['accuracy']:>7.2f} "
         f"{100 * row['b']['accuracy']:>7.2f} {row['diff_pp']:>+8.2f} {f'[{lo:+.2f}, {hi:+.2f}]':<18} {row['mcnemar_p']:>10.4g}"
     )
+
+
+def format_metric_rows(row: dict) -> list[str]:
+    """One line per teacher-forced metric of a comparison."""
+    lines = []
+    for metric, m in row["teacher_forced"].items():
+        lo, hi = m["diff_ci95"]
+        lines.append(
+            f"{_step(row['a']):>10} {_step(row['b']):>10} {row['n']:>6} {metric:>6} {m['a_mean']:>9.4f} "
+            f"{m['b_mean']:>9.4f} {m['diff']:>+9.4f} [{lo:+.4f}, {hi:+.4f}]"
+        )
+    return lines
 
 
 @exit_on_user_error
@@ -119,14 +192,20 @@ def main(argv=None) -> dict:
     pooled = load_pooled(args.evals)
     a, b = side_entries(pooled, args.a), side_entries(pooled, args.b)
     rows = [compare_pair(a[sa], b[sb], args.n_boot, args.seed) for sa, sb in pair_steps(a, b, args.steps)]
-    print(
-        f"a = {args.a}, b = {args.b}; diff = a - b in pp, paired bootstrap 95% CI ({args.n_boot} resamples)"
-    )
-    print(
-        f"{'a':>10} {'b':>10} {'n':>6} {'acc_a%':>7} {'acc_b%':>7} {'diff_pp':>8} {'95% CI':<18} {'McNemar p':>10}"
-    )
-    for row in rows:
-        print(format_row(row))
+    print(f"a = {args.a}, b = {args.b}; diff = a - b, paired bootstrap 95% CI ({args.n_boot} resamples)")
+    if any(row["diff_pp"] is not None for row in rows):
+        print(
+            f"{'a':>10} {'b':>10} {'n':>6} {'acc_a%':>7} {'acc_b%':>7} {'diff_pp':>8} {'95% CI':<18} {'McNemar p':>10}"
+        )
+        for row in rows:
+            if row["diff_pp"] is not None:
+                print(format_row(row))
+    if any(row["teacher_forced"] for row in rows):
+        print("teacher-forced metrics (per-example means over answer tokens; diff = mean of a - b):")
+        print(f"{'a':>10} {'b':>10} {'n':>6} {'metric':>6} {'mean_a':>9} {'mean_b':>9} {'diff':>9} 95% CI")
+        for row in rows:
+            for line in format_metric_rows(row):
+                print(line)
     report = {
         "evals": list(args.evals),
         "a": args.a,

@@ -9,14 +9,17 @@ from pathlib import Path
 
 from fsdistill.errors import exit_on_user_error
 from fsdistill.eval.figures import (
+    TASK_NAMES,
     MetricsError,
     accuracy_curves,
+    accuracy_label,
     best_accuracy_bars,
     checkpoint_entries,
     loss_curves,
     main_comparison,
     read_metrics_jsonl,
     split_label,
+    summary_bars,
     teacher_forced_curves,
 )
 from fsdistill.eval.results import BASE, ResultsError, load_pooled, load_results, require_same_examples
@@ -89,7 +92,7 @@ def loss_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--key", default="train/ce_loss", help="metrics field to plot (default train/ce_loss)")
     p.add_argument("--out", default="assets/loss_comparison.png")
-    p.add_argument("--title", default=None, help="default: the key")
+    p.add_argument("--title", default=None, help="default: what the key measures ('Training cross-entropy')")
     return p
 
 
@@ -125,7 +128,7 @@ def ablation_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out_curve", default="assets/ablation_curve.png")
     p.add_argument("--out_bar", default="assets/ablation_bar.png")
-    p.add_argument("--title", default="Ablations on GSM8K")
+    p.add_argument("--title", default=None, help="default: 'Ablations on <task>'")
     return p
 
 
@@ -142,9 +145,16 @@ def ablation_fig(argv=None) -> dict:
             )
         conditions[label] = checkpoint_entries(pooled, name)
     require_same_examples([(label, e) for label, entries in conditions.items() for e in entries])
-    curves = accuracy_curves(conditions, args.out_curve, f"{args.title}: accuracy vs. training step")
+    ylabel = accuracy_label(pooled["settings"])
+    task = pooled["settings"].get("task") or pooled["settings"].get("task.name") or "gsm8k"
+    title = args.title or f"Ablations on {TASK_NAMES.get(task, task)}"
+    curves = accuracy_curves(
+        conditions, args.out_curve, f"{title}: accuracy vs. training step", ylabel=ylabel
+    )
     print(f"wrote {args.out_curve}")
-    bars = best_accuracy_bars(conditions, args.out_bar, args.title)
+    bars = best_accuracy_bars(
+        conditions, args.out_bar, title, ylabel, pooled["settings"].get("split", "test")
+    )
     print(f"wrote {args.out_bar}")
     return {"curves": curves, "bars": bars}
 
@@ -178,11 +188,44 @@ def teacher_forced_fig(argv=None) -> dict:
         if entry["condition"] == BASE and entry["step"] is None and metric_present(entry, args.metric):
             references[f"Base {entry['shots']}-shot prompt"] = entry
     require_same_examples([*references.items(), *((lab, e) for lab, es in curves.items() for e in es)])
-    title = args.title or f"Teacher-forced {args.metric} on GSM8K test"
-    drawn = teacher_forced_curves(curves, args.metric, args.out, title, references)
+    settings = evals["settings"]
+    task = settings.get("task") or settings.get("task.name") or "gsm8k"
+    title = (
+        args.title
+        or f"Teacher-forced {args.metric} on {TASK_NAMES.get(task, task)} {settings.get('split', 'test')}"
+    )
+    # The KL's teacher is the evaluation config's fewshot.k (in the settings when teacher-forced metrics ran).
+    teacher_shots = settings.get("fewshot.k")
+    drawn = teacher_forced_curves(curves, args.metric, args.out, title, references, teacher_shots)
     print(f"wrote {args.out}")
     return drawn
 
 
 def metric_present(entry: dict, metric: str) -> bool:
     return metric in (entry.get("teacher_forced") or {})
+
+
+# --------------------------------------------------------------------------------------------------
+# An experiment summary (eval/summary.py): base references and each method's seeds at their chosen step.
+# --------------------------------------------------------------------------------------------------
+
+
+@exit_on_user_error
+def summary_fig(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(
+        description="Bar chart of an experiment summary (summarize_evals.py): references, and each method's "
+        "mean over training seeds with every run's accuracy and Wilson interval."
+    )
+    p.add_argument("--summary", required=True, help="summary JSON written by scripts/summarize_evals.py")
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", required=True)
+    args = p.parse_args(argv)
+    try:
+        summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{args.summary}: cannot read a summary ({e})") from None
+    if not isinstance(summary, dict) or summary.get("kind") != "summary":
+        raise ResultsError(f"{args.summary}: not a summary written by summarize_evals.py (kind 'summary')")
+    drawn = summary_bars(summary, args.out, args.title)
+    print(f"wrote {args.out}")
+    return drawn

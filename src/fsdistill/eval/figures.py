@@ -20,6 +20,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fsdistill.errors import UserError
 from fsdistill.eval.results import (
@@ -37,6 +38,18 @@ from fsdistill.eval.results import (
 
 SELECTED_ON_TEST = "best checkpoint, selected on test"
 CI_NOTE = "error bars: 95% Wilson interval"
+ACCURACY_LABEL = "GSM8K test accuracy (%)"  # what files written before tasks other than GSM8K measured
+TASK_NAMES = {"gsm8k": "GSM8K", "twostep": "twostep"}
+# Training metrics (metrics.jsonl keys) as a reader should see them: axis label with its unit, and a title.
+METRIC_LABELS = {
+    "train/ce_loss": ("cross-entropy on the answer tokens (nats / token)", "Training cross-entropy"),
+    "train/dist_loss": ("distillation loss (per answer token)", "Distillation loss"),
+    "train/total_loss": ("CE + λ · distillation (per answer token)", "Training loss"),
+    "train/lr": ("learning rate", "Learning rate"),
+    "train/grad_norm": ("gradient norm before clipping", "Gradient norm"),
+    "train/tokens_per_s": ("tokens / s", "Training throughput"),
+}
+MIN_POINTS_FOR_A_LINE = 3  # two checkpoints are two measurements: no line, let alone a band, between them
 FIGSIZE = (8.0, 4.8)
 DPI = 150
 TICK_LABEL_WIDTH = 22  # characters per line of a bar's label, so neighbouring labels do not overlap
@@ -72,6 +85,44 @@ def _interval(entry: Mapping[str, Any]) -> tuple[float, float]:
     require_accuracy(entry)
     lo, hi = entry["ci95"]
     return float(lo), float(hi)
+
+
+def accuracy_label(settings: Mapping[str, Any]) -> str:
+    """The y label of an accuracy axis from a result file's settings: '<task> <split> accuracy (%)'."""
+    task = settings.get("task") or settings.get("task.name")
+    if task is None:
+        return ACCURACY_LABEL
+    return f"{TASK_NAMES.get(task, task)} {settings.get('split', 'test')} accuracy (%)"
+
+
+def _integer_steps(ax: Any) -> None:
+    """Optimizer steps are whole numbers: no 12.5 on a step axis."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _step_ticks(ax: Any, steps: Sequence[int]) -> None:
+    """Ticks at the evaluated checkpoints when there are few of them, else whole numbers."""
+    if 0 < len(steps) <= 12:
+        ax.set_xticks(list(steps))
+    else:
+        _integer_steps(ax)
+
+
+def _dodge(index: int, count: int, steps: Sequence[int]) -> float:
+    """A small horizontal offset per curve, so error bars at the same step do not hide each other."""
+    span = (max(steps) - min(steps)) if len(steps) > 1 else 1.0
+    return (index - (count - 1) / 2) * 0.012 * span
+
+
+def _draw_points(ax: Any, steps, means, los, his, color: str, label: str, offset: float) -> None:
+    """Measured points with their intervals as error bars; a line joins them only when there are enough
+    points for it to suggest a trend (MIN_POINTS_FOR_A_LINE), and nothing is ever filled between them."""
+    xs = [x + offset for x in steps]
+    yerr = [[m - lo for m, lo in zip(means, los)], [hi - m for m, hi in zip(means, his)]]
+    line = "-" if len(xs) >= MIN_POINTS_FOR_A_LINE else "none"
+    ax.errorbar(
+        xs, means, yerr=yerr, fmt="o", linestyle=line, color=color, label=label, capsize=4, markersize=5
+    )
 
 
 def _n_note(ns: Sequence[int]) -> str:
@@ -124,11 +175,14 @@ def _bar_values(bars: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict]:
 
 
 def comparison_bars(
-    bars: Sequence[tuple[str, Mapping[str, Any]]], out_png: str | Path, title: str
+    bars: Sequence[tuple[str, Mapping[str, Any]]],
+    out_png: str | Path,
+    title: str,
+    ylabel: str = ACCURACY_LABEL,
 ) -> list[dict]:
     """One bar per (label, entry); returns [{label, accuracy, lo, hi, n}] in bar order."""
     values = _bar_values(bars)
-    fig, ax = _new_axes(title, "GSM8K test accuracy (%)")
+    fig, ax = _new_axes(title, ylabel)
     _draw_bars(ax, values)
     ax.set_xlabel(f"{CI_NOTE}; {_n_note([v['n'] for v in values])}", fontsize=8)
     _save(fig, out_png)
@@ -136,9 +190,14 @@ def comparison_bars(
 
 
 def best_accuracy_bars(
-    conditions: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | Path, title: str
+    conditions: Mapping[str, Sequence[Mapping[str, Any]]],
+    out_png: str | Path,
+    title: str,
+    ylabel: str = ACCURACY_LABEL,
+    split: str = "test",
 ) -> list[dict]:
-    """For each label, its best entry over checkpoints, labelled as selected on test.
+    """For each label, its best entry over checkpoints, labelled as selected on `split` (on test, that
+    number is optimistic, and the title says so).
 
     Returns [{label, step, accuracy, lo, hi, n}] in the order of ``conditions``.
     """
@@ -148,11 +207,72 @@ def best_accuracy_bars(
             raise ValueError(f"best_accuracy_bars: no entries for {label!r}")
         best = best_of(entries)
         values.append({**_bar_values([(label, best)])[0], "step": best["step"]})
-    fig, ax = _new_axes(f"{title}\n({SELECTED_ON_TEST})", "GSM8K test accuracy (%)")
+    note = SELECTED_ON_TEST if split == "test" else f"best checkpoint, selected on {split}"
+    fig, ax = _new_axes(f"{title}\n({note})", ylabel)
     _draw_bars(ax, [{**v, "label": f"{v['label']}\n(step {v['step']})"} for v in values])
     ax.set_xlabel(f"{CI_NOTE}; {_n_note([v['n'] for v in values])}", fontsize=8)
     _save(fig, out_png)
     return values
+
+
+def summary_bars(summary: Mapping[str, Any], out_png: str | Path, title: str) -> list[dict]:
+    """An experiment summary (eval/summary.py) as bars: each base reference with its Wilson interval; each
+    method a bar at its mean over training seeds with every seed's run drawn on it as a point with its own
+    Wilson interval (so the seed-to-seed spread and the per-run uncertainty are both visible).
+
+    Returns [{label, accuracy (the bar), runs: [(condition, accuracy, lo, hi)]}] in drawing order.
+    """
+    fig, ax = _new_axes(title, accuracy_label({"task": summary.get("task"), "split": summary.get("split")}))
+    drawn = []
+    for ref in summary["references"]:
+        lo, hi = ref["ci95"]
+        drawn.append(
+            {
+                "label": ref["label"],
+                "accuracy": ref["accuracy"],
+                "runs": [(ref["condition"], ref["accuracy"], lo, hi)],
+            }
+        )
+    for group in summary["groups"]:
+        runs = [(r["condition"], r["accuracy"], *r["ci95"]) for r in group["runs"]]
+        seeds = f"{len(runs)} seeds" if len(runs) > 1 else "1 seed"
+        drawn.append(
+            {"label": f"{group['label']}\n({seeds})", "accuracy": group["mean_accuracy"], "runs": runs}
+        )
+    xs = range(len(drawn))
+    ax.bar(xs, [100 * d["accuracy"] for d in drawn], color=[f"C{i}" for i in xs], alpha=0.45)
+    for x, d in zip(xs, drawn):
+        width = 0.5 if len(d["runs"]) > 1 else 0.0
+        for j, (_, acc, lo, hi) in enumerate(d["runs"]):
+            dx = (j / (len(d["runs"]) - 1) - 0.5) * width if len(d["runs"]) > 1 else 0.0
+            ax.errorbar(
+                x + dx,
+                100 * acc,
+                yerr=[[100 * (acc - lo)], [100 * (hi - acc)]],
+                fmt="o",
+                color="black",
+                capsize=4,
+                markersize=4,
+            )
+        top = max(100 * r[3] for r in d["runs"])
+        ax.annotate(
+            f"{100 * d['accuracy']:.1f}%",
+            (x, top),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    ax.set_xticks(list(xs), [_wrapped(d["label"]) for d in drawn], fontsize=8)
+    ax.set_ylim(0, min(100, max(100 * r[3] for d in drawn for r in d["runs"]) * 1.15 + 5))
+    ax.set_xlabel(
+        f"bars: accuracy (mean over training seeds); points: each run, {CI_NOTE}\n"
+        f"n = {summary['n']} problems; trained models at the checkpoint chosen on validation",
+        fontsize=8,
+    )
+    _save(fig, out_png)
+    return drawn
 
 
 def _curve_points(label: str, entries: Sequence[Mapping[str, Any]]) -> list[tuple[int, float, float, float]]:
@@ -176,20 +296,29 @@ def accuracy_curves(
     out_png: str | Path,
     title: str,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    ylabel: str = ACCURACY_LABEL,
 ) -> dict[str, list[tuple]]:
-    """Accuracy vs. step per label with a shaded Wilson band; ``references`` (e.g. the base model) are
-    horizontal dashed lines.
+    """Accuracy vs. step per label: each checkpoint a point with its Wilson interval (joined by a line
+    only from MIN_POINTS_FOR_A_LINE points on); ``references`` (e.g. the base model) are horizontal dashed
+    lines with their interval shaded.
 
     Returns {label: [(step, accuracy, lo, hi), ...]}, references as [(None, accuracy, lo, hi)].
     """
-    fig, ax = _new_axes(title, "GSM8K test accuracy (%)")
+    fig, ax = _new_axes(title, ylabel)
     drawn: dict[str, list[tuple]] = {}
+    all_steps = sorted({e["step"] for entries in curves.values() for e in entries if e["step"] is not None})
+    ns = [e["n"] for entries in curves.values() for e in entries]
     for i, (label, entries) in enumerate(curves.items()):
         points = _curve_points(label, entries)
-        steps = [p[0] for p in points]
-        ax.plot(steps, [100 * p[1] for p in points], "o-", color=f"C{i}", label=label, markersize=4)
-        ax.fill_between(
-            steps, [100 * p[2] for p in points], [100 * p[3] for p in points], color=f"C{i}", alpha=0.2
+        _draw_points(
+            ax,
+            [p[0] for p in points],
+            [100 * p[1] for p in points],
+            [100 * p[2] for p in points],
+            [100 * p[3] for p in points],
+            f"C{i}",
+            label,
+            _dodge(i, len(curves), all_steps or [0]),
         )
         drawn[label] = points
     for j, (label, entry) in enumerate((references or {}).items(), start=len(drawn)):
@@ -197,16 +326,22 @@ def accuracy_curves(
         ax.axhline(100 * entry["accuracy"], color=f"C{j}", linestyle="--", label=label)
         ax.axhspan(100 * lo, 100 * hi, color=f"C{j}", alpha=0.1)
         drawn[label] = [(None, entry["accuracy"], lo, hi)]
-    ax.set_xlabel("training step (optimizer steps); bands: 95% Wilson interval")
+        ns.append(entry["n"])
+    _step_ticks(ax, all_steps)
+    ax.set_xlabel(f"training step (optimizer steps); {CI_NOTE}; {_n_note(ns)}", fontsize=9)
     ax.legend(fontsize=8)
     _save(fig, out_png)
     return drawn
 
 
-TEACHER_FORCED_LABELS = {
-    "nll": "gold-answer NLL per token (nats)",
-    "kl": "KL(k-shot base teacher || model) per token (nats)",
-}
+def teacher_forced_label(metric: str, teacher_shots: int | None = None) -> str:
+    """The y label of a teacher-forced metric; the KL names its teacher's shot count when known."""
+    if metric == "nll":
+        return "gold-answer NLL per answer token (nats)"
+    if metric == "kl":
+        k = "k" if teacher_shots is None else str(teacher_shots)
+        return f"KL({k}-shot base teacher ‖ model) per answer token (nats)"
+    return metric
 
 
 def _metric_point(label: str, entry: Mapping[str, Any], metric: str) -> tuple[Any, float, float, float]:
@@ -225,28 +360,46 @@ def teacher_forced_curves(
     out_png: str | Path,
     title: str,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    teacher_shots: int | None = None,
 ) -> dict[str, list[tuple]]:
-    """A teacher-forced metric (``nll`` or ``kl``) vs. step per label, with its bootstrap 95% band;
-    ``references`` (base model entries) are dashed lines.
+    """A teacher-forced metric (``nll`` or ``kl``) vs. step per label, each checkpoint a point with its
+    bootstrap 95% interval (joined by a line only from MIN_POINTS_FOR_A_LINE points on); ``references``
+    (base model entries) are dashed lines with their interval shaded. ``teacher_shots`` names the KL's
+    teacher in the axis label.
 
     Returns {label: [(step, mean, lo, hi), ...]}, references as [(None, mean, lo, hi)].
     """
-    fig, ax = _new_axes(title, TEACHER_FORCED_LABELS.get(metric, metric))
+    fig, ax = _new_axes(title, teacher_forced_label(metric, teacher_shots))
     drawn: dict[str, list[tuple]] = {}
+    all_steps = sorted({e["step"] for entries in curves.values() for e in entries if e["step"] is not None})
+    ns = [e["n"] for entries in curves.values() for e in entries]
     for i, (label, entries) in enumerate(curves.items()):
         points = sorted(_metric_point(label, e, metric) for e in entries)
         steps = [p[0] for p in points]
         if None in steps or len(set(steps)) != len(steps):
             raise ValueError(f"curve {label!r}: steps must be distinct checkpoint steps, got {steps}")
-        ax.plot(steps, [p[1] for p in points], "o-", color=f"C{i}", label=label, markersize=4)
-        ax.fill_between(steps, [p[2] for p in points], [p[3] for p in points], color=f"C{i}", alpha=0.2)
+        _draw_points(
+            ax,
+            steps,
+            [p[1] for p in points],
+            [p[2] for p in points],
+            [p[3] for p in points],
+            f"C{i}",
+            label,
+            _dodge(i, len(curves), all_steps or [0]),
+        )
         drawn[label] = points
     for j, (label, entry) in enumerate((references or {}).items(), start=len(drawn)):
         _, mean, lo, hi = _metric_point(label, entry, metric)
         ax.axhline(mean, color=f"C{j}", linestyle="--", label=label)
         ax.axhspan(lo, hi, color=f"C{j}", alpha=0.1)
         drawn[label] = [(None, mean, lo, hi)]
-    ax.set_xlabel("training step (optimizer steps); bands: 95% bootstrap interval over problems")
+        ns.append(entry["n"])
+    _step_ticks(ax, all_steps)
+    ax.set_xlabel(
+        f"training step (optimizer steps); error bars: 95% bootstrap interval over problems; {_n_note(ns)}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     _save(fig, out_png)
     return drawn
@@ -259,8 +412,10 @@ def loss_curves(
     title: str | None = None,
 ) -> dict[str, list[tuple[int, float]]]:
     """``key`` vs. step for each run's metrics rows (rows without ``key`` are skipped: not every metric
-    is logged at every step). Returns {label: [(step, value), ...]} in row order."""
-    fig, ax = _new_axes(title or key, key)
+    is logged at every step). Axis label and default title say what the key measures (METRIC_LABELS).
+    Returns {label: [(step, value), ...]} in row order."""
+    ylabel, default_title = METRIC_LABELS.get(key, (key, key))
+    fig, ax = _new_axes(title or default_title, ylabel)
     drawn: dict[str, list[tuple[int, float]]] = {}
     for label, rows in runs.items():
         points = [(row["step"], row[key]) for row in rows if key in row]
@@ -273,7 +428,8 @@ def loss_curves(
             raise MetricsError(f"run {label!r}: no metrics row has {key!r}")
         ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
         drawn[label] = points
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("optimizer step (values as logged, every training.log_every steps)")
+    _integer_steps(ax)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, out_png)
@@ -415,11 +571,12 @@ def main_comparison(
         entry, suffix = checkpoint_entry(pooled, condition, args.step)
         bars.append((f"{label}\n{suffix}", entry))
     require_same_examples(bars)
-    drawn = {"bars": comparison_bars(bars, args.out, args.title), "curves": None}
+    ylabel = accuracy_label(pooled["settings"])
+    drawn = {"bars": comparison_bars(bars, args.out, args.title, ylabel), "curves": None}
     print(f"wrote {args.out}")
     if default_curve_out:
         curves = {label: checkpoint_entries(pooled, condition) for condition, label in trained}
         require_same_examples(references + [(label, e) for label, es in curves.items() for e in es])
-        drawn["curves"] = accuracy_curves(curves, args.out_curve, args.curve_title, dict(references))
+        drawn["curves"] = accuracy_curves(curves, args.out_curve, args.curve_title, dict(references), ylabel)
         print(f"wrote {args.out_curve}")
     return drawn

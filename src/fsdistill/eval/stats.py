@@ -107,6 +107,21 @@ def paired_bootstrap_diff(
     return float(per_example.mean()), lo, hi
 
 
+def paired_bootstrap_mean_diff(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(diff, lo, hi) of mean(a) - mean(b) for per-example values of two models on the same examples
+    (teacher-forced NLL, KL), with a paired percentile-bootstrap interval (one draw resamples a problem for
+    both models)."""
+    xa = _as_finite_vector(a, "paired_bootstrap_mean_diff")
+    xb = _as_finite_vector(b, "paired_bootstrap_mean_diff")
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired_bootstrap_mean_diff: lengths differ ({xa.size} vs {xb.size})")
+    per_example = xa - xb
+    lo, hi = _percentile_interval(_bootstrap_means(per_example, n_boot, seed), level)
+    return float(per_example.mean()), lo, hi
+
+
 def discordant_counts(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int]:
     """(a right and b wrong, a wrong and b right): the only pairs McNemar's test looks at."""
     xa, xb = _paired_bools(a, b, "discordant_counts")

@@ -1,0 +1,178 @@
+"""One JSON that states an experiment's result: the base references, each method's runs (one per training
+seed) at the checkpoint chosen on validation, their mean and spread, and the paired tests.
+
+    python scripts/summarize_evals.py --icl icl_eval.json --evals test_eval.json --selected selected.json \
+        --group "SFT=sft_seed1,sft_seed2" --group "SFT + 2-shot distillation=distill_seed1,distill_seed2" \
+        --compare distill_seed1:sft_seed1 --compare distill_seed1:base@2 --output summary.json
+
+Everything in it is read from the result files named (and the selection file that chose the checkpoints);
+scripts/gen_summary_fig.py draws it. A group's runs must each have exactly one entry in --evals (the test
+split is scored at the chosen checkpoint only), all on the same problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.eval.compare import compare_pair, side_entries
+from fsdistill.eval.figures import base_references
+from fsdistill.eval.results import (
+    ResultsError,
+    entries_for,
+    load_pooled,
+    load_results,
+    require_accuracy,
+    require_same_examples,
+)
+from fsdistill.eval.select import read_selection
+from fsdistill.files import write_json_atomic
+
+KIND = "summary"
+
+
+def parse_group(spec: str) -> tuple[str, list[str]]:
+    """'LABEL=cond1,cond2' -> (LABEL, [cond1, cond2])."""
+    label, sep, conditions = spec.partition("=")
+    names = [c for c in conditions.split(",") if c]
+    if not sep or not label or not names:
+        raise UserError(f"--group {spec!r}: expected LABEL=CONDITION[,CONDITION...]")
+    return label, names
+
+
+def parse_comparison(spec: str) -> tuple[str, str]:
+    """'A:B' -> (A, B), each a run name or NAME@K."""
+    a, sep, b = spec.partition(":")
+    if not sep or not a or not b:
+        raise UserError(f"--compare {spec!r}: expected A:B (run names or NAME@SHOTS)")
+    return a, b
+
+
+def _single_entry(results: dict, condition: str) -> dict:
+    entries = [e for e in entries_for(results, condition, 0) if e["step"] is not None]
+    if len(entries) != 1:
+        steps = [e["step"] for e in entries]
+        raise ResultsError(
+            f"condition {condition!r} has {len(entries)} checkpoint entries (steps {steps}); a summary reads "
+            "the one chosen on validation (eval_checkpoints.py --selected)"
+        )
+    require_accuracy(entries[0])
+    return entries[0]
+
+
+def _run_record(entry: dict, selection: dict[str, int] | None) -> dict:
+    if selection is not None and selection.get(entry["condition"]) != entry["step"]:
+        raise ResultsError(
+            f"{entry['condition']!r} is evaluated at step {entry['step']}, but the selection chose "
+            f"{selection.get(entry['condition'])}"
+        )
+    return {k: entry[k] for k in ("condition", "method", "step", "accuracy", "n", "n_correct", "ci95")}
+
+
+def summarize(
+    icl: dict,
+    icl_name: str,
+    evals: dict,
+    groups: list[tuple[str, list[str]]],
+    comparisons: list[tuple[str, str]],
+    selection: dict[str, int] | None,
+    n_boot: int = 10000,
+) -> dict:
+    """The summary dict (see the module docstring); accuracies stay fractions as in the result files."""
+    references = base_references(icl, icl_name)
+    out_groups, labelled = [], list(references)
+    for label, conditions in groups:
+        entries = [_single_entry(evals, c) for c in conditions]
+        labelled += [(f"{label} ({e['condition']})", e) for e in entries]
+        accuracies = [e["accuracy"] for e in entries]
+        out_groups.append(
+            {
+                "label": label,
+                "runs": [_run_record(e, selection) for e in entries],
+                "mean_accuracy": statistics.fmean(accuracies),
+                "min_accuracy": min(accuracies),
+                "max_accuracy": max(accuracies),
+                "spread_pp": 100 * (max(accuracies) - min(accuracies)),
+            }
+        )
+    require_same_examples(labelled)
+    pooled = {**evals, "results": [*evals["results"], *icl["results"]]}
+    rows = []
+    for spec_a, spec_b in comparisons:
+        a, b = side_entries(pooled, spec_a), side_entries(pooled, spec_b)
+        if len(a) != 1 or len(b) != 1:
+            raise ResultsError(f"--compare {spec_a}:{spec_b}: each side must be one entry")
+        rows.append({"spec": [spec_a, spec_b], **compare_pair(*a.values(), *b.values(), n_boot, 0)})
+    settings = evals["settings"]
+    return {
+        "kind": KIND,
+        "task": settings.get("task", settings.get("task.name")),
+        "split": settings.get("split"),
+        "model": settings.get("model.name"),
+        "n": references[0][1]["n"],
+        "references": [
+            {
+                "label": label,
+                **{k: e[k] for k in ("condition", "shots", "accuracy", "n", "n_correct", "ci95")},
+            }
+            for label, e in references
+        ],
+        "groups": out_groups,
+        "comparisons": rows,
+        "n_boot": n_boot,
+    }
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--icl", required=True, help="eval_icl.py result file (the base model's 0- and k-shot entries)"
+    )
+    p.add_argument("--evals", required=True, nargs="+", help="result files of the chosen checkpoints (test)")
+    p.add_argument(
+        "--selected", help="the selection file that chose the checkpoints (checked against --evals)"
+    )
+    p.add_argument(
+        "--group",
+        action="append",
+        required=True,
+        metavar="LABEL=RUN[,RUN...]",
+        help="a method's runs (seeds)",
+    )
+    p.add_argument("--compare", action="append", default=[], metavar="A:B", help="a paired test, a - b")
+    p.add_argument("--n_boot", type=int, default=10000)
+    p.add_argument("--output", required=True)
+    args = p.parse_args(argv)
+    icl = load_results(args.icl)
+    selection = read_selection(args.selected) if args.selected else None
+    summary = summarize(
+        icl,
+        args.icl,
+        load_pooled(args.evals),
+        [parse_group(g) for g in args.group],
+        [parse_comparison(c) for c in args.compare],
+        selection,
+        args.n_boot,
+    )
+    summary["inputs"] = {"icl": args.icl, "evals": list(args.evals), "selected": args.selected}
+    write_json_atomic(args.output, summary)
+    for r in summary["references"]:
+        print(
+            f"{r['label']}: {100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+        )
+    for g in summary["groups"]:
+        runs = ", ".join(
+            f"{r['condition']} step {r['step']}: {100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+            for r in g["runs"]
+        )
+        print(f"{g['label']}: mean {100 * g['mean_accuracy']:.1f}% ({runs})")
+    for c in summary["comparisons"]:
+        lo, hi = c["diff_ci95_pp"]
+        print(
+            f"{c['spec'][0]} - {c['spec'][1]}: {c['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}], McNemar p = {c['mcnemar_p']:.3g} "
+            f"({c['a_only_correct']} vs {c['b_only_correct']} discordant)"
+        )
+    print(f"wrote {args.output}")
+    return summary
