@@ -1,0 +1,141 @@
+"""Export a trained checkpoint as a plain transformers model folder: LoRA merged into the weights, the
+tokenizer (with the chat template the run trained with), a generation config that stops where evaluation
+stops. The folder loads with AutoModelForCausalLM / AutoTokenizer alone: no peft, no fsdistill.
+
+    python scripts/export_model.py --checkpoint experiments/twostep/runs/distill_seed1/checkpoint-100 \
+        --out exported/twostep-distill [--dtype bfloat16] [--overwrite] [--push_to_hub USER/NAME [--private]]
+
+The merge runs in float32 (base weights and adapter), then the merged weights are cast to --dtype (default:
+the run's model.dtype), so the only rounding is the final cast. The checkpoint's own config.yaml says how
+it was trained (base model, LoRA or full fine-tuning); its weights are read from safetensors only (nothing
+is unpickled). The folder is written under a temporary name and renamed when complete. export.json records
+what was exported from where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fsdistill.config import to_dict
+from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.files import git_state, write_json_atomic
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint-STEP folder")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument(
+        "--dtype", choices=DTYPES, help="weights' dtype in the folder (default: the run's model.dtype)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub model repo")
+    p.add_argument("--private", action="store_true", help="with --push_to_hub: create the repo private")
+    return p.parse_args(argv)
+
+
+def merged_model(checkpoint: Path, cfg):
+    """The checkpoint's CausalLM in float32 with any LoRA adapter merged into its weights (no peft left)."""
+    from fsdistill.train.checkpoint import check_checkpoint_matches, load_checkpoint_model
+
+    if not cfg.training.use_lora:
+        return load_checkpoint_model(checkpoint, cfg).float()
+    import peft
+
+    from fsdistill.modeling.loading import load_causal_lm
+
+    check_checkpoint_matches(checkpoint, cfg)
+    base = load_causal_lm(dataclasses.replace(cfg.model, dtype="float32", gradient_checkpointing=False))
+    model = peft.PeftModel.from_pretrained(base, str(checkpoint))
+    return model.merge_and_unload()
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False
+) -> Path:
+    """Write the plain model folder `out` for `checkpoint` (see the module docstring); returns `out`."""
+    import torch
+
+    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+    from fsdistill.eval.generation import load_generation_config, stop_token_ids_for
+    from fsdistill.train.checkpoint import checkpoint_step, saved_config
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not (checkpoint / "checkpoint.json").is_file():
+        raise UserError(
+            f"--checkpoint {checkpoint}: not a checkpoint folder of this project (no checkpoint.json)"
+        )
+    if out.exists() and not overwrite:
+        raise UserError(f"--out {out} exists; pass --overwrite to replace it (nothing was written)")
+    cfg = saved_config(checkpoint)
+    dtype = dtype or cfg.model.dtype
+    model = merged_model(checkpoint, cfg).to(getattr(torch, dtype)).eval()
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    prompts = PromptBuilder.for_template(tokenizer, cfg)
+    tokenizer.chat_template = prompts.template_text()  # what the run trained with travels with the weights
+    generation = load_generation_config(cfg.model.tokenizer, cfg.model.name)
+    if generation is None:
+        from transformers import GenerationConfig
+
+        generation = GenerationConfig.from_model_config(model.config)
+    # Stop where evaluation stops: eos, the template's end-of-turn token, the model's own eos ids.
+    generation.eos_token_id = list(stop_token_ids_for(tokenizer, prompts.end_of_turn_ids(), generation))
+    generation.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = generation
+
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(
+            tmp / "export.json",
+            {
+                "checkpoint": str(checkpoint.resolve()),
+                "step": checkpoint_step(checkpoint),
+                "merged_lora": cfg.training.use_lora,
+                "dtype": dtype,
+                "base_model": cfg.model.name,
+                "run_config": to_dict(cfg),
+                "exported_with": git_state(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def push_folder(folder: Path, repo_id: str, private: bool) -> str:
+    """Upload the exported folder to a Hub model repo (created if needed); returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
+    return str(url)
+
+
+@exit_on_user_error
+def main(argv=None) -> Path:
+    args = parse(argv)
+    if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise UserError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set (nothing was written)")
+    out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
+    print(f"wrote {out}: loads with AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer")
+    if args.push_to_hub:
+        print(f"uploaded to {push_folder(out, args.push_to_hub, args.private)}")
+    return out
