@@ -196,6 +196,44 @@ def test_shuffled_answers_in_every_mode_are_a_permutation():
         assert changed >= 15, selection
 
 
+def test_derangement_moves_every_answer_in_every_mode():
+    pool = fake_examples(40)
+    by_row = {e.row: e for e in pool}
+    for k in (2, 3, 8):
+        for selection in ("per_example", "per_batch", "fixed"):
+            sampler = ShotSampler(pool, k, selection, 42, True)  # derangement: the default mode
+            assert sampler.shuffle_mode == "derangement"
+            for row in [r for r in range(40) if r not in sampler.fixed_rows][:25]:
+                shots = sampler.shots(row, row, [row])
+                own = [by_row[int(e.question[1:])].answer for e in shots]
+                assert sorted(e.answer for e in shots) == sorted(own)  # the same answers, moved
+                assert all(e.answer != a for e, a in zip(shots, own)), (k, selection, row)
+
+
+def test_derangement_is_uniform_and_permutation_keeps_the_original_rule():
+    pool = fake_examples(400)
+    # k = 3 has two derangements (the two cyclic shifts): each should come up about half the time.
+    sampler = ShotSampler(pool, 3, "per_example", 42, True, "derangement")
+    shifts = Counter()
+    for row in range(400):
+        rows = sampler.shot_rows(row, 0, [])
+        answers = [e.answer for e in sampler.shots(row, 0, [])]
+        shifts[tuple(answers.index(f"a{r}\n#### {r}") for r in rows)] += 1
+    assert set(shifts) == {(1, 2, 0), (2, 0, 1)}
+    assert 160 <= shifts[(1, 2, 0)] <= 240  # 200 expected; a fixed rule would give 0 or 400
+    # The original's plain permutation at k = 2 leaves both answers in place about half the time.
+    plain = ShotSampler(pool, 2, "per_example", 42, True, "permutation")
+    unchanged = sum(
+        [e.answer for e in plain.shots(row, 0, [])] == [pool[r].answer for r in plain.shot_rows(row, 0, [])]
+        for row in range(400)
+    )
+    assert 150 <= unchanged <= 250
+    for row in range(50):
+        rows = plain.shot_rows(row, 0, [])
+        expected = original_shuffled_answers(row, [pool[r].answer for r in rows])
+        assert [e.answer for e in plain.shots(row, 0, [])] == expected
+
+
 # --------------------------------------------------------------------------------------------------
 # Pool size
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from fsdistill.eval.results import (
     paired_correctness,
     save_results,
 )
+from fsdistill.errors import UserError
 from fsdistill.eval.stats import mcnemar_exact, paired_bootstrap_diff
 
 REPO = Path(__file__).resolve().parents[1]
@@ -541,5 +542,269 @@ def test_teacher_forced_figure_plots_the_json_values(tmp_path):
                 str(tmp_path / "c.png"),
                 "--out_bar",
                 str(tmp_path / "b.png"),
+            ]
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# What a reader sees: labels, units, n, no interpolation between two measurements, integer steps
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The Figure objects the figure functions save, so their axes can be read."""
+    from fsdistill.eval import figures
+
+    saved = []
+    original = figures._save
+
+    def capture(fig, out_png):
+        saved.append(fig)
+        return original(fig, out_png)
+
+    monkeypatch.setattr(figures, "_save", capture)
+    return saved
+
+
+def test_loss_figure_names_the_metric_and_its_unit(tmp_path, captured):
+    loss_curves({"SFT": SFT_ROWS}, tmp_path / "loss.png")
+    ax = captured[-1].axes[0]
+    assert ax.get_title() == "Training cross-entropy"
+    assert ax.get_ylabel() == "cross-entropy on the answer tokens (nats / token)"
+    assert "train/" not in ax.get_title() + ax.get_ylabel()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_two_checkpoints_are_points_with_intervals_never_a_band(tmp_path, captured):
+    from matplotlib.collections import PolyCollection
+
+    two = [entry("r", "sft", 50, 4), entry("r", "sft", 100, 7)]
+    three = [entry("q", "sft", s, k) for s, k in ((50, 3), (75, 5), (100, 6))]
+    accuracy_curves(
+        {"two": two, "three": three},
+        tmp_path / "c.png",
+        "t",
+        references={"Base": entry("base", "base", None, 1)},
+    )
+    ax = captured[-1].axes[0]
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]  # nothing filled between steps
+    data_line = {c.get_label(): c.lines[0] for c in ax.containers}  # each curve's errorbar container
+    assert data_line["two"].get_linestyle() == "None"  # two measurements: no line between them
+    assert data_line["three"].get_linestyle() == "-"
+    assert list(ax.get_xticks()) == [50, 75, 100]
+    assert "n = 12 problems" in ax.get_xlabel()
+    assert ax.get_ylabel() == "GSM8K test accuracy (%)"  # these SETTINGS name no task: a GSM8K file
+
+
+def test_figure_labels_come_from_the_result_files(files, tmp_path, captured):
+    twostep = {**SETTINGS, "task": "twostep", "split": "validation"}
+    ev = write(tmp_path / "val.json", [entry("a", "sft", 50, 4), entry("a", "sft", 100, 6)], settings=twostep)
+    script_main("gen_ablation_fig")(
+        [
+            "--evals",
+            str(ev),
+            "--conditions",
+            "a:SFT",
+            "--out_curve",
+            str(tmp_path / "c.png"),
+            "--out_bar",
+            str(tmp_path / "b.png"),
+        ]
+    )
+    curve, bar = (fig.axes[0] for fig in captured[-2:])
+    assert curve.get_ylabel() == bar.get_ylabel() == "twostep validation accuracy (%)"
+    assert curve.get_title() == "Ablations on twostep: accuracy vs. training step"
+    assert "selected on validation" in bar.get_title() and "selected on test" not in bar.get_title()
+
+
+def test_kl_axis_names_the_teacher_the_file_was_measured_with(tmp_path, captured):
+    settings = {**SETTINGS, "fewshot.k": 1, "task": "gsm8k"}
+    icl = write(
+        tmp_path / "icl.json", [tf_entry("base", "base", None, [2.0, 2.2], kl=[0.3, 0.2])], settings=settings
+    )
+    evals = write(
+        tmp_path / "ev.json",
+        [tf_entry("d", "few_shot_distillation", 10, [1.0, 1.1], kl=[0.1, 0.2])],
+        settings=settings,
+    )
+    script_main("gen_teacher_forced_fig")(
+        [
+            "--icl",
+            str(icl),
+            "--evals",
+            str(evals),
+            "--conditions",
+            "d:D",
+            "--metric",
+            "kl",
+            "--out",
+            str(tmp_path / "kl.png"),
+        ]
+    )
+    ax = captured[-1].axes[0]
+    assert ax.get_ylabel() == "KL(1-shot base teacher ‖ model) per answer token (nats)"
+    assert ax.get_title() == "Teacher-forced kl on GSM8K test"
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired tests of teacher-forced metrics; checkpoints chosen on validation; the experiment summary
+# --------------------------------------------------------------------------------------------------
+
+
+def test_compare_evals_compares_teacher_forced_metrics(tmp_path, capsys):
+    from fsdistill.eval.stats import paired_bootstrap_mean_diff
+
+    a_kl, b_kl = [0.10, 0.20, 0.15, 0.12], [0.30, 0.35, 0.20, 0.25]
+    evals = write(
+        tmp_path / "tf.json",
+        [
+            tf_entry("distill", "few_shot_distillation", 48, [1.1, 1.2, 1.0, 1.3], kl=a_kl),
+            tf_entry("zs", "zero_shot_teacher", 48, [1.0, 1.3, 1.1, 1.2], kl=b_kl),
+        ],
+    )
+    report = script_main("compare_evals")(
+        ["--evals", str(evals), "--a", "distill", "--b", "zs", "--n_boot", "500"]
+    )
+    (row,) = report["comparisons"]
+    assert row["diff_pp"] is None and row["mcnemar_p"] is None  # nothing generated: no accuracy to compare
+    diff, lo, hi = paired_bootstrap_mean_diff(a_kl, b_kl, n_boot=500, seed=0)
+    assert row["teacher_forced"]["kl"] == {
+        "a_mean": pytest.approx(0.1425),
+        "b_mean": pytest.approx(0.275),
+        "diff": diff,
+        "diff_ci95": [lo, hi],
+    }
+    assert hi < 0  # every problem moved the same way: the paired interval excludes 0
+    assert "kl" in capsys.readouterr().out
+
+
+def test_compare_evals_pairs_two_runs_each_at_its_chosen_checkpoint(tmp_path):
+    evals = write(
+        tmp_path / "test.json", [entry("sft", "sft", 100, 5), entry("kd", "few_shot_distillation", 50, 8)]
+    )
+    (row,) = script_main("compare_evals")(
+        ["--evals", str(evals), "--a", "kd", "--b", "sft", "--n_boot", "200"]
+    )["comparisons"]
+    assert (row["a"]["step"], row["b"]["step"]) == (50, 100)
+    assert row["diff_pp"] == pytest.approx(100 * 3 / 12)
+
+
+def test_checkpoints_are_chosen_on_validation_only(tmp_path, capsys):
+    from fsdistill.eval import select
+
+    val = write(
+        tmp_path / "val.json",
+        [
+            entry("a", "sft", 50, 6),
+            entry("a", "sft", 100, 6),
+            entry("b", "sft", 50, 3),
+            entry("b", "sft", 100, 9),
+        ],
+        settings={**SETTINGS, "split": "validation"},
+    )
+    out = tmp_path / "selected.json"
+    report = select.main(["--evals", str(val), "--conditions", "a", "b", "--output", str(out)])
+    assert {name: c["step"] for name, c in report["selected"].items()} == {"a": 50, "b": 100}  # tie: earliest
+    assert select.read_selection(out) == {"a": 50, "b": 100}
+    test = write(tmp_path / "test.json", [entry("a", "sft", 50, 6)])
+    with pytest.raises(SystemExit):
+        select.main(["--evals", str(test), "--conditions", "a", "--output", str(tmp_path / "x.json")])
+    assert "chosen on the validation split; these results are on split 'test'" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"kind": "eval"}')
+    with pytest.raises(UserError, match="not a file written by select_checkpoints.py"):
+        select.read_selection(tmp_path / "bad.json")
+
+
+def test_summary_aggregates_seeds_and_its_figure_draws_the_json(files, tmp_path):
+    from fsdistill.eval import summary as summary_module
+    from fsdistill.eval.compare import compare_pair
+
+    test = write(
+        tmp_path / "test.json",
+        [
+            entry("sft1", "sft", 100, 6),
+            entry("sft2", "sft", 50, 8),
+            entry("kd1", "few_shot_distillation", 100, 9),
+        ],
+    )
+    selected = tmp_path / "selected.json"
+    selected.write_text(
+        json.dumps(
+            {
+                "kind": "checkpoint_selection",
+                "selected": {"sft1": {"step": 100}, "sft2": {"step": 50}, "kd1": {"step": 100}},
+            }
+        )
+    )
+    out = tmp_path / "summary.json"
+    argv = [
+        "--icl",
+        str(files["icl"]),
+        "--evals",
+        str(test),
+        "--selected",
+        str(selected),
+        "--output",
+        str(out),
+    ]
+    s = summary_module.main(
+        [
+            *argv,
+            "--group",
+            "SFT=sft1,sft2",
+            "--group",
+            "KD=kd1",
+            "--compare",
+            "kd1:sft1",
+            "--compare",
+            "kd1:base@8",
+            "--n_boot",
+            "300",
+        ]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(s))
+    sft = s["groups"][0]
+    assert [r["accuracy"] for r in sft["runs"]] == [6 / 12, 8 / 12]
+    assert sft["mean_accuracy"] == pytest.approx(7 / 12) and sft["spread_pp"] == pytest.approx(100 * 2 / 12)
+    assert [r["label"] for r in s["references"]] == ["Base 0-shot", "8-shot ICL"] and s["n"] == N
+    icl, ev = load_results(files["icl"]), load_results(test)
+    expected = compare_pair(find_entry(ev, "kd1", 100), find_entry(icl, "base", None, 8), 300, 0)
+    assert s["comparisons"][1] == {"spec": ["kd1", "base@8"], **json.loads(json.dumps(expected))}
+
+    drawn = figure_commands.summary_fig(
+        ["--summary", str(out), "--out", str(tmp_path / "s.png"), "--title", "t"]
+    )
+    assert [d["accuracy"] for d in drawn] == [r["accuracy"] for r in s["references"]] + [
+        g["mean_accuracy"] for g in s["groups"]
+    ]
+    assert drawn[2]["runs"] == [(r["condition"], r["accuracy"], *r["ci95"]) for r in sft["runs"]]
+    assert drawn[2]["label"] == "SFT\n(2 seeds)"
+
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(
+        json.dumps(
+            {
+                "kind": "checkpoint_selection",
+                "selected": {"sft1": {"step": 50}, "sft2": {"step": 50}, "kd1": {"step": 100}},
+            }
+        )
+    )
+    with pytest.raises(SystemExit):  # the test file must hold the checkpoints the selection chose
+        summary_module.main(
+            [*argv[:4], "--selected", str(wrong), "--output", str(out), "--group", "SFT=sft1,sft2"]
+        )
+    two_steps = write(tmp_path / "two.json", [entry("sft1", "sft", 50, 6), entry("sft1", "sft", 100, 6)])
+    with pytest.raises(SystemExit):  # a summary reads one chosen checkpoint per run, never picks on test
+        summary_module.main(
+            [
+                "--icl",
+                str(files["icl"]),
+                "--evals",
+                str(two_steps),
+                "--output",
+                str(out),
+                "--group",
+                "SFT=sft1",
             ]
         )

@@ -228,3 +228,24 @@ def test_every_script_answers_help_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("usage:") == len(scripts)
+
+
+def test_the_demo_writes_an_untracked_folder_unless_asked_to_refresh_the_committed_copy():
+    def paths(*flags: str) -> list[str]:
+        done = subprocess.run(
+            ["bash", "scripts/demo_cpu.sh", *flags, "--print-paths"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    for path in paths():  # by default: git ignores every folder the demo writes
+        assert subprocess.run(["git", "check-ignore", "-q", f"{path}/x.json"], cwd=REPO).returncode == 0, path
+    assert paths("--refresh") == ["experiments/demo", "assets/demo"]
+    for path in paths("--refresh"):  # the deliberate flag: the committed copy
+        assert subprocess.run(["git", "ls-files", path], cwd=REPO, capture_output=True, text=True).stdout
+    bad = subprocess.run(["bash", "scripts/demo_cpu.sh", "--bogus"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown argument '--bogus'")

@@ -49,7 +49,8 @@ METHODS: dict[str, Method] = {
             "train_ablation.py",
             "shuffled_answers",
             ("fewshot.shuffle_answers=true",),
-            "control: exemplar answers permuted among the exemplar questions",
+            "control: exemplar answers moved among the exemplar questions (fewshot.shuffle_mode: a derangement, "
+            "or the original's plain permutation)",
         ),
     )
 }

@@ -194,8 +194,9 @@ def teacher_forced_fig(argv=None) -> dict:
         args.title
         or f"Teacher-forced {args.metric} on {TASK_NAMES.get(task, task)} {settings.get('split', 'test')}"
     )
-    # The KL's teacher is the evaluation config's fewshot.k (in the settings when teacher-forced metrics ran).
-    teacher_shots = settings.get("fewshot.k")
+    # The KL's teacher is the evaluation config's fewshot.k (in the settings when teacher-forced metrics ran;
+    # files of earlier versions call it teacher_shots).
+    teacher_shots = settings.get("fewshot.k", settings.get("teacher_shots"))
     drawn = teacher_forced_curves(curves, args.metric, args.out, title, references, teacher_shots)
     print(f"wrote {args.out}")
     return drawn
