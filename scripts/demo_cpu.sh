@@ -4,13 +4,25 @@
 # and the base model scored with the hf backend on a 16-question test subset, and the figures.
 # It checks the plumbing; a random 2-layer model scores ~0% and says nothing about the method.
 #
-#   bash scripts/demo_cpu.sh            # results: experiments/demo/*.json, figures: assets/demo/*.png
+#   bash scripts/demo_cpu.sh              # writes runs/demo/ (untracked): results, run folders, figures/
+#   bash scripts/demo_cpu.sh --refresh    # rewrites the committed copy: experiments/demo/ and assets/demo/
+#   bash scripts/demo_cpu.sh --print-paths
 #
 # Data and tokenizer come from ../shared (beside the repo) when present, else from the Hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=experiments/demo
+OUT=runs/demo
+FIGS=runs/demo/figures
+PRINT_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --refresh) OUT=experiments/demo; FIGS=assets/demo ;;
+    --print-paths) PRINT_ONLY=1 ;;
+    *) echo "error: unknown argument '$arg' (--refresh rewrites the committed copy)" >&2; exit 2 ;;
+  esac
+done
+if [ "$PRINT_ONLY" = 1 ]; then echo "$OUT $FIGS"; exit 0; fi
 RUNS=$OUT/runs
 SHARED=../shared
 ARGS=()
@@ -23,7 +35,8 @@ export TOKENIZERS_PARALLELISM=false
 mkdir -p "$RUNS"
 start=$(date +%s)
 # 30 steps at a high learning rate, so the loss curves move (the tiny configs' 8 steps are for tests).
-TRAIN=(training.max_steps=30 training.save_every=10 training.lr=1e-2 training.warmup_steps=3 training.log_every=1)
+TRAIN=(training.max_steps=30 training.save_every=10 training.lr=1e-2 training.warmup_steps=3 training.log_every=1
+       output.log_with=[])
 python src/training/train_baseline.py --config configs/tiny/base.yaml --output_dir "$RUNS/sft" --overwrite "${TRAIN[@]}" "${ARGS[@]}"
 python src/training/train_online_v1.py --config configs/tiny/online_v1.yaml --output_dir "$RUNS/distill" --overwrite "${TRAIN[@]}" "${ARGS[@]}"
 
@@ -32,5 +45,5 @@ python scripts/eval_icl.py --config configs/tiny/online_v1.yaml --output "$OUT/i
 python scripts/eval_checkpoints.py --config configs/tiny/online_v1.yaml --conditions sft distill \
     --base_dir "$RUNS" --output "$OUT/checkpoints_eval.json" --teacher_forced "${ARGS[@]}"
 
-bash scripts/demo_figures.sh
-echo "demo finished in $(( $(date +%s) - start )) s"
+bash scripts/demo_figures.sh "$OUT" "$FIGS"
+echo "demo finished in $(( $(date +%s) - start )) s: results in $OUT, figures in $FIGS"
