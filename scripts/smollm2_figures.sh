@@ -9,10 +9,11 @@ if [ -f "$OUT/runs/zeroshot_teacher/run.json" ]; then
   CONDS+=("zeroshot_teacher:SFT + 0-shot-teacher distillation")
   RUNS+=(--run "$OUT/runs/zeroshot_teacher:SFT + 0-shot-teacher distillation")
 fi
-for metric in nll kl; do
-  python scripts/gen_teacher_forced_fig.py --icl "$OUT/icl_eval.json" --evals "$OUT/checkpoints_eval.json" \
-      --conditions "${CONDS[@]}" --metric "$metric" --out "assets/smollm2/${metric}_curve.png" \
-      --title "SmolLM2-135M-Instruct, GSM8K test (teacher-forced $metric)"
-done
+python scripts/gen_teacher_forced_fig.py --icl "$OUT/icl_eval.json" --evals "$OUT/checkpoints_eval.json" \
+    --conditions "${CONDS[@]}" --metric nll --out assets/smollm2/nll_curve.png \
+    --title "SmolLM2-135M-Instruct, GSM8K test: gold-answer NLL under the bare question"
+python scripts/gen_teacher_forced_fig.py --icl "$OUT/icl_eval.json" --evals "$OUT/checkpoints_eval.json" \
+    --conditions "${CONDS[@]}" --metric kl --out assets/smollm2/kl_curve.png \
+    --title "SmolLM2-135M-Instruct, GSM8K test: distance to the 1-shot teacher"
 python scripts/gen_loss_fig.py "${RUNS[@]}" --out assets/smollm2/loss_comparison.png \
     --title "SmolLM2-135M-Instruct: training CE on the answer tokens"
