@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fsdistill.errors import UserError
 from fsdistill.eval import compare, figure_commands
 from fsdistill.eval.figures import (
     MetricsError,
@@ -24,7 +25,6 @@ from fsdistill.eval.results import (
     paired_correctness,
     save_results,
 )
-from fsdistill.errors import UserError
 from fsdistill.eval.stats import mcnemar_exact, paired_bootstrap_diff
 
 REPO = Path(__file__).resolve().parents[1]
