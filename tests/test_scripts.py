@@ -114,7 +114,8 @@ def train_rows(gsm8k_dir):
 
 HEADER = re.compile(
     r"# training example: step (?P<step>\d+), slot (?P<slot>\d+), row (?P<row>\d+) of split 'train'\n"
-    r"(?:# no teacher \(--sft\)|# exemplar rows \((?P<sel>\w+), shuffle_answers=(?P<shuffle>\w+)\): "
+    r"(?:# no teacher \(--sft\)|# exemplar rows of the training split \((?P<sel>\w+)"
+    r"(?:, answers shuffled \((?P<mode>\w+)\))?\): "
     r"\[(?P<shots>[\d, ]*)\])\n"
     r"# student: (?P<s_len>\d+) tokens \(max (?P<s_max>\d+)\); answer part: (?P<a_len>\d+) tokens, "
     r"label positions (?P<l0>\d+)\.\.(?P<l1>\d+)\n"
@@ -149,7 +150,8 @@ def test_show_batch_marks_the_answer_span_and_counts_tokens(path, show_batch_mod
     if not sft:
         shots = [int(x) for x in h["shots"].split(",") if x.strip()]
         assert len(shots) == cfg.fewshot.k and int(h["row"]) not in shots
-        assert (h["sel"], h["shuffle"]) == (cfg.fewshot.selection, str(cfg.fewshot.shuffle_answers))
+        mode = cfg.fewshot.shuffle_mode if cfg.fewshot.shuffle_answers else None
+        assert (h["sel"], h["mode"]) == (cfg.fewshot.selection, mode)
         teacher = out.split("===== TEACHER")[1]
         assert teacher.count("<|im_start|>user\nQuestion: ") == cfg.fewshot.k + 1
         if cfg.fewshot.k == 0:

@@ -507,3 +507,20 @@ def test_twostep_data_is_disjoint_deterministic_and_scores_its_own_answers(tmp_p
     user = task.user_turn(splits["test"][0])
     assert user.endswith("? Answer in one short line ending with 'Answer:' and the number.")
     assert twostep.make_splits(seed=1)["test"] != twostep.make_splits(seed=0)["test"]
+
+
+def test_result_files_name_the_task_and_its_settings():
+    from fsdistill.eval.evaluate import result_settings
+
+    cfg, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"))
+    settings = result_settings(cfg, "eval_icl", "test")
+    assert settings["task"] == "twostep"
+    assert settings["task.scoring"] == "last_number" and settings["task.gold_field"] == "final"
+    assert settings["task.question_template"].endswith("ending with 'Answer:' and the number.")
+    # The training seed draws nothing when the validation rows are a split of their own, so seeds share files.
+    other_seed, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=["training.seed=2"])
+    assert result_settings(other_seed, "eval_icl", "test") == settings
+    held_out = [f"data.source={CONFIGS}", "data.validation_split=null", "data.validation_size=10"]
+    a, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=held_out)
+    b, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=[*held_out, "training.seed=2"])
+    assert result_settings(a, "eval_icl", "test") != result_settings(b, "eval_icl", "test")

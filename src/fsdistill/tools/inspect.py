@@ -75,7 +75,9 @@ def show_batch(argv=None) -> None:
         print("# no teacher (--sft)")
     else:
         f = cfg.fewshot
-        print(f"# exemplar rows ({f.selection}, shuffle_answers={f.shuffle_answers}): {shot_rows}")
+        shuffle = f", answers shuffled ({f.shuffle_mode})" if f.shuffle_answers else ""
+        pool = f"fewshot.pool {f.pool!r}" if f.pool is not None else "the training split"
+        print(f"# exemplar rows of {pool} ({f.selection}{shuffle}): {shot_rows}")
     print(
         f"# student: {len(enc.student_ids)} tokens (max {cfg.data.max_student_len}); answer part: "
         f"{enc.answer_len} tokens, label positions {label_positions[0]}..{label_positions[-1]}"
