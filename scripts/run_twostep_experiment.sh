@@ -56,14 +56,15 @@ train() {  # ENTRY_POINT CONFIG RUN [overrides]
 }
 A_RUNS=(sft_seed1 distill_seed1 zeroshot_teacher_seed1)
 B_RUNS=(sft_seed2 distill_seed2 shuffled_answers_seed1)
+# Lane a also evaluates the base model (about as long as two short runs), so lane b takes the 0-shot-teacher run.
 lanes base_and_training \
   "python scripts/eval_icl.py --config $CFG/distill.yaml --output $OUT/icl_eval.json && \
    $(train train_baseline.py sft.yaml sft_seed1 training.seed=1) && \
-   $(train train_online_v1.py distill.yaml distill_seed1 training.seed=1) && \
-   $(train train_ablation.py ablation_zeroshot_teacher.yaml zeroshot_teacher_seed1 training.seed=1)" \
+   $(train train_online_v1.py distill.yaml distill_seed1 training.seed=1)" \
   "$(train train_baseline.py sft.yaml sft_seed2 training.seed=2) && \
    $(train train_online_v1.py distill.yaml distill_seed2 training.seed=2) && \
-   $(train train_ablation.py ablation_shuffled_answers.yaml shuffled_answers_seed1 training.seed=1)"
+   $(train train_ablation.py ablation_shuffled_answers.yaml shuffled_answers_seed1 training.seed=1) && \
+   $(train train_ablation.py ablation_zeroshot_teacher.yaml zeroshot_teacher_seed1 training.seed=1)"
 phase base_eval_and_training
 
 EVAL="python scripts/eval_checkpoints.py --config $CFG/distill.yaml --base_dir $RUNS"

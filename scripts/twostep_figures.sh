@@ -10,15 +10,15 @@ python scripts/summarize_evals.py --icl "$OUT/icl_eval.json" --evals "$OUT/test_
     --selected "$OUT/selected.json" \
     --group "LoRA SFT=sft_seed1,sft_seed2" \
     --group "SFT + 2-shot distillation=distill_seed1,distill_seed2" \
-    --group "SFT + 0-shot-teacher distillation (control)=zeroshot_teacher_seed1" \
-    --group "SFT + shuffled-answers distillation (control)=shuffled_answers_seed1" \
+    --group "0-shot-teacher control=zeroshot_teacher_seed1" \
+    --group "shuffled-answers control=shuffled_answers_seed1" \
     --compare distill_seed1:sft_seed1 --compare distill_seed2:sft_seed2 \
     --compare distill_seed1:base@2 --compare distill_seed2:base@2 \
     --compare sft_seed1:base@2 --compare sft_seed2:base@2 \
     --compare distill_seed1:zeroshot_teacher_seed1 --compare distill_seed1:shuffled_answers_seed1 \
     --output "$OUT/summary.json"
 python scripts/gen_summary_fig.py --summary "$OUT/summary.json" --out "$FIGS/accuracy.png" \
-    --title "$MODEL: test accuracy, 0-shot inference for every trained model"
+    --title "$MODEL: test accuracy (trained models answer 0-shot)"
 python scripts/gen_ablation_fig.py --evals "$OUT/validation_eval.json" \
     --conditions "sft_seed1:SFT (seed 1)" "sft_seed2:SFT (seed 2)" "distill_seed1:SFT + distillation (seed 1)" \
     "distill_seed2:SFT + distillation (seed 2)" "zeroshot_teacher_seed1:0-shot-teacher control" \
