@@ -268,7 +268,10 @@ def test_an_import_path_that_does_not_resolve_is_named_with_file_and_key(tmp_pat
 def test_a_callable_with_a_wrong_return_type_fails_loudly(tmp_path):
     cfg_path = config_file(tmp_path, "task:\n  scoring: callable\n  scoring_callable: 'scorers:broken'\n")
     cfg, _ = load_config(str(cfg_path), overrides=OFFLINE_OVERRIDES)
-    with pytest.raises(TypeError, match="must return a bool or"):
+    with pytest.raises(
+        UserError,
+        match="'task.scoring_callable' scorers:broken returned 'not a verdict'.* must return a bool or",
+    ):
         make_task(cfg).score("x", "y")
 
 
@@ -300,11 +303,16 @@ def test_bad_task_configs_fail_naming_file_and_key_before_anything_loads(tmp_pat
 
 
 def test_shuffling_fewer_than_two_exemplars_is_refused(tmp_path):
-    for k in (0, 1):
-        with pytest.raises(ConfigError, match=f"'fewshot.shuffle_answers' needs fewshot.k >= 2, got k={k}"):
-            load_config(
-                str(CONFIGS / "tiny" / "ablation_shuffled_answers.yaml"), overrides=[f"fewshot.k={k}"]
-            )
+    from fsdistill.methods import check_entry_point
+
+    shuffled = str(CONFIGS / "tiny" / "ablation_shuffled_answers.yaml")
+    with pytest.raises(ConfigError, match="'fewshot.shuffle_answers' needs fewshot.k >= 2, got k=1"):
+        load_config(shuffled, overrides=["fewshot.k=1"])
+    cfg, source = load_config(shuffled, overrides=["fewshot.k=0"])  # no exemplars: two controls at once
+    with pytest.raises(
+        ConfigError, match="'fewshot.shuffle_answers' is true with fewshot.k=0 .* cannot both hold"
+    ):
+        check_entry_point("train_ablation.py", cfg, source)
 
 
 def test_a_config_saved_before_shuffle_modes_reads_as_the_original_permutation():

@@ -95,6 +95,7 @@ def runs(tmp_path_factory, short_gsm8k, online_reference) -> dict[str, Path]:
         *TEACHER_OVERRIDES,
         "training.save_every=1",
         "training.keep_last=2",
+        "fewshot.shuffle_mode=permutation",  # the original's rule, which the losses above were recorded with
         flags=("--condition", "shuffled_answers"),
     )
     assert run_cli(train_ablation, argv) == 0

@@ -370,11 +370,13 @@ class FewShotConfig:
     )
 
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
-        if self.shuffle_answers and self.k < 2:
+        # k = 1: one answer cannot move, so the "control" would silently be plain distillation. (k = 0 with
+        # shuffled answers names two controls at once; the training entry points refuse it, methods.py.)
+        if self.shuffle_answers and self.k == 1:
             return [
                 (
                     "fewshot.shuffle_answers",
-                    f"needs fewshot.k >= 2, got k={self.k}: with fewer exemplars no answer can move, and the "
+                    f"needs fewshot.k >= 2, got k={self.k}: with one exemplar no answer can move, and the "
                     "control would equal the run it controls",
                 )
             ]

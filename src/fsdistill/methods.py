@@ -103,4 +103,13 @@ def check_entry_point(
                 "(fewshot.k=0 and fewshot.shuffle_answers=true cannot both hold)"
             ]
         )
+    if cfg.fewshot.shuffle_answers and cfg.fewshot.k == 0:
+        where = source.get("fewshot.shuffle_answers", "the schema default")
+        raise ConfigError(
+            [
+                f"{where}: 'fewshot.shuffle_answers' is true with fewshot.k=0 (from "
+                f"{source.get('fewshot.k', 'the schema default')}): there are no exemplar answers to shuffle, "
+                "and the 0-shot-teacher and shuffled-answers controls cannot both hold"
+            ]
+        )
     return method

@@ -28,9 +28,14 @@ import unicodedata
 from collections.abc import Callable
 
 from fsdistill.config import TaskConfig
+from fsdistill.errors import UserError
 from fsdistill.tasks.base import Scored, Scoring
 from fsdistill.tasks.gsm8k import GSM8KScoring
 from fsdistill.tasks.numbers import last_number, number_gold, same_number
+
+
+class ScoringError(UserError):
+    """A scoring callable that returned something other than a verdict (shown without a traceback)."""
 
 
 def normalize_text(text: str) -> str:
@@ -162,8 +167,8 @@ class CallableScoring:
             and (verdict[0] is None or isinstance(verdict[0], str))
         ):
             return Scored(*verdict)
-        raise TypeError(
-            f"task.scoring_callable {self.name} returned {verdict!r:.80}; it must return a bool or "
+        raise ScoringError(
+            f"'task.scoring_callable' {self.name} returned {verdict!r:.80}; it must return a bool or "
             "(extracted: str | None, correct: bool)"
         )
 
