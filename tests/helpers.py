@@ -100,3 +100,12 @@ def student_and_teacher(cfg, with_teacher: bool = True):
 
     student = load_student(cfg)
     return SimpleNamespace(student=student, teacher=make_teacher(cfg, student) if with_teacher else None)
+
+
+def record_checksum(checkpoint: Path, name: str) -> None:
+    """Accept an edited file: its new sha256 into checkpoint.json (what verification compares against)."""
+    from fsdistill.files import sha256_file
+
+    meta = json.loads((checkpoint / "checkpoint.json").read_text())
+    meta["files"][name] = sha256_file(checkpoint / name)
+    (checkpoint / "checkpoint.json").write_text(json.dumps(meta))

@@ -24,6 +24,7 @@ from helpers import (
     column,
     common_overrides,
     metrics,
+    record_checksum,
     run_cli,
     snapshot,
     student_and_teacher,
@@ -35,8 +36,8 @@ from fsdistill.errors import UserError
 from fsdistill.methods import METHODS as METHOD_TABLE
 from fsdistill.train import recipe
 from fsdistill.train import step as step_stages
-from fsdistill.train.checkpoint import list_checkpoints
 from fsdistill.train.entry import train_ablation, train_baseline, train_online_v1
+from fsdistill.train.run_dir import list_checkpoints
 
 METHODS = tuple(METHOD_TABLE)  # sft, few_shot_distillation, zero_shot_teacher, shuffled_answers
 
@@ -131,7 +132,13 @@ def test_entry_point_leaves_a_complete_run(runs, method):
     assert [c["step"] for c in manifest["checkpoints"]] == steps
     for step in steps:
         ckpt = run_dir / f"checkpoint-{step}"
-        for name in ("adapter_model.safetensors", "training_state.pt", "rng_state_0.pt", "config.yaml"):
+        names = (
+            "adapter_model.safetensors",
+            "training_state.safetensors",
+            "training_state.json",
+            "config.yaml",
+        )
+        for name in (*names, "rng_state_0.safetensors", "rng_state_0.json"):
             assert (ckpt / name).is_file(), name
         meta = json.loads((ckpt / "checkpoint.json").read_text())
         assert (meta["step"], meta["method"], meta["name"]) == (step, method, run_dir.name)
@@ -422,6 +429,7 @@ def resume_runs(tmp_path_factory, short_gsm8k) -> dict[str, Path]:
     assert run_cli(main, cli_argv("online_v1.yaml", root / "resumed", *overrides, flags=("--resume",))) == 0
 
     scale_adapter(root / "tampered" / "checkpoint-2", 2.0)
+    record_checksum(root / "tampered" / "checkpoint-2", "adapter_model.safetensors")  # a deliberate edit
     assert run_cli(main, cli_argv("online_v1.yaml", root / "tampered", *overrides, flags=("--resume",))) == 0
     return {"straight": root / "straight", "resumed": root / "resumed", "tampered": root / "tampered"}
 
@@ -628,9 +636,10 @@ def test_a_step_whose_examples_are_all_dropped_updates_nothing(tmp_path, short_g
         "training.save_every=1",
         "training.weight_decay=0.5",
     )
-    assert run_cli(train_baseline, argv) == 0
+    assert run_cli(train_baseline, argv) == 2  # a run without any update is an error (test_safety.py)
     captured = capsys.readouterr()
     assert "no answer tokens" in captured.out + captured.err
+    assert "error: no optimizer update in steps 1..2" in captured.err
     first = load_file(str(tmp_path / "checkpoint-1" / "adapter_model.safetensors"))
     second = load_file(str(tmp_path / "checkpoint-2" / "adapter_model.safetensors"))
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -50,10 +50,17 @@ def parse_training_cli(description: str, argv=None, with_condition: bool = False
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser, need_output_dir=True)
     parser.add_argument(
-        "--resume", action="store_true", help="Continue from the latest checkpoint in --output_dir."
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="Continue from the latest complete checkpoint in --output_dir, or from the checkpoint folder given.",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="Delete the checkpoints already in --output_dir."
+        "--overwrite",
+        action="store_true",
+        help="Delete what the run in --output_dir wrote (records, checkpoints; nothing else) and start again.",
     )
     if with_condition:
         parser.add_argument(
@@ -65,6 +72,9 @@ def parse_training_cli(description: str, argv=None, with_condition: bool = False
     # Intermixed: overrides may come before and after options (`--config C a=1 --output_dir D b=2`);
     # plain parse_args takes only the first run of positionals and rejects the rest.
     args = parser.parse_intermixed_args(argv)
+    if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
+        args.overrides.append(args.resume)  # `--resume key=value`: a bare --resume, then an override
+        args.resume = True
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     extra = list(CONDITIONS[args.condition].settings) if with_condition and args.condition else []

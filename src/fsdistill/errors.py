@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes: CLIs print it (no traceback) and exit with status 2."""
+"""The exceptions a command line turns into one line and an exit status, without a traceback."""
 
 from __future__ import annotations
 
@@ -11,8 +11,19 @@ class UserError(Exception):
     """A mistake the user can fix (config, data file, output folder, checkpoint): shown without traceback."""
 
 
+class Interrupted(Exception):
+    """A run stopped on a signal after writing a checkpoint; exits with 128 + the signal's number, as a
+    process killed by it would, so `train && evaluate` does not go on."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 def exit_on_user_error(main: Callable) -> Callable:
-    """Wrap a CLI main(): a UserError is printed to stderr and the process exits 2, without a traceback."""
+    """Wrap a CLI main(): a UserError is printed to stderr and the process exits 2; an Interrupted run
+    prints where its checkpoint is and exits 128 + signal; a Ctrl-C that nothing caught (the second one of
+    a training run, or one during evaluation) exits 130. None prints a traceback."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
@@ -21,5 +32,11 @@ def exit_on_user_error(main: Callable) -> Callable:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as e:
+            print(f"interrupted: {e}", file=sys.stderr)
+            sys.exit(e.exit_status)
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C): stopped at once; files already written are intact", file=sys.stderr)
+            sys.exit(130)
 
     return wrapped

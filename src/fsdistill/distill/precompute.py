@@ -58,6 +58,13 @@ def main(argv=None) -> Path:
         raise UserError(
             f"teacher.cache_dir {path} exists; pass --overwrite to replace it (nothing was written)"
         )
+    from fsdistill.distill.teacher_cache import is_cache_folder
+
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not is_cache_folder(path):
+        raise UserError(
+            f"teacher.cache_dir {path} is not a teacher cache of this project (no meta.json of ours): "
+            "--overwrite replaces only a cache; choose another folder (nothing was touched)"
+        )
 
     import torch
     from tqdm.auto import tqdm

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -44,6 +43,8 @@ from fsdistill.distill.alignment import answer_positions
 from fsdistill.distill.losses import TeacherTargets
 from fsdistill.distill.objective import target_spec
 from fsdistill.errors import UserError
+from fsdistill.files import sha256_file, write_json_atomic
+from fsdistill.modeling.identity import weights_identity
 
 FORMAT = 1
 
@@ -80,11 +81,14 @@ CACHE_MAY_DIFFER = (
 
 
 def cache_key(cfg: Config) -> dict:
-    """What a cache's contents depend on; a disk cache built under another key is refused."""
+    """What a cache's contents depend on; a disk cache built under another key is refused. The weights'
+    identity (sha256 of their files, or the Hub revision) is part of it: other weights under the same
+    model.name give other targets. (A tokenizer change shows in each entry's fingerprint of its ids.)"""
     spec = target_spec(cfg)
     return {
         "format": FORMAT,
         **config_identity(cfg, CACHE_MAY_DIFFER),
+        "weights": weights_identity(cfg.model),
         "targets.top_k": spec.top_k,
         "targets.logsumexp_temperature": spec.logsumexp_temperature,
     }
@@ -139,21 +143,34 @@ class DiskStore(MemoryStore):
                 f"teacher.cache_dir {path}: no teacher cache there (no meta.json); write one with "
                 f"`python scripts/precompute_teacher.py --config CONFIG` (same config)"
             )
-        meta = json.loads(meta_path.read_text())
-        diffs = identity_differences(meta["key"], expected_key, "cache", "config")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            saved_key, sha256 = meta["key"], meta["sha256"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise TeacherCacheError(
+                f"{meta_path}: not the record of a complete teacher cache of this version ({e}); rebuild it with "
+                "scripts/precompute_teacher.py --overwrite"
+            ) from None
+        diffs = identity_differences(saved_key, expected_key, "cache", "config")
         if diffs:
             raise TeacherCacheError(
                 f"teacher.cache_dir {path} was built for another setting and would give wrong targets:\n    "
                 + "\n    ".join(diffs)
                 + "\n  rebuild it with scripts/precompute_teacher.py, or point teacher.cache_dir elsewhere"
             )
+        for name, digest in sha256.items():  # truncated or altered arrays (zeroed values...) are refused
+            if not (path / name).is_file() or sha256_file(path / name) != digest:
+                raise TeacherCacheError(
+                    f"teacher.cache_dir {path}: {name} is missing, truncated or altered (its sha256 differs from "
+                    "meta.json); rebuild the cache with scripts/precompute_teacher.py --overwrite"
+                )
         self.path = path
         self.meta = meta
         index = np.load(path / "index.npy")
         self.index = {int(r): (int(o), int(n), int(fp)) for r, o, n, fp in index}
         self.ids = np.load(path / "ids.npy", mmap_mode="r")
         self.values = np.load(path / "values.npy", mmap_mode="r")
-        self.lse = np.load(path / "lse.npy", mmap_mode="r") if (path / "lse.npy").is_file() else None
+        self.lse = np.load(path / "lse.npy", mmap_mode="r") if "lse.npy" in sha256 else None
         self.values_dtype = meta["values_dtype"]
 
     def get(self, row: int) -> Optional[CachedEntry]:
@@ -184,8 +201,7 @@ class DiskCacheWriter:
     def __init__(self, path: Path, key: dict, total_positions: int, top_k: int, with_lse: bool):
         self.path, self.key = path, key
         self.tmp = path.with_name(path.name + ".tmp")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)  # left by an interrupted run: never renamed, so never used
+        remove_cache_folder(self.tmp)  # left by an interrupted run: never renamed, so never used
         self.tmp.mkdir(parents=True)
         self.total, self.top_k = total_positions, top_k
         self.ids = np.lib.format.open_memmap(self.tmp / "ids.npy", "w+", np.int32, (total_positions, top_k))
@@ -224,6 +240,7 @@ class DiskCacheWriter:
         np.save(self.tmp / "index.npy", np.asarray(self.index, dtype=np.int64).reshape(-1, 4))
         meta = {
             "key": self.key,
+            "sha256": {f.name: sha256_file(f) for f in sorted(self.tmp.glob("*.npy"))},
             "values_dtype": str(self.values_dtype).replace("torch.", ""),
             "examples": len(self.index),
             "positions": self.total,
@@ -231,14 +248,37 @@ class DiskCacheWriter:
             "bytes": sum(f.stat().st_size for f in self.tmp.iterdir()),
             **extra,
         }
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json_atomic(self.tmp / "meta.json", meta)
         old = self.path.with_name(self.path.name + ".old")
+        remove_cache_folder(old)
         if self.path.exists():
             os.replace(self.path, old)
         os.replace(self.tmp, self.path)
-        if old.exists():
-            shutil.rmtree(old)
+        remove_cache_folder(old)
         return self.path
+
+
+CACHE_FILES = ("meta.json", "index.npy", "ids.npy", "values.npy", "lse.npy")
+
+
+def is_cache_folder(path: Path) -> bool:
+    """A teacher cache this project wrote: meta.json with its key."""
+    try:
+        return "key" in json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remove_cache_folder(path: Path) -> None:
+    """Delete a cache folder's own files, then the folder if that emptied it (anything else stays)."""
+    if not path.is_dir():
+        return
+    for name in CACHE_FILES:
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,17 +30,64 @@ def make_autocast(mixed_precision: str, device):
 
 
 def model_config(cfg: ModelConfig):
-    """The transformers config of the base model: model.name's, or model.architecture's alone."""
+    """The transformers config of the base model: model.name's, or model.architecture's alone, with the
+    model.architecture fields checked first (check_architecture)."""
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     arch = dict(cfg.architecture)
     if cfg.name is None:
         model_type = arch.pop("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise UserError(f"model.architecture.model_type: transformers knows no model type {model_type!r}")
+        check_architecture(CONFIG_MAPPING[model_type], arch)
         return AutoConfig.for_model(model_type, **arch)
     try:
-        return AutoConfig.from_pretrained(cfg.name, **arch)
+        base = AutoConfig.from_pretrained(cfg.name)
     except OSError as e:
         raise UserError(f"model.name '{cfg.name}': cannot load its config ({e})") from None
+    check_architecture(type(base), arch)
+    return AutoConfig.from_pretrained(cfg.name, **arch)
+
+
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
+def check_architecture(config_class, fields: dict) -> None:
+    """Every model.architecture field must be a field of the model's config class, with the type of its
+    default: transformers configs take any keyword silently (a typo, or num_hidden_layers='abc', would
+    pass until it breaks mid-run, or never). All problems are reported together (UserError)."""
+    defaults = config_class()
+    problems = []
+    for key, value in fields.items():
+        if key == "model_type":
+            continue
+        if not hasattr(defaults, key):
+            problems.append(f"model.architecture.{key}: {config_class.__name__} has no field {key!r}")
+            continue
+        default = getattr(defaults, key)
+        expected = type(default) if isinstance(default, (bool, int, float, str, list, dict)) else None
+        ok = (
+            expected is None
+            or value is None
+            or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (expected is int and isinstance(value, int) and not isinstance(value, bool))
+            or (expected not in (int, float) and isinstance(value, expected))
+        )
+        if not ok:
+            problems.append(
+                f"model.architecture.{key} must be {_TYPE_NAMES[expected]} (as {config_class.__name__}.{key}), "
+                f"got {value!r}"
+            )
+    if problems:
+        raise UserError("model.architecture does not fit the model's config:\n  " + "\n  ".join(problems))
 
 
 def load_causal_lm(cfg: ModelConfig) -> nn.Module:

@@ -1,25 +1,28 @@
-"""Run folders and checkpoints that carry their own config, written atomically.
+"""Checkpoints that carry their own config and identity, written atomically and read without pickle.
 
-A run folder holds:
-  config.yaml        the resolved config, written at start
-  run.json           name, method, config, git commit, global batch, checkpoints so far, status
-  metrics.jsonl      one JSON line per logged optimizer step (what figure scripts read)
-  tensorboard/       event files
-  ranks/rank{r}.json what process r saw (rows per step) and a digest of its trainable parameters
-  checkpoint-{step}/ weights (adapter or full model), training_state.pt (optimizer, scheduler, step),
-                     rng_state_{rank}.pt, config.yaml, checkpoint.json (step, method, model identity)
+checkpoint-{step}/
+  adapter_model.safetensors, adapter_config.json     LoRA: the adapter
+  model*.safetensors, config.json, tokenizer files    full fine-tuning: the model, loadable on its own
+  training_state.safetensors + .json                  optimizer tensors; step, param groups, scheduler
+  rng_state_{rank}.safetensors + .json                each process's RNG streams (python, numpy, torch)
+  config.yaml                                         the resolved config the run trained with
+  checkpoint.json                                     name, method, step, process count, the config's
+                                                      model identity, the run's identity (training rows,
+                                                      tokenizer, weights), and the sha256 of every file
 
-Each checkpoint is written to a temporary sibling folder and renamed when complete, so a crash during
-a save leaves the earlier checkpoints intact and no half checkpoint that looks finished.
+A checkpoint is written into a temporary sibling named after the writing launch and renamed when
+complete, so a crash (kill -9, disk full) never leaves a half checkpoint under the real name and never
+touches the earlier ones. Loading checks every file against checkpoint.json's sha256 first, then reads
+only JSON and safetensors (train/state_io.py): a damaged checkpoint names its file and the previous
+complete checkpoint; a crafted one runs nothing.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import random
-import re
-import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +32,18 @@ from torch import nn
 
 from fsdistill.config import Config, config_identity, from_dict, identity_differences, to_yaml
 from fsdistill.errors import UserError
-from fsdistill.files import write_json_atomic
+from fsdistill.files import sha256_file, write_json_atomic
 from fsdistill.modeling.loading import DTYPES, load_causal_lm
+from fsdistill.train.run_dir import list_checkpoints, remove_checkpoint
+from fsdistill.train.state_io import CheckpointError, load_state, read_json, read_safetensors, save_state
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Settings a resumed run may change (config_identity patterns): they do not alter what is computed.
 RESUME_MAY_DIFFER = (
     "training.stop_after",
     "training.save_every",
     "training.keep_last",
     "training.log_every",
+    "training.checkpoint_signal",
     "data.num_workers",
     "output.*",
     "eval.*",
@@ -61,59 +66,21 @@ class CheckpointMismatch(UserError):
     """A checkpoint that was trained with another base model or adapter than the config describes."""
 
 
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
-    if not run_dir.is_dir():
-        return []
-    found = []
-    for p in run_dir.iterdir():
-        m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and (p / "checkpoint.json").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def checkpoint_step(checkpoint: Path | None) -> int:
-    """The optimizer steps a checkpoint folder holds (0 for None: a fresh start)."""
-    return 0 if checkpoint is None else int(CHECKPOINT_RE.match(checkpoint.name).group(1))
-
-
-def resume_checkpoint(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from (or None); refuses to clobber a run. Touches nothing, so it is called
-    before any model is loaded and a refusal costs nothing."""
-    existing = list_checkpoints(run_dir)
-    if resume:
-        if not existing:
-            raise UserError(f"--resume: {run_dir} holds no checkpoint to resume from")
-        return existing[-1][1]
-    if existing and not overwrite:
-        steps = [s for s, _ in existing]
-        raise UserError(
-            f"{run_dir} already holds checkpoints (steps {steps}); pass --resume to continue the run or "
-            "--overwrite to delete them and start again"
-        )
-    return None
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """--overwrite: delete a run's records and checkpoints (main process only)."""
-    if run_dir.exists():
-        existing = list_checkpoints(run_dir)
-        for name in ("metrics.jsonl", "run.json", "config.yaml"):
-            (run_dir / name).unlink(missing_ok=True)
-        for sub in ("tensorboard", "ranks"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-        for _, path in existing:
-            shutil.rmtree(path)
-        for path in run_dir.glob(".checkpoint-*.tmp"):  # a crashed save's leftovers
-            shutil.rmtree(path, ignore_errors=True)
+# ------------------------------------------------------------------------------------------------
+# Reading a checkpoint's records, and checking it
+# ------------------------------------------------------------------------------------------------
 
 
 def saved_config(checkpoint: Path) -> Config:
     """The config a checkpoint was trained with (its config.yaml), validated like a file."""
-    return from_dict(
-        yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint / "config.yaml")
-    )
+    path = checkpoint / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{path}: not the config this project writes ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not the config this project writes")
+    return from_dict(data, str(path))
 
 
 def model_identity(cfg: Config) -> dict:
@@ -121,31 +88,98 @@ def model_identity(cfg: Config) -> dict:
     return config_identity(cfg, WEIGHTS_MAY_DIFFER)
 
 
+def verify_checkpoint(checkpoint: Path) -> dict:
+    """checkpoint.json, once every file it lists has its recorded sha256 (CheckpointError otherwise,
+    naming the file and the previous complete checkpoint to fall back to, which is never done silently)."""
+    meta = read_json(checkpoint / "checkpoint.json")
+    if not isinstance(meta, dict) or "files" not in meta:
+        raise CheckpointError(
+            f"{checkpoint} was written by an earlier version, which stored its optimizer and RNG state as "
+            "pickles; this version never unpickles a checkpoint, so the run cannot be resumed from it (its "
+            "weights still evaluate); start again with --overwrite"
+        )
+    for name, digest in meta["files"].items():
+        path = checkpoint / name
+        if not path.is_file() or sha256_file(path) != digest:
+            what = (
+                "missing"
+                if not path.is_file()
+                else "truncated or altered (sha256 differs from checkpoint.json)"
+            )
+            earlier = [
+                p for s, p in list_checkpoints(checkpoint.parent) if p != checkpoint and s < int(meta["step"])
+            ]
+            fallback = (
+                f"; the previous complete checkpoint is {earlier[-1]}: resume from it with --resume {earlier[-1]}"
+                if earlier
+                else "; there is no earlier checkpoint"
+            )
+            raise CheckpointError(f"{checkpoint} is damaged: {name} is {what}{fallback}")
+    return meta
+
+
+def check_resume(
+    checkpoint: Path, meta: dict, cfg: Config, method: str, identity: dict, num_processes: int
+) -> None:
+    """Refuse a resume under anything that would not continue the same run, listing every difference:
+    another config (but bookkeeping), another method, other training rows, tokenizer or weights, or
+    another process count (exact resumption replays per-process RNG streams)."""
+    diffs = identity_differences(
+        config_identity(saved_config(checkpoint), RESUME_MAY_DIFFER),
+        config_identity(cfg, RESUME_MAY_DIFFER),
+        "checkpoint",
+        "now",
+    )
+    saved = {
+        "method": meta.get("method"),
+        "num_processes": meta.get("num_processes"),
+        **meta.get("identity", {}),
+    }
+    now = {"method": method, "num_processes": num_processes, **identity}
+    diffs += identity_differences(saved, now, "checkpoint", "now")
+    if diffs:
+        raise UserError(f"--resume: {checkpoint} is not this run:\n    " + "\n    ".join(diffs))
+
+
 def check_checkpoint_matches(checkpoint_dir: Path, cfg: Config) -> dict:
-    """The checkpoint's checkpoint.json, once its config's model identity equals cfg's; a mismatch raises
-    CheckpointMismatch naming every differing key."""
-    meta_path = checkpoint_dir / "checkpoint.json"
-    if not meta_path.is_file():
+    """The checkpoint's checkpoint.json, once its files check out and its config's model identity equals
+    cfg's; a mismatch raises CheckpointMismatch naming every differing key."""
+    if not (checkpoint_dir / "checkpoint.json").is_file():
         raise CheckpointMismatch(f"{checkpoint_dir}: not a checkpoint of this project (no checkpoint.json)")
+    meta = read_json(checkpoint_dir / "checkpoint.json")
+    if isinstance(meta, dict) and "files" in meta:  # earlier versions recorded no checksums
+        verify_checkpoint(checkpoint_dir)
     diffs = identity_differences(
         model_identity(saved_config(checkpoint_dir)), model_identity(cfg), "checkpoint", "config"
     )
     if diffs:
         raise CheckpointMismatch(f"{checkpoint_dir} does not match the config:\n    " + "\n    ".join(diffs))
-    return json.loads(meta_path.read_text())
+    return meta
 
 
 def load_checkpoint_model(checkpoint_dir: Path, cfg: Config) -> nn.Module:
     """The CausalLM of a checkpoint for evaluation: base + adapter (LoRA) or the saved full model."""
+    from safetensors import SafetensorError
+
     check_checkpoint_matches(checkpoint_dir, cfg)
-    if cfg.training.use_lora:
-        import peft
+    try:
+        if cfg.training.use_lora:
+            import peft
 
-        base = load_causal_lm(cfg.model)
-        return peft.PeftModel.from_pretrained(base, str(checkpoint_dir))
-    from transformers import AutoModelForCausalLM
+            base = load_causal_lm(cfg.model)
+            return peft.PeftModel.from_pretrained(base, str(checkpoint_dir))
+        from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(checkpoint_dir), dtype=DTYPES[cfg.model.dtype])
+        return AutoModelForCausalLM.from_pretrained(
+            str(checkpoint_dir), dtype=DTYPES[cfg.model.dtype], use_safetensors=True
+        )
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{checkpoint_dir}: its weights cannot be read ({e})") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG state
+# ------------------------------------------------------------------------------------------------
 
 
 def rng_state() -> dict:
@@ -156,102 +190,147 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ------------------------------------------------------------------------------------------------
+# Saving
+# ------------------------------------------------------------------------------------------------
+
+
+def _agree(accelerator, problem: str | None) -> None:
+    """Every process learns whether any of them failed (a rank that raised alone would leave the others
+    waiting at the next barrier forever); all raise the first problem."""
+    from accelerate.utils import gather_object
+
+    problems = (
+        [p for p in gather_object([problem]) if p]
+        if accelerator.num_processes > 1
+        else [problem]
+        if problem
+        else []
+    )
+    if problems:
+        raise CheckpointError(problems[0])
+
+
+def _save_failed(step: int, run_dir: Path, error: OSError) -> str:
+    full = error.errno == errno.ENOSPC
+    what = "the disk is full" if full else f"{error.strerror or error}"
+    return (
+        f"writing checkpoint-{step} in {run_dir} failed: {what} ({error.filename or ''}); the incomplete copy "
+        "was removed and the earlier checkpoints are intact"
+        + ("; free some space and --resume" if full else "")
+    )
+
+
 def save_checkpoint(
     accelerator, run_dir: Path, step: int, cfg: Config, meta: dict, model, optimizer, scheduler, tokenizer
 ) -> Path:
     """Write checkpoint-{step}/ atomically from all processes (each saves its RNG state)."""
+    from accelerate.utils import broadcast_object_list
+
     final = run_dir / f"checkpoint-{step}"
-    tmp = run_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        inner = accelerator.unwrap_model(model).model  # a PeftModel (saves the adapter) or a CausalLM
-        inner.save_pretrained(str(tmp), safe_serialization=True)
-        if not cfg.training.use_lora:
-            tokenizer.save_pretrained(str(tmp))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
-            tmp / "training_state.pt",
-        )
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
-        write_json_atomic(tmp / "checkpoint.json", {**meta, "step": step, "next_step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
+    # Unique per launch (host, pid of the main process): two writers never share a temporary folder.
+    name = [f".checkpoint-{step}.tmp-{socket.gethostname()}-{os.getpid()}"]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(name)
+    tmp = run_dir / name[0]
+    problem = None
+    try:
+        if accelerator.is_main_process:
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        save_state(rng_state(), tmp / f"rng_state_{accelerator.process_index}")
+    except OSError as e:
+        problem = _save_failed(step, run_dir, e)
+    try:
+        _agree(accelerator, problem)
+        if accelerator.is_main_process:
+            try:
+                _write_main_files(
+                    accelerator, tmp, final, step, cfg, meta, model, optimizer, scheduler, tokenizer
+                )
+            except OSError as e:
+                problem = _save_failed(step, run_dir, e)
+        _agree(accelerator, problem)
+    except CheckpointError:
+        if accelerator.is_main_process and tmp.exists():
+            remove_checkpoint(tmp)  # only the files a checkpoint writes
+        raise
     return final
+
+
+def _write_main_files(
+    accelerator, tmp, final, step, cfg, meta, model, optimizer, scheduler, tokenizer
+) -> None:
+    inner = accelerator.unwrap_model(model).model  # a PeftModel (saves the adapter) or a CausalLM
+    inner.save_pretrained(str(tmp), safe_serialization=True)
+    if not cfg.training.use_lora:
+        tokenizer.save_pretrained(str(tmp))
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+    save_state(state, tmp / "training_state")
+    (tmp / "config.yaml").write_text(to_yaml(cfg))
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    write_json_atomic(tmp / "checkpoint.json", {**meta, "step": step, "next_step": step, "files": files})
+    if final.exists():
+        remove_checkpoint(final)
+    os.replace(tmp, final)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:
     if keep_last is None:
         return
     for _, path in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(path)
+        remove_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading for resumption
+# ------------------------------------------------------------------------------------------------
 
 
 def load_training_state(accelerator, checkpoint: Path, cfg: Config, model, optimizer, scheduler) -> int:
-    """Restore weights, optimizer, scheduler and this process's RNG; returns the step to continue from."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((checkpoint / "checkpoint.json").read_text())
-    diffs = identity_differences(
-        config_identity(saved_config(checkpoint), RESUME_MAY_DIFFER),
-        config_identity(cfg, RESUME_MAY_DIFFER),
-        "checkpoint",
-        "now",
-    )
-    if diffs:
-        raise UserError(
-            f"--resume: {checkpoint} was trained with other settings:\n    " + "\n    ".join(diffs)
-        )
-    if meta["num_processes"] != accelerator.num_processes:
-        raise UserError(
-            f"--resume: {checkpoint} was written by {meta['num_processes']} processes, this launch has "
-            f"{accelerator.num_processes}; exact resumption needs the same process count"
-        )
+    """Restore weights, optimizer, scheduler and this process's RNG from a verified checkpoint
+    (verify_checkpoint, check_resume); returns the step to continue from."""
     inner = accelerator.unwrap_model(model).model
     if cfg.training.use_lora:
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(inner, load_file(str(checkpoint / "adapter_model.safetensors")))
+        result = set_peft_model_state_dict(inner, read_safetensors(checkpoint / "adapter_model.safetensors"))
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
-            raise UserError(f"{checkpoint}: adapter weights do not fit the model: {unexpected[:5]}")
+            raise CheckpointError(f"{checkpoint}: adapter weights do not fit the model: {unexpected[:5]}")
     else:
         load_full_weights(inner, checkpoint)
-    state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(torch.load(checkpoint / f"rng_state_{accelerator.process_index}.pt", weights_only=False))
+    state = load_state(checkpoint / "training_state")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(load_state(checkpoint / f"rng_state_{accelerator.process_index}"))
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{checkpoint}: its training state does not fit this run ({e})") from None
     return int(state["step"])
 
 
 def load_full_weights(model, checkpoint: Path) -> None:
     """Load a full fine-tuning checkpoint's weights (model.safetensors, or the shards its index lists)
     into `model` in place; refuse missing or unexpected keys, except tied weights saved once."""
-    from safetensors.torch import load_file
-
     index = checkpoint / "model.safetensors.index.json"
     if (checkpoint / "model.safetensors").is_file():
         files = [checkpoint / "model.safetensors"]
     elif index.is_file():
-        files = [checkpoint / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        files = [checkpoint / f for f in sorted(set(read_json(index)["weight_map"].values()))]
     else:
         raise UserError(f"{checkpoint}: no model weights found (model.safetensors or its index)")
     state = {}
     for f in files:
-        state.update(load_file(str(f)))
+        state.update(read_safetensors(f))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied]

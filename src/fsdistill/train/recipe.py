@@ -15,8 +15,12 @@ step 500 of 1000 on 2 GPUs). The state of a run is one object, :class:`TrainStat
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import shlex
+import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,21 +33,29 @@ from fsdistill.config import Config, run_name
 from fsdistill.data.batch import TrainingBatches, build_training_batches
 from fsdistill.data.prompts import load_tokenizer
 from fsdistill.distill.teacher import Teacher, make_teacher
-from fsdistill.errors import UserError
+from fsdistill.errors import Interrupted, UserError
 from fsdistill.files import write_json_atomic
 from fsdistill.methods import METHODS, Method
 from fsdistill.modeling.answer_lm import check_answer_logits, eval_mode
-from fsdistill.modeling.loading import load_student
+from fsdistill.modeling.identity import tokenizer_identity, weights_identity
+from fsdistill.modeling.loading import load_student, model_config
 from fsdistill.train.checkpoint import (
-    checkpoint_step,
-    clear_run_dir,
+    check_resume,
     load_training_state,
     model_identity,
     prune_checkpoints,
-    resume_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from fsdistill.train.records import RunRecorder, make_trackers
+from fsdistill.train.run_dir import (
+    check_output_dir,
+    checkpoint_step,
+    clear_run_dir,
+    remove_stale_temporaries,
+    run_lock,
+)
+from fsdistill.train.signals import StopRequest
 from fsdistill.train.step import StepSums, backward_step
 
 
@@ -147,28 +159,77 @@ class TrainState:
     scheduler: Any
     params: list  # trainable parameters
     recorder: RunRecorder
-    checkpoint_meta: dict  # what every checkpoint.json records besides its step
+    checkpoint_meta: dict  # what every checkpoint.json records besides its step and files
     start: int  # optimizer steps already done (0, or the resumed checkpoint's step)
     end: int  # the last step this launch runs (training.stop_after or max_steps)
+    resources: ExitStack  # the run lock and the signal handlers, released by finish()
+    stop: StopRequest
     rows_seen: list[list[int]] = field(default_factory=list)  # this process's rows, per step
+    updates: int = 0  # optimizer updates made by this launch
+    last_saved: int = -1  # the step of the newest checkpoint written by this launch
 
 
-def setup(cfg: Config, method: Method, *, resume: bool, overwrite: bool) -> TrainState:
-    """Run folder, data, student and teacher, optimizer and schedule; restored from a checkpoint on resume."""
+def training_rows_sha256(batches: TrainingBatches) -> str:
+    """sha256 of the training rows as loaded (row, question, answer), in row order: a changed data file
+    under the same data.source gives another digest."""
+    rows = [[e.row, e.question, e.answer] for e in sorted(batches.by_row.values(), key=lambda e: e.row)]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+
+def lock_run_folder(accelerator, run_dir: Path, resources: ExitStack) -> None:
+    """The main process takes the run's lock for the run's life; every process learns whether it got it
+    (the others are not second writers: they write only their own rank files, under its lock)."""
+    from accelerate.utils import broadcast_object_list
+
+    problem = [None]
+    if accelerator.is_main_process:
+        try:
+            resources.enter_context(run_lock(run_dir))
+        except UserError as e:
+            problem = [str(e)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(problem)
+    if problem[0]:
+        raise UserError(problem[0])
+
+
+def setup(
+    cfg: Config, method: Method, *, resume: bool | str, overwrite: bool, resources: ExitStack
+) -> TrainState:
+    """Run folder, data, student and teacher, optimizer and schedule; restored from a checkpoint on resume.
+
+    Everything that can refuse the run (folder ownership, the lock, the model's fields, a checkpoint that
+    is damaged or is not this run) does so before the first weight is loaded, and nothing is deleted
+    before the lock is held.
+    """
     from accelerate.utils import set_seed
 
     run_dir = Path(cfg.output.dir)
-    resume_from = resume_checkpoint(run_dir, resume, overwrite)  # refusals first, before any work
+    resume_from = check_output_dir(run_dir, resume, overwrite)
     accelerator = make_accelerator(cfg, make_trackers(cfg, run_dir, checkpoint_step(resume_from)))
     rank, nproc = accelerator.process_index, accelerator.num_processes
     global_batch = check_global_batch(cfg, nproc)
-    if overwrite and accelerator.is_main_process:
-        clear_run_dir(run_dir)
+    lock_run_folder(accelerator, run_dir, resources)
+    if accelerator.is_main_process:
+        if overwrite:
+            clear_run_dir(run_dir)
+        remove_stale_temporaries(run_dir)
     accelerator.wait_for_everyone()
+    model_config(cfg.model)  # model.architecture's fields, checked before any weights load
+    resume_meta = verify_checkpoint(resume_from) if resume_from is not None else None
+    stop = StopRequest(cfg.training.checkpoint_signal)
+    resources.callback(stop.restore)
 
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     batches = build_training_batches(cfg, tokenizer, method.teacher, nproc)
+    identity = {
+        "training_rows_sha256": training_rows_sha256(batches),
+        "tokenizer_sha256": tokenizer_identity(tokenizer),
+        "weights": weights_identity(cfg.model),
+    }
+    if resume_from is not None:
+        check_resume(resume_from, resume_meta, cfg, method.name, identity, nproc)
     student = load_student(cfg)
     student.to(accelerator.device)
     teacher = make_teacher(cfg, student) if method.teacher else None
@@ -186,34 +247,27 @@ def setup(cfg: Config, method: Method, *, resume: bool, overwrite: bool) -> Trai
     start = 0
     if resume_from is not None:
         start = load_training_state(accelerator, resume_from, cfg, student, optimizer, scheduler)
+        if accelerator.is_main_process:
+            tqdm.write(
+                f"resuming from {resume_from} (step {start} of {cfg.training.max_steps})", file=sys.stderr
+            )
     else:
         set_seed(cfg.training.seed + rank)  # per-process dropout streams
     end = min(cfg.training.max_steps, cfg.training.stop_after or cfg.training.max_steps)
-    recorder = RunRecorder(run_dir, cfg, method.name, accelerator, global_batch, start)
+    recorder = RunRecorder(run_dir, cfg, method.name, identity, accelerator, global_batch, start)
     meta = {
         "name": run_name(cfg),
         "method": method.name,
         "model_identity": model_identity(cfg),
+        "identity": identity,
         "num_processes": nproc,
         "global_batch_size": global_batch,
     }
+    trainable = [p for p in student.parameters() if p.requires_grad]
     return TrainState(
-        cfg,
-        method,
-        accelerator,
-        run_dir,
-        tokenizer,
-        batches,
-        student,
-        teacher,
-        optimizer,
-        scheduler,
-        [p for p in student.parameters() if p.requires_grad],
-        recorder,
-        meta,
-        start,
-        end,
-    )
+        cfg, method, accelerator, run_dir, tokenizer, batches, student, teacher, optimizer, scheduler,
+        trainable, recorder, meta, start, end, resources, stop,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,24 +275,28 @@ def setup(cfg: Config, method: Method, *, resume: bool, overwrite: bool) -> Trai
 # ------------------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, method: str, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train `method` (a name in distill.methods.METHODS) as `cfg` says; returns the run folder."""
-    state = setup(cfg, METHODS[method], resume=resume, overwrite=overwrite)
-    status = "failed"
-    try:
-        run_steps(state)
-        status = "finished" if state.end == cfg.training.max_steps else f"stopped_after_{state.end}"
-    except TrainingDiverged:
-        status = "diverged"
-        raise
-    finally:
-        finish(state, status)
+def train(cfg: Config, method: str, *, resume: bool | str = False, overwrite: bool = False) -> Path:
+    """Train `method` (a name in fsdistill.methods.METHODS) as `cfg` says; returns the run folder."""
+    with ExitStack() as resources:
+        state = setup(cfg, METHODS[method], resume=resume, overwrite=overwrite, resources=resources)
+        status = "failed"
+        try:
+            run_steps(state)
+            status = "finished" if state.end == cfg.training.max_steps else f"stopped_after_{state.end}"
+        except TrainingDiverged:
+            status = "diverged"
+            raise
+        except Interrupted:
+            status = "interrupted"
+            raise
+        finally:
+            finish(state, status)
     return state.run_dir
 
 
 def run_steps(state: TrainState) -> None:
     """step → log → checkpoint, for steps start+1 .. end (steps count from 1: checkpoint-{step} holds
-    `step` updates)."""
+    `step` updates); after each step, a stop requested by a signal writes a checkpoint and ends the run."""
     acc = state.accelerator
     loader = step_loader(
         state.batches, state.cfg, acc.process_index, acc.num_processes, state.start, state.end
@@ -263,7 +321,30 @@ def run_steps(state: TrainState) -> None:
         t = state.cfg.training
         if step % t.save_every == 0 or step == state.end:
             checkpoint(state, step)
+        received = state.stop.agreed(acc)
+        if received:
+            progress.close()
+            stop_on_signal(state, step, received)
     progress.close()
+    if state.end > state.start and state.updates == 0:
+        raise UserError(
+            f"no optimizer update in steps {state.start + 1}..{state.end}: every example of every step was "
+            "longer than data.max_student_len / max_teacher_len (dropped, never truncated; see run.json "
+            "dropped_examples); the weights are untrained"
+        )
+
+
+def stop_on_signal(state: TrainState, step: int, received: str) -> None:
+    """Write a checkpoint of `step` (unless just written) and end the run with the command to resume."""
+    if state.last_saved != step:
+        checkpoint(state, step)
+    command = [a for a in sys.argv if a not in ("--overwrite", "--resume")]
+    raise Interrupted(
+        f"{received} after step {step}: checkpoint written to {state.run_dir / f'checkpoint-{step}'}; "
+        f"resume with: {shlex.join(['python', *command, '--resume'])} (launched as before, e.g. under "
+        "accelerate launch)",
+        state.stop.exit_status(),
+    )
 
 
 @dataclass
@@ -282,6 +363,7 @@ def train_step(state: TrainState, step: int, micro_batches) -> StepResult:
     if state.teacher is not None:
         state.teacher.end_step(state.accelerator)
     result = optimizer_step(state, step, sums)
+    state.updates += int(sums.answer_tokens > 0)
     dropped = [r for mb in micro_batches for r in mb.dropped_rows]
     if dropped or sums.dropped:
         report_dropped(state.recorder, step, dropped, sums.dropped)
@@ -309,7 +391,10 @@ def optimizer_step(state: TrainState, step: int, sums: StepSums) -> StepResult:
     if sums.answer_tokens > 0:
         state.optimizer.step()
     elif state.accelerator.is_main_process:
-        tqdm.write(f"warning: step {step} has no answer tokens (all its examples were dropped): no update")
+        tqdm.write(
+            f"warning: step {step} has no answer tokens (all its examples were dropped): no update",
+            file=sys.stderr,
+        )
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     return StepResult(sums, ce, dist, lr, grad_norm)
@@ -340,6 +425,7 @@ def log_step(state: TrainState, step: int, result: StepResult, seconds: float) -
 
 
 def checkpoint(state: TrainState, step: int) -> None:
+    state.last_saved = step
     save_checkpoint(
         state.accelerator,
         state.run_dir,
@@ -363,23 +449,24 @@ def report_dropped(recorder: RunRecorder, step: int, local_rows: list[int], tota
     if first and recorder.is_main:
         tqdm.write(
             f"warning: step {step}: {total} example(s) longer than data.max_student_len/max_teacher_len were "
-            "dropped (never truncated); every drop is counted in run.json 'dropped_examples'"
+            "dropped (never truncated); every drop is counted in run.json 'dropped_examples'",
+            file=sys.stderr,
         )
 
 
 def finish(state: TrainState, status: str) -> None:
-    """run.json's final status, and what this process saw (rows per step, a digest of its weights)."""
+    """run.json's final status, and what this process saw (rows per step, a digest of its weights).
+    Best effort when the run failed writing (a full disk): the error that ended the run is the one shown."""
     state.recorder.close(status)
     acc = state.accelerator
-    ranks = state.run_dir / "ranks"
-    ranks.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        ranks / f"rank{acc.process_index}.json",
-        {
-            "rank": acc.process_index,
-            "world_size": acc.num_processes,
-            "first_step": state.start + 1,
-            "rows_by_step": state.rows_seen,
-            "trainable_parameters_sha256": parameter_digest(acc.unwrap_model(state.student)),
-        },
-    )
+    record = {
+        "rank": acc.process_index,
+        "world_size": acc.num_processes,
+        "first_step": state.start + 1,
+        "rows_by_step": state.rows_seen,
+        "trainable_parameters_sha256": parameter_digest(acc.unwrap_model(state.student)),
+    }
+    try:
+        write_json_atomic(state.run_dir / "ranks" / f"rank{acc.process_index}.json", record)
+    except OSError as e:
+        tqdm.write(f"warning: could not write {state.run_dir / 'ranks'}: {e}", file=sys.stderr)

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from fsdistill.config import Config, flat_config, run_name, to_dict, to_yaml
 from fsdistill.errors import UserError
-from fsdistill.files import git_state, write_json_atomic
-from fsdistill.train.checkpoint import list_checkpoints
+from fsdistill.files import git_state, write_json_atomic, write_text_atomic
+from fsdistill.train.run_dir import list_checkpoints
 
 TRACKER_MODULES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}
 
@@ -46,12 +49,20 @@ class RunRecorder:
     """run.json, metrics.jsonl and the Accelerator's trackers (main process only)."""
 
     def __init__(
-        self, run_dir: Path, cfg: Config, method: str, accelerator, global_batch: int, start_step: int
+        self,
+        run_dir: Path,
+        cfg: Config,
+        method: str,
+        identity: dict,
+        accelerator,
+        global_batch: int,
+        start_step: int,
     ):
         self.run_dir, self.is_main, self.accelerator = run_dir, accelerator.is_main_process, accelerator
         self.manifest = {
             "name": run_name(cfg),
             "method": method,
+            "identity": identity,
             "output_dir": str(run_dir),
             "git_commit": git_state()["commit"],
             "num_processes": accelerator.num_processes,
@@ -74,7 +85,7 @@ class RunRecorder:
             self.manifest["resumed_from_step"] = start_step
             self.manifest["started"] = previous.get("started", self.manifest["started"])
         self.manifest["checkpoints"] = [{"step": s, "path": p.name} for s, p in list_checkpoints(run_dir)]
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         self._truncate_metrics(start_step)
         self.save()
         # The config, for trackers with a place for it (TensorBoard's hparams would add a second events
@@ -88,14 +99,32 @@ class RunRecorder:
                 tracker.store_init_configuration(flat)
 
     def _truncate_metrics(self, start_step: int) -> None:
-        """On resume, drop records past the checkpoint (a crash may have logged steps that are redone)."""
+        """On resume, drop records past the checkpoint (a crash may have logged steps that are redone).
+        A torn last line (the process died mid-write) is dropped with a warning; a bad line elsewhere is a
+        damaged file, refused naming the line."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        keep = [
-            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step
-        ]
-        path.write_text("".join(f"{line}\n" for line in keep))
+        lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+        keep = []
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                if lineno == len(lines):
+                    tqdm.write(
+                        f"warning: {path}:{lineno}: a torn last record (a crash mid-write) was dropped",
+                        file=sys.stderr,
+                    )
+                    continue
+                raise UserError(
+                    f"{path}:{lineno}: not a metrics record; mend or remove the line, then --resume"
+                ) from None
+            if step <= start_step:
+                keep.append(line)
+        write_text_atomic(path, "".join(f"{line}\n" for line in keep))
 
     def save(self) -> None:
         if self.is_main:
@@ -115,6 +144,12 @@ class RunRecorder:
 
     def close(self, status: str) -> None:
         self.manifest["status"] = status
-        self.save()
+        try:
+            self.save()
+        except OSError as e:  # e.g. the disk is still full: the error that ended the run says more
+            tqdm.write(
+                f"warning: could not record status {status!r} in {self.run_dir / 'run.json'}: {e}",
+                file=sys.stderr,
+            )
         for tracker in self.accelerator.trackers:  # not end_training(): it also destroys the process group
             tracker.finish()

@@ -1,0 +1,204 @@
+"""Run folders: which folders are ours, one writer at a time, and deleting only what a run wrote.
+
+A run folder (output.dir) holds:
+  run.json           name, method, config, identity, checkpoints so far, status (the project's marker)
+  config.yaml        the resolved config, written at start
+  metrics.jsonl      one JSON line per logged optimizer step
+  tensorboard/       event files (output.log_with)
+  ranks/rank{r}.json what process r saw (rows per step) and a digest of its trainable parameters
+  checkpoint-{step}/ see checkpoint.py; checkpoint.json lists every file of the checkpoint
+  .fsdistill.lock    held by the run's main process while it runs
+
+Rules (tests/test_safety.py):
+  - A folder is ours when its run.json has this project's schema (name, method, config, status); runs
+    written by earlier versions count. An empty folder, or a missing one, is free.
+  - A folder that is not empty and not ours is refused, --overwrite or not: nothing in it is touched.
+  - A run of ours needs --resume (continue) or --overwrite (start again), checkpoints or not.
+  - --overwrite deletes only what a run writes: the records above, event files, rank files, checkpoint
+    folders' own files (those checkpoint.json lists; for checkpoints of earlier versions, the names the
+    project writes) and crashed saves' temporary folders; a file of anyone else stays where it is.
+  - The main process holds an exclusive flock on .fsdistill.lock for the run's life (see files.file_lock
+    for the network-filesystem caveat); a second launch into the folder is refused naming the holder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import socket
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from fsdistill.errors import UserError
+from fsdistill.files import LockHeld, file_lock
+
+LOCK = ".fsdistill.lock"
+RUN_RECORDS = ("run.json", "config.yaml", "metrics.jsonl")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TEMP_RE = re.compile(r"^\.checkpoint-(\d+)\.tmp(-[\w.-]+)?$")
+# The names of the files a checkpoint holds, of this version and earlier ones (which did not list their
+# files in checkpoint.json; nor does a crashed save's incomplete temporary folder).
+CHECKPOINT_FILES = (
+    "checkpoint.json", "config.yaml", "training_state.pt", "rng_state_*.pt", "README.md",
+    "adapter_model.safetensors", "adapter_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+    "added_tokens.json", "tokenizer.model", "training_state.safetensors", "training_state.json",
+    "rng_state_*.safetensors", "rng_state_*.json",
+)  # fmt: skip
+
+
+def is_our_run(run_dir: Path) -> bool:
+    """run.json of this project's schema (name, method, config, status), of this or an earlier version."""
+    try:
+        manifest = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"name", "method", "config", "status"} <= manifest.keys()
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint folder of this project: checkpoint-{step}/ holding checkpoint.json."""
+    return (
+        CHECKPOINT_RE.match(path.name) is not None and path.is_dir() and (path / "checkpoint.json").is_file()
+    )
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(CHECKPOINT_RE.match(p.name).group(1)), p) for p in run_dir.iterdir() if is_checkpoint(p)]
+    return sorted(found)
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """The optimizer steps a checkpoint folder holds (0 for None: a fresh start)."""
+    return 0 if checkpoint is None else int(CHECKPOINT_RE.match(checkpoint.name).group(1))
+
+
+def check_output_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), or UserError: a folder that is a file, a
+    foreign folder, a run of ours without --resume/--overwrite, a --resume with nothing to resume.
+    Touches nothing, so it runs before any model is loaded."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--output_dir {run_dir} is a file, not a folder")
+    if (run_dir / LOCK).is_file():  # a run at work there: say so first, whatever the flags
+        try:
+            with file_lock(run_dir / LOCK, wait=False):
+                pass
+        except LockHeld as e:
+            raise UserError(_held_message(run_dir, e.holder)) from None
+    ours = is_our_run(run_dir)
+    occupied = run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir())
+    if occupied and not ours:
+        raise UserError(
+            f"--output_dir {run_dir} is not empty and is not a run folder of this project (no run.json of ours): "
+            "nothing in it was touched; choose an empty or new folder"
+        )
+    if isinstance(resume, str):
+        checkpoint = Path(resume)
+        if not is_checkpoint(checkpoint):
+            raise UserError(
+                f"--resume {resume}: not a checkpoint of this project (checkpoint-STEP/ with checkpoint.json)"
+            )
+        return checkpoint
+    existing = list_checkpoints(run_dir)
+    if resume:
+        if not existing:
+            raise UserError(f"--resume: {run_dir} holds no checkpoint to resume from")
+        return existing[-1][1]
+    if ours and not overwrite:
+        steps = [s for s, _ in existing]
+        held = f"checkpoints (steps {steps})" if steps else "a run without checkpoints"
+        raise UserError(
+            f"{run_dir} already holds {held}; pass --resume to continue the run or --overwrite to delete what "
+            "the run wrote and start again"
+        )
+    return None
+
+
+def _remove_files(folder: Path, names: list[str]) -> None:
+    """Delete these files of `folder` (if present), then the folder itself if that left it empty."""
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: something that is not ours stays
+        pass
+
+
+def _matching(folder: Path, patterns: tuple[str, ...]) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return [
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
+    ]
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint's own files: those its checkpoint.json lists (and itself), or, for a checkpoint
+    of an earlier version or an incomplete one, the names a checkpoint's files have."""
+    try:
+        listed = list(json.loads((checkpoint / "checkpoint.json").read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = _matching(checkpoint, CHECKPOINT_FILES)
+    _remove_files(checkpoint, [*listed, "checkpoint.json"])
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Crashed saves' temporary folders (main process, under the run lock: nobody else is writing)."""
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if TEMP_RE.match(path.name) and path.is_dir():
+            _remove_files(path, _matching(path, CHECKPOINT_FILES))
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: delete what a run of ours wrote (see the module docstring); everything else stays."""
+    if not run_dir.is_dir():
+        return
+    for _, checkpoint in list_checkpoints(run_dir):
+        remove_checkpoint(checkpoint)
+    remove_stale_temporaries(run_dir)
+    _remove_files(run_dir / "tensorboard", _matching(run_dir / "tensorboard", ("events.out.tfevents.*",)))
+    _remove_files(run_dir / "ranks", _matching(run_dir / "ranks", ("rank*.json",)))
+    for name in RUN_RECORDS:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def run_lock(run_dir: Path) -> AbstractContextManager:
+    """The run's exclusive lock (main process), recording who holds it; a second writer gets UserError."""
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return _RunLock(run_dir / LOCK, holder)
+
+
+class _RunLock:
+    def __init__(self, path: Path, holder: dict):
+        self.path, self.holder, self.inner = path, holder, None
+
+    def __enter__(self):
+        self.inner = file_lock(self.path, wait=False, holder=self.holder)
+        try:
+            self.inner.__enter__()
+        except LockHeld as e:
+            raise UserError(_held_message(self.path.parent, e.holder)) from None
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+
+def _held_message(run_dir: Path, holder: str) -> str:
+    return (
+        f"{run_dir} is being written by another run ({holder or 'holder unknown'}); wait for it to finish or "
+        "use another --output_dir (nothing was touched)"
+    )
