@@ -96,32 +96,33 @@ STUDENT_TABLE = torch.randn(2, 6, V, generator=torch.Generator().manual_seed(1))
 TEACHER_TABLE = torch.randn(2, 11, V, generator=torch.Generator().manual_seed(2))
 
 
-class TableStudent(torch.nn.Module):
-    """Answer-logits interface; logits[i] = STUDENT_TABLE[batch_index[i], positions[i]] (the "hidden
-    states" are the table rows and the head is the identity)."""
+class TableLM(torch.nn.Module):
+    """The AnswerLogitsLM interface over a table: the "hidden state" at (example, position) is the table's
+    row, and the head is the identity, so logits[i] = table[batch_index[i], positions[i]]."""
 
-    def __init__(self):
+    def __init__(self, table: torch.Tensor, trainable: bool):
         super().__init__()
-        self.table = torch.nn.Parameter(STUDENT_TABLE.clone())
+        self.table = torch.nn.Parameter(table.clone(), requires_grad=trainable)
 
-    def forward(self, input_ids, attention_mask, batch_index, positions, return_hidden=False):
+    def forward(self, computation):
+        return computation(self)
+
+    def hidden_at(self, input_ids, attention_mask, batch_index, positions):
         return self.table[batch_index, positions]
 
     def head(self, hidden):
         return hidden
 
 
+def TableStudent():  # noqa: N802 - reads as the class it stands for
+    return TableLM(STUDENT_TABLE, trainable=True)
+
+
 class TableTeacher(LiveTeacher):
     """The real LiveTeacher reduction (top-K per chunk) over TEACHER_TABLE instead of a model."""
 
     def __init__(self, cfg):
-        super().__init__(None, None, target_spec(cfg), chunk_size=2)
-
-    def hidden_at(self, batch, batch_index, positions):
-        return TEACHER_TABLE[batch_index, positions]
-
-    def head(self, hidden):
-        return hidden
+        super().__init__(TableLM(TEACHER_TABLE, trainable=False), None, target_spec(cfg), chunk_size=2)
 
 
 # The answer tokens' (row, student position, teacher position, target), written out by hand.

@@ -76,7 +76,7 @@ def test_answer_logits_equal_the_models_own_logits(name):
     ids, mask, batch_index, positions = padded_inputs()
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask).logits
-        ours = AnswerLogitsLM(model)(ids, mask, batch_index, positions)
+        ours = AnswerLogitsLM(model).logits_at(ids, mask, batch_index, positions)
     torch.testing.assert_close(ours, full[batch_index, positions], rtol=1e-5, atol=1e-5)
     check_answer_logits(AnswerLogitsLM(model), VOCAB, "cpu")
 
@@ -85,7 +85,7 @@ def test_gemma_softcapping_is_applied(monkeypatch):
     model = tiny_model("gemma3")
     ids, mask, batch_index, positions = padded_inputs()
     with torch.no_grad():
-        capped = AnswerLogitsLM(model)(ids, mask, batch_index, positions)
+        capped = AnswerLogitsLM(model).logits_at(ids, mask, batch_index, positions)
         raw = model.lm_head(model.model(input_ids=ids, attention_mask=mask).last_hidden_state)
     raw = raw[batch_index, positions]
     assert capped.abs().max() <= 2.0 and raw.abs().max() > 5.0
@@ -132,7 +132,9 @@ def fixed_batch():
 def logits(pair, batch):
     pos = answer_positions(batch)
     with torch.no_grad(), eval_mode(pair.student):
-        s = pair.student(batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions)
+        s = pair.student.logits_at(
+            batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
+        )
     t = pair.teacher.logits_at(batch, pos, torch.arange(VOCAB).expand(pos.count, VOCAB))  # every id: (N, V)
     return s, t
 
@@ -141,7 +143,7 @@ def base_logits(cfg, batch):
     """The base model built anew (seeded random weights) on the teacher's sequences."""
     pos = answer_positions(batch)
     with torch.no_grad():
-        return AnswerLogitsLM(load_causal_lm(cfg.model).eval())(
+        return AnswerLogitsLM(load_causal_lm(cfg.model).eval()).logits_at(
             batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions
         )
 
@@ -150,7 +152,7 @@ def base_logits_student(cfg, batch):
     """The base model built anew on the student's sequences."""
     pos = answer_positions(batch)
     with torch.no_grad():
-        return AnswerLogitsLM(load_causal_lm(cfg.model).eval())(
+        return AnswerLogitsLM(load_causal_lm(cfg.model).eval()).logits_at(
             batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
         )
 

@@ -404,6 +404,14 @@ class TrainingConfig:
         "true: train a LoRA adapter, the teacher is the adapter switched off. "
         "false: full fine-tuning, the teacher is a frozen copy of the initial weights.",
     )
+    distributed: str = opt(
+        "ddp",
+        "How several processes share the work. ddp: each holds the whole model (DistributedDataParallel). "
+        "fsdp: parameters, gradients and optimizer state are sharded across processes (torch FSDP2, each "
+        "decoder layer a unit; the full-FT teacher sharded too): for models whose training state does not "
+        "fit one GPU. Same losses and updates as ddp; resuming needs the same process count either way.",
+        ("ddp", "fsdp"),
+    )
     max_steps: int = opt(1000, "Optimizer steps of the schedule.", ge=1)
     stop_after: Optional[int] = opt(
         None, "End the run after this many optimizer steps without changing the schedule (resume later)."

@@ -23,8 +23,9 @@ from fsdistill.config import Config
 from fsdistill.distill.losses import TeacherTargets, teacher_targets_from_logits
 from fsdistill.distill.objective import TargetSpec, target_spec
 from fsdistill.distill.teacher_cache import CachedTeacher, open_store
-from fsdistill.modeling.answer_lm import AnswerLogitsLM, base_causal_lm, eval_mode, head_logits
+from fsdistill.modeling.answer_lm import AnswerLogitsLM, base_causal_lm, eval_mode
 from fsdistill.modeling.prefix import PrefixKV, all_layers_full_attention, check_prefix_forward, suffix_hidden
+from fsdistill.modeling.sharding import shard
 
 
 class Teacher(Protocol):
@@ -59,6 +60,9 @@ class LiveTeacher:
     answer_lm: the student's AnswerLogitsLM (LoRA: `adapter_off` switches the adapter off, no second copy
     of the weights) or a frozen copy's (full fine-tuning: adapter_off None).
     prefix: a PrefixKV when shared exemplar prefixes should be reused (fixed / per_batch shots), else None.
+    sharded: the weights are sharded (FSDP): every use of them happens inside answer_lm's forward, so
+    full-vocabulary targets are computed there as logits instead of being left to the loss (which would
+    apply a head whose weights it cannot gather); (N, V) logits then exist for the micro-batch.
     """
 
     def __init__(
@@ -68,54 +72,61 @@ class LiveTeacher:
         spec: TargetSpec,
         chunk_size: int,
         prefix: Optional[PrefixKV] = None,
+        sharded: bool = False,
     ):
         self.answer_lm = answer_lm
         self.adapter_off = adapter_off
         self.spec = spec
         self.chunk_size = chunk_size
         self.prefix = prefix
+        self.sharded = sharded
 
-    @contextlib.contextmanager
-    def _frozen(self):
+    def _run(self, computation):
+        """computation(answer_lm) inside its forward, without grad, adapter off, in eval mode (no dropout)."""
         off = self.adapter_off() if self.adapter_off else contextlib.nullcontext()
         with torch.no_grad(), off, eval_mode(self.answer_lm):
-            yield
+            return self.answer_lm(computation)
 
-    def _causal_lm(self):
-        return base_causal_lm(self.answer_lm.model)
+    def _hidden(
+        self, lm: AnswerLogitsLM, batch, batch_index: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Final hidden states (N, H) at teacher positions (N,), the shared exemplar prefix reused if any."""
+        if self.prefix is not None:
+            # Every predicting position must stay in the suffix: prefix <= first one.
+            limit = int(batch.teacher_answer_start.min()) - 1
+            action, length = self.prefix.plan(batch.teacher_ids, batch.teacher_mask, limit)
+            if action != "none":
+                decoder = lm.causal_lm.get_decoder()
+                if action == "compute":
+                    self.prefix.compute(decoder, batch.teacher_ids, length)
+                hidden = suffix_hidden(
+                    decoder, self.prefix.stored, batch.teacher_ids, batch.teacher_mask, length
+                )
+                return hidden[batch_index, positions - length]
+        return lm.hidden_at(batch.teacher_ids, batch.teacher_mask, batch_index, positions)
 
     def hidden_at(self, batch, batch_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Final hidden states (N, H) at teacher positions (N,) of the batch's teacher sequences."""
-        with self._frozen():
-            if self.prefix is not None:
-                # Every predicting position must stay in the suffix: prefix <= first one.
-                limit = int(batch.teacher_answer_start.min()) - 1
-                action, length = self.prefix.plan(batch.teacher_ids, batch.teacher_mask, limit)
-                if action != "none":
-                    decoder = self._causal_lm().get_decoder()
-                    if action == "compute":
-                        self.prefix.compute(decoder, batch.teacher_ids, length)
-                    hidden = suffix_hidden(
-                        decoder, self.prefix.stored, batch.teacher_ids, batch.teacher_mask, length
-                    )
-                    return hidden[batch_index, positions - length]
-            return self.answer_lm(
-                batch.teacher_ids, batch.teacher_mask, batch_index, positions, return_hidden=True
-            )
+        return self._run(lambda lm: self._hidden(lm, batch, batch_index, positions))
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output head (n, H) -> (n, V) without grad (the head is the same with the adapter off)."""
-        with torch.no_grad():
-            return head_logits(self._causal_lm(), hidden)
+        return self._run(lambda lm: lm.head(hidden))
 
     def targets(self, batch, pos) -> TeacherTargets:
-        hidden = self.hidden_at(batch, pos.batch_index, pos.teacher_positions)
+        return self._run(lambda lm: self._targets(lm, batch, pos))
+
+    def _targets(self, lm: AnswerLogitsLM, batch, pos) -> TeacherTargets:
+        hidden = self._hidden(lm, batch, pos.batch_index, pos.teacher_positions)
         spec = self.spec
         if spec.top_k is None:
+            if self.sharded:
+                chunks = [lm.head(chunk) for chunk in hidden.split(self.chunk_size)]
+                return TeacherTargets(logits=torch.cat(chunks) if chunks else lm.head(hidden))
             return TeacherTargets(hidden=hidden, head=self.head)
         parts = [
             teacher_targets_from_logits(
-                self.head(chunk),
+                lm.head(chunk),
                 top_k=spec.top_k,
                 keep_full=False,
                 logsumexp_temperature=spec.logsumexp_temperature,
@@ -130,18 +141,20 @@ class LiveTeacher:
         return TeacherTargets.cat(parts)
 
     def logits_at(self, batch, pos, token_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden_at(batch, pos.batch_index, pos.teacher_positions)
-        parts = [
-            self.head(h).gather(-1, ids)
-            for h, ids in zip(hidden.split(self.chunk_size), token_ids.split(self.chunk_size))
-        ]
-        return torch.cat(parts) if parts else hidden.new_zeros(token_ids.shape)
+        def gathered(lm):
+            hidden = self._hidden(lm, batch, pos.batch_index, pos.teacher_positions)
+            parts = [
+                lm.head(h).gather(-1, ids)
+                for h, ids in zip(hidden.split(self.chunk_size), token_ids.split(self.chunk_size))
+            ]
+            return torch.cat(parts) if parts else hidden.new_zeros(token_ids.shape)
+
+        return self._run(gathered)
 
     def self_check(self, vocab_size: int, device) -> None:
         """Reusing a prefix must equal the plain forward on this model (the only fast path here)."""
         if self.prefix is not None:
-            with self._frozen():
-                check_prefix_forward(self._causal_lm().get_decoder(), vocab_size, device)
+            self._run(lambda lm: check_prefix_forward(lm.causal_lm.get_decoder(), vocab_size, device))
 
     def end_step(self, accelerator) -> None:
         """Nothing to share between processes."""
@@ -160,7 +173,9 @@ def make_prefix_kv(cfg: Config, causal_lm) -> Optional[PrefixKV]:
     return PrefixKV(t.prefix_min_tokens)
 
 
-def make_live_teacher(cfg: Config, answer_lm: AnswerLogitsLM, adapter_off) -> LiveTeacher:
+def make_live_teacher(
+    cfg: Config, answer_lm: AnswerLogitsLM, adapter_off, sharded: bool = False
+) -> LiveTeacher:
     """The live teacher cfg describes (with a prefix cache for shared shots), without a top-K cache."""
     return LiveTeacher(
         answer_lm,
@@ -168,15 +183,17 @@ def make_live_teacher(cfg: Config, answer_lm: AnswerLogitsLM, adapter_off) -> Li
         target_spec(cfg),
         cfg.training.logits_chunk_size,
         make_prefix_kv(cfg, base_causal_lm(answer_lm.model)),
+        sharded,
     )
 
 
-def make_teacher(cfg: Config, student: AnswerLogitsLM) -> Teacher:
-    """The teacher of `student` cfg describes, made before training changes the student's weights.
+def make_teacher(cfg: Config, student: AnswerLogitsLM, sharded: bool = False) -> Teacher:
+    """The teacher of `student` cfg describes, made before training changes (or shards) the student.
 
     LoRA: the student module itself with its adapter switched off. Full fine-tuning: a frozen copy of
-    the student's (initial) weights, on the student's device. Live, with a prefix cache for shared shots,
-    behind a top-K cache when teacher.cache is on.
+    the student's (initial) weights, on the student's device; with sharded=True (FSDP) the copy is sharded
+    like the student (no optimizer state). Live, with a prefix cache for shared shots, behind a top-K
+    cache when teacher.cache is on.
     """
     if cfg.training.use_lora:
         answer_lm, adapter_off = student, student.model.disable_adapter
@@ -185,7 +202,9 @@ def make_teacher(cfg: Config, student: AnswerLogitsLM) -> Teacher:
         frozen.requires_grad_(False)
         frozen.eval()
         answer_lm, adapter_off = AnswerLogitsLM(frozen), None
-    live = make_live_teacher(cfg, answer_lm, adapter_off)
+        if sharded:
+            shard(answer_lm, cfg.training.mixed_precision)
+    live = make_live_teacher(cfg, answer_lm, adapter_off, sharded)
     if cfg.teacher.cache == "off":
         return live
     return CachedTeacher(live, open_store(cfg))

@@ -255,7 +255,7 @@ def result_settings(cfg: Config, script: str, split: str) -> dict:
 def hf_answer_logits(model, device):
     """model_logits callback for teacher_forced_metrics: the model on the 0-shot (student) sequences."""
     lm = AnswerLogitsLM(model).to(device).eval()
-    return lambda batch, pos: lm(
+    return lambda batch, pos: lm.logits_at(
         batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
     )
 
@@ -268,7 +268,7 @@ def hf_teacher_logits(base_model, device, adapter_off=None):
 
     def logits(batch, pos):
         with adapter_off() if adapter_off else contextlib.nullcontext():
-            return lm(batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions)
+            return lm.logits_at(batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions)
 
     return logits
 

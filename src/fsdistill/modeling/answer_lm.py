@@ -8,6 +8,8 @@ sequence it would be ~2.8 GB at batch 4 in bf16).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,30 +41,40 @@ def head_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 class AnswerLogitsLM(nn.Module):
-    """A causal LM that returns logits only at requested positions.
+    """A causal LM that computes logits (or final hidden states) only at requested positions.
 
-    forward(input_ids (B, T), attention_mask (B, T), batch_index (N,), positions (N,)) -> logits (N, V):
-    logits[i] are the model's next-token logits at input_ids[batch_index[i], positions[i]].
-    With return_hidden=True it stops before the output head: final hidden states (N, H), which training
-    sends through `head` in chunks (bounded memory). Running the decoder inside this module's forward
-    keeps DDP's gradient hooks in the loop.
+    hidden_at(input_ids (B, T), attention_mask (B, T), batch_index (N,), positions (N,)) -> (N, H): the
+    final hidden states at input_ids[batch_index[i], positions[i]]; head(hidden (n, H)) -> logits (n, V);
+    logits_at = head(hidden_at(...)): the model's next-token logits there.
+
+    forward(computation) runs computation(self) and returns its result. Training and the teacher put
+    every use of the parameters (decoder, output head, the answer losses) inside one such call, so the
+    wrapper's forward hooks see all of it: DDP's gradient bookkeeping, and FSDP's gathering of sharded
+    parameters (a head applied outside forward would see only this rank's shard).
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model  # a CausalLM or a peft model around one
 
-    def forward(self, input_ids, attention_mask, batch_index, positions, return_hidden: bool = False):
-        causal_lm = base_causal_lm(self.model)
-        decoder = causal_lm.get_decoder()
-        hidden = decoder(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state[batch_index, positions]
-        return hidden if return_hidden else head_logits(causal_lm, hidden)
+    def forward(self, computation: Callable[[AnswerLogitsLM], Any]) -> Any:
+        return computation(self)
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        return base_causal_lm(self.model)
+
+    def hidden_at(self, input_ids, attention_mask, batch_index, positions) -> torch.Tensor:
+        decoder = self.causal_lm.get_decoder()
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[batch_index, positions]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output head: hidden states (n, H) -> logits (n, V)."""
-        return head_logits(base_causal_lm(self.model), hidden)
+        return head_logits(self.causal_lm, hidden)
+
+    def logits_at(self, input_ids, attention_mask, batch_index, positions) -> torch.Tensor:
+        return self.head(self.hidden_at(input_ids, attention_mask, batch_index, positions))
 
 
 def check_answer_logits(model: AnswerLogitsLM, vocab_size: int, device) -> None:
@@ -73,7 +85,7 @@ def check_answer_logits(model: AnswerLogitsLM, vocab_size: int, device) -> None:
     with torch.no_grad():
         full = causal_lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0].float()
         pos = torch.arange(ids.shape[1], device=device)
-        ours = model(ids, mask, torch.zeros_like(pos), pos).float()
+        ours = model(lambda lm: lm.logits_at(ids, mask, torch.zeros_like(pos), pos)).float()
     tol = 1e-3 if full.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
     diff = (full - ours).abs().max().item()
     if diff > tol * max(1.0, full.abs().max().item()):

@@ -4,6 +4,9 @@ checkpoint-{step}/
   adapter_model.safetensors, adapter_config.json     LoRA: the adapter
   model*.safetensors, config.json, tokenizer files    full fine-tuning: the model, loadable on its own
   training_state.safetensors + .json                  optimizer tensors; step, param groups, scheduler
+  model_shard_{rank}, optimizer_shard_{rank}          training.distributed=fsdp: each process's shards of
+                                                      the weights and optimizer state instead (evaluation
+                                                      consolidates them into consolidated/: sharded_state.py)
   rng_state_{rank}.safetensors + .json                each process's RNG streams (python, numpy, torch)
   config.yaml                                         the resolved config the run trained with
   checkpoint.json                                     name, method, step, process count, the config's
@@ -34,7 +37,9 @@ from fsdistill.config import Config, config_identity, from_dict, identity_differ
 from fsdistill.errors import UserError
 from fsdistill.files import sha256_file, write_json_atomic
 from fsdistill.modeling.loading import DTYPES, load_causal_lm
+from fsdistill.modeling.sharding import is_sharded
 from fsdistill.train.run_dir import list_checkpoints, remove_checkpoint
+from fsdistill.train.sharded_state import consolidate, load_shards, save_shards
 from fsdistill.train.state_io import CheckpointError, load_state, read_json, read_safetensors, save_state
 
 # Settings a resumed run may change (config_identity patterns): they do not alter what is computed.
@@ -158,20 +163,22 @@ def check_checkpoint_matches(checkpoint_dir: Path, cfg: Config) -> dict:
 
 
 def load_checkpoint_model(checkpoint_dir: Path, cfg: Config) -> nn.Module:
-    """The CausalLM of a checkpoint for evaluation: base + adapter (LoRA) or the saved full model."""
+    """The CausalLM of a checkpoint for evaluation: base + adapter (LoRA) or the saved full model. A
+    sharded (FSDP) checkpoint is consolidated first, once, into its consolidated/ folder."""
     from safetensors import SafetensorError
 
-    check_checkpoint_matches(checkpoint_dir, cfg)
+    meta = check_checkpoint_matches(checkpoint_dir, cfg)
+    folder = consolidate(checkpoint_dir) if isinstance(meta, dict) and meta.get("sharded") else checkpoint_dir
     try:
         if cfg.training.use_lora:
             import peft
 
             base = load_causal_lm(cfg.model)
-            return peft.PeftModel.from_pretrained(base, str(checkpoint_dir))
+            return peft.PeftModel.from_pretrained(base, str(folder))
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(
-            str(checkpoint_dir), dtype=DTYPES[cfg.model.dtype], use_safetensors=True
+            str(folder), dtype=DTYPES[cfg.model.dtype], use_safetensors=True
         )
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{checkpoint_dir}: its weights cannot be read ({e})") from None
@@ -247,6 +254,14 @@ def save_checkpoint(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         save_state(rng_state(), tmp / f"rng_state_{accelerator.process_index}")
+        if is_sharded(accelerator.unwrap_model(model)):  # every process writes its own shards
+            save_shards(
+                tmp,
+                accelerator.process_index,
+                accelerator.unwrap_model(model),
+                optimizer,
+                cfg.training.use_lora,
+            )
     except OSError as e:
         problem = _save_failed(step, run_dir, e)
     try:
@@ -269,15 +284,28 @@ def save_checkpoint(
 def _write_main_files(
     accelerator, tmp, final, step, cfg, meta, model, optimizer, scheduler, tokenizer
 ) -> None:
-    inner = accelerator.unwrap_model(model).model  # a PeftModel (saves the adapter) or a CausalLM
-    inner.save_pretrained(str(tmp), safe_serialization=True)
+    answer_lm = accelerator.unwrap_model(model)
+    inner = answer_lm.model  # a PeftModel (saves the adapter) or a CausalLM
+    sharded = is_sharded(answer_lm)
+    if sharded:  # the weights are in the shards; this is what consolidation needs beside them
+        if cfg.training.use_lora:
+            inner.peft_config["default"].save_pretrained(str(tmp))
+        else:
+            inner.config.save_pretrained(str(tmp))
+    else:
+        inner.save_pretrained(str(tmp), safe_serialization=True)
     if not cfg.training.use_lora:
         tokenizer.save_pretrained(str(tmp))
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+    state = {"scheduler": scheduler.state_dict(), "step": step}
+    if not sharded:
+        state["optimizer"] = optimizer.state_dict()
     save_state(state, tmp / "training_state")
     (tmp / "config.yaml").write_text(to_yaml(cfg))
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    write_json_atomic(tmp / "checkpoint.json", {**meta, "step": step, "next_step": step, "files": files})
+    record = {**meta, "step": step, "next_step": step, "files": files}
+    if sharded:
+        record["sharded"] = {"world_size": accelerator.num_processes}
+    write_json_atomic(tmp / "checkpoint.json", record)
     if final.exists():
         remove_checkpoint(final)
     os.replace(tmp, final)
@@ -298,8 +326,11 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:
 def load_training_state(accelerator, checkpoint: Path, cfg: Config, model, optimizer, scheduler) -> int:
     """Restore weights, optimizer, scheduler and this process's RNG from a verified checkpoint
     (verify_checkpoint, check_resume); returns the step to continue from."""
-    inner = accelerator.unwrap_model(model).model
-    if cfg.training.use_lora:
+    answer_lm = accelerator.unwrap_model(model)
+    inner = answer_lm.model
+    if is_sharded(answer_lm):  # weights and optimizer state from this process's shards
+        load_shards(checkpoint, accelerator.process_index, answer_lm, optimizer, cfg.training.use_lora)
+    elif cfg.training.use_lora:
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(inner, read_safetensors(checkpoint / "adapter_model.safetensors"))
@@ -310,7 +341,8 @@ def load_training_state(accelerator, checkpoint: Path, cfg: Config, model, optim
         load_full_weights(inner, checkpoint)
     state = load_state(checkpoint / "training_state")
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(load_state(checkpoint / f"rng_state_{accelerator.process_index}"))
     except (KeyError, ValueError, TypeError, RuntimeError) as e:

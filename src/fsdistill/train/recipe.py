@@ -39,6 +39,7 @@ from fsdistill.methods import METHODS, Method
 from fsdistill.modeling.answer_lm import check_answer_logits, eval_mode
 from fsdistill.modeling.identity import tokenizer_identity, weights_identity
 from fsdistill.modeling.loading import load_student, model_config
+from fsdistill.modeling.sharding import local_tensor, shard, shard_record
 from fsdistill.train.checkpoint import (
     check_resume,
     load_training_state,
@@ -130,11 +131,12 @@ def step_loader(batches, cfg: Config, rank: int, num_processes: int, start: int,
 
 
 def parameter_digest(model) -> str:
+    """sha256 of this process's trainable parameters (its shards under FSDP): equal digests, equal weights."""
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
         if p.requires_grad:
             h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes())
+            h.update(local_tensor(p).detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -230,19 +232,25 @@ def setup(
     }
     if resume_from is not None:
         check_resume(resume_from, resume_meta, cfg, method.name, identity, nproc)
+    fsdp = cfg.training.distributed == "fsdp"
     student = load_student(cfg)
     student.to(accelerator.device)
-    teacher = make_teacher(cfg, student) if method.teacher else None
+    teacher = make_teacher(cfg, student, sharded=fsdp) if method.teacher else None
     with eval_mode(student):
         check_answer_logits(student, len(tokenizer), accelerator.device)
     if teacher is not None:
         teacher.self_check(len(tokenizer), accelerator.device)
 
+    if fsdp:  # sharded in place; the optimizer then holds this process's shards (train/sharding.py)
+        shard(student, cfg.training.mixed_precision)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
-    # With LoRA the teacher keeps the unwrapped module: its no-grad passes need no DDP.
-    student, optimizer = accelerator.prepare(student, optimizer)
+    if fsdp:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        # With LoRA the teacher keeps the unwrapped module: its no-grad passes need no DDP.
+        student, optimizer = accelerator.prepare(student, optimizer)
 
     start = 0
     if resume_from is not None:
@@ -465,6 +473,7 @@ def finish(state: TrainState, status: str) -> None:
         "first_step": state.start + 1,
         "rows_by_step": state.rows_seen,
         "trainable_parameters_sha256": parameter_digest(acc.unwrap_model(state.student)),
+        **shard_record(acc.unwrap_model(state.student)),
     }
     try:
         write_json_atomic(state.run_dir / "ranks" / f"rank{acc.process_index}.json", record)

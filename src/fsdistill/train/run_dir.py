@@ -47,7 +47,8 @@ CHECKPOINT_FILES = (
     "model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
     "added_tokens.json", "tokenizer.model", "training_state.safetensors", "training_state.json",
-    "rng_state_*.safetensors", "rng_state_*.json",
+    "rng_state_*.safetensors", "rng_state_*.json", "model_shard_*.safetensors", "model_shard_*.json",
+    "optimizer_shard_*.safetensors", "optimizer_shard_*.json",
 )  # fmt: skip
 
 
@@ -143,7 +144,13 @@ def _matching(folder: Path, patterns: tuple[str, ...]) -> list[str]:
 
 def remove_checkpoint(checkpoint: Path) -> None:
     """Delete a checkpoint's own files: those its checkpoint.json lists (and itself), or, for a checkpoint
-    of an earlier version or an incomplete one, the names a checkpoint's files have."""
+    of an earlier version or an incomplete one, the names a checkpoint's files have; and the consolidated
+    copy of a sharded checkpoint (consolidated/, written later for evaluation)."""
+    for sub in ("consolidated", "consolidated.tmp"):
+        if (checkpoint / sub).is_dir():
+            _remove_files(
+                checkpoint / sub, _matching(checkpoint / sub, (*CHECKPOINT_FILES, "consolidated.json"))
+            )
     try:
         listed = list(json.loads((checkpoint / "checkpoint.json").read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -8,7 +8,8 @@ the RNG states are) is stored as two files that only hold data:
     STEM.safetensors   every tensor, under a key naming where it sits ("state.0.exp_avg")
     STEM.json          the structure, with {"__tensor__": key} in the tensors' places; tuples, numpy arrays
                        and dicts with non-string keys (the optimizer's parameter indices) are tagged so
-                       they come back as they were
+                       they come back as they were; a sharded tensor (DTensor, FSDP) keeps this process's
+                       part and {"__dtensor__": key, "placements", "shape", "stride"}
 
 A file that is not what it should be raises CheckpointError naming it: nothing in it is ever executed.
 """
@@ -16,6 +17,7 @@ A file that is not what it should be raises CheckpointError naming it: nothing i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,41 @@ class CheckpointError(UserError):
     """A checkpoint (or one of its files) that is damaged, foreign or from an incompatible version."""
 
 
+@dataclass
+class LocalShard:
+    """A sharded tensor's part as one process saved it, read back without a process group (consolidation)."""
+
+    local: torch.Tensor
+    placement_dim: int | None  # the dimension it is sharded along; None: replicated
+    shape: list[int]  # the whole tensor's shape
+
+
+def _placements(tensor) -> list[dict]:
+    from torch.distributed.tensor import Replicate, Shard
+
+    out = []
+    for p in tensor.placements:
+        if isinstance(p, Shard):
+            out.append({"shard": p.dim})
+        elif isinstance(p, Replicate):
+            out.append({"replicate": True})
+        else:
+            raise TypeError(f"state_io: cannot store a DTensor placed as {p}")
+    return out
+
+
 def _split(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     """obj with its tensors moved into `tensors` (keys from their place) -> a JSON-able structure."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):
+        tensors[key] = obj.to_local().detach().cpu().contiguous().clone()
+        return {
+            "__dtensor__": key,
+            "placements": _placements(obj),
+            "shape": list(obj.shape),
+            "stride": list(obj.stride()),
+        }
     if isinstance(obj, torch.Tensor):
         tensors[key] = obj.detach().cpu().contiguous().clone()  # safetensors refuses shared storage
         return {"__tensor__": key}
@@ -52,11 +87,36 @@ def _split(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     raise TypeError(f"state_io: cannot store a {type(obj).__name__} at {key!r} without pickle")
 
 
-def _join(obj: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
+def _dtensor(obj: dict, local: torch.Tensor, mesh, where: Path):
+    """The saved part as a DTensor on `mesh` (this process's device), or a LocalShard without a mesh."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    dims = [p.get("shard") for p in obj["placements"]]
+    if mesh is None:
+        return LocalShard(local, next((d for d in dims if d is not None), None), obj["shape"])
+    placements = [Shard(d) if d is not None else Replicate() for d in dims]
+    device = mesh.device_type if mesh.device_type != "cpu" else "cpu"
+    return DTensor.from_local(
+        local.to(device),
+        mesh,
+        placements,
+        run_check=False,
+        shape=torch.Size(obj["shape"]),
+        stride=tuple(obj["stride"]),
+    )
+
+
+def _join(obj: Any, tensors: dict[str, torch.Tensor], where: Path, mesh=None) -> Any:
     if isinstance(obj, list):
-        return [_join(v, tensors, where) for v in obj]
+        return [_join(v, tensors, where, mesh) for v in obj]
     if not isinstance(obj, dict):
         return obj
+    if "__dtensor__" in obj:
+        if obj["__dtensor__"] not in tensors:
+            raise CheckpointError(
+                f"{where}: names tensor {obj['__dtensor__']!r}, which its .safetensors lacks"
+            )
+        return _dtensor(obj, tensors[obj["__dtensor__"]], mesh, where)
     if "__tensor__" in obj:
         if obj["__tensor__"] not in tensors:
             raise CheckpointError(
@@ -66,10 +126,10 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
     if "__ndarray__" in obj:
         return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
     if "__tuple__" in obj:
-        return tuple(_join(v, tensors, where) for v in obj["__tuple__"])
+        return tuple(_join(v, tensors, where, mesh) for v in obj["__tuple__"])
     if "__items__" in obj:
-        return {k: _join(v, tensors, where) for k, v in obj["__items__"]}
-    return {k: _join(v, tensors, where) for k, v in obj.items()}
+        return {k: _join(v, tensors, where, mesh) for k, v in obj["__items__"]}
+    return {k: _join(v, tensors, where, mesh) for k, v in obj.items()}
 
 
 def save_state(obj: Any, stem: Path) -> list[Path]:
@@ -107,7 +167,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def load_state(stem: Path) -> Any:
-    """The state save_state wrote at STEM."""
+def load_state(stem: Path, mesh=None) -> Any:
+    """The state save_state wrote at STEM. Sharded tensors come back as DTensors on `mesh` (this process's
+    part), or, with no mesh, as LocalShard records (for consolidation, outside a process group)."""
     json_path = stem.with_suffix(".json")
-    return _join(read_json(json_path), read_safetensors(stem.with_suffix(".safetensors")), json_path)
+    return _join(read_json(json_path), read_safetensors(stem.with_suffix(".safetensors")), json_path, mesh)

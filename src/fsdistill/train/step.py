@@ -15,7 +15,6 @@ The optimizer stage (clip, AdamW, schedule) is the recipe's (recipe.py).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ from fsdistill.config import Config
 from fsdistill.distill.alignment import AnswerPositions, answer_positions
 from fsdistill.distill.losses import TeacherTargets, cross_entropy
 from fsdistill.distill.objective import distillation_sum
+from fsdistill.modeling.sharding import gradient_sync
 
 
 @dataclass
@@ -52,13 +52,15 @@ def answer_losses(cfg: Config, head, hidden, targets, teacher_targets: TeacherTa
         def chunk_losses(h, start=start, end=end):
             with autocast():
                 logits = head(h)  # (chunk, V)
-            mask = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
-            ce, _ = cross_entropy(logits, targets[start:end], mask)
-            if teacher_targets is None:
-                return ce, torch.zeros_like(ce)
-            # Made here, not outside: full-vocabulary teacher logits must not outlive the chunk either.
-            teacher = teacher_targets.chunk(start, end)
-            return ce, distillation_sum(cfg, logits, teacher, mask)
+            # The losses' own arithmetic is float32 (losses.py) whatever autocast surrounds this call.
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                mask = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+                ce, _ = cross_entropy(logits, targets[start:end], mask)
+                if teacher_targets is None:
+                    return ce, torch.zeros_like(ce)
+                # Made here, not outside: full-vocabulary teacher logits must not outlive the chunk either.
+                teacher = teacher_targets.chunk(start, end)
+                return ce, distillation_sum(cfg, logits, teacher, mask)
 
         if n > size:
             ce, dist = torch.utils.checkpoint.checkpoint(chunk_losses, hidden[start:end], use_reentrant=False)
@@ -77,12 +79,17 @@ def teacher_targets(teacher, batch, pos: AnswerPositions, autocast) -> TeacherTa
 
 
 def student_losses(cfg: Config, student, batch, pos: AnswerPositions, targets, autocast) -> MicroLosses:
-    """Stage 2: the student's CE and distillation sums at the answer positions."""
-    with autocast():
-        hidden = student(
-            batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions, return_hidden=True
-        )
-    ce_sum, dist_sum = answer_losses(cfg, unwrap(student).head, hidden, pos.targets, targets, autocast)
+    """Stage 2: the student's CE and distillation sums at the answer positions, all inside the (wrapped)
+    student's forward (see AnswerLogitsLM: DDP and FSDP see every use of the parameters)."""
+
+    def losses(lm):
+        with autocast():
+            hidden = lm.hidden_at(
+                batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
+            )
+        return answer_losses(cfg, lm.head, hidden, pos.targets, targets, autocast)
+
+    ce_sum, dist_sum = student(losses)
     return MicroLosses(ce_sum, dist_sum, pos.count)
 
 
@@ -90,11 +97,6 @@ def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroL
     """CE and distillation sums of one micro-batch, at exactly the same answer positions (stages 1-2)."""
     pos = answer_positions(batch)
     return student_losses(cfg, student, batch, pos, teacher_targets(teacher, batch, pos, autocast), autocast)
-
-
-def unwrap(module):
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
 @dataclass
@@ -114,7 +116,8 @@ def backward_step(cfg: Config, accelerator, student, teacher, micro_batches) -> 
     The step's answer tokens are all-reduced first; micro-batch i's backward is scaled by
     num_processes / step tokens, so once DDP has averaged over processes every parameter's gradient is
     d(sum of CE + λ·D over the step's answer tokens) / d(parameter) / (step's answer tokens), whatever the
-    split into processes and micro-batches. DDP syncs only on the last micro-batch.
+    split into processes and micro-batches (FSDP's reduce-scatter averages over processes as DDP does).
+    Gradients are reduced only on the last micro-batch.
     """
     device = accelerator.device
     local = torch.tensor(
@@ -132,8 +135,7 @@ def backward_step(cfg: Config, accelerator, student, teacher, micro_batches) -> 
     seq_tokens = 0
     for m, mb in enumerate(micro_batches):
         batch = mb.batch.to(device)
-        sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(student)
-        with sync:
+        with gradient_sync(student, accelerator, enabled=m == len(micro_batches) - 1):
             losses = micro_batch_losses(cfg, student, teacher, batch, accelerator.autocast)
             accelerator.backward((losses.ce_sum + cfg.distill.weight * losses.dist_sum) * scale)
         ce_total += losses.ce_sum.detach().double()
