@@ -122,7 +122,7 @@ def test_distillation_steps_reduce_kl_to_teacher(setup):
     @torch.no_grad()
     def kl_to_teacher() -> float:
         student.eval()
-        s = student(batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions)
+        s = student.logits_at(batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions)
         t = teacher.head(teacher.hidden_at(batch, pos.batch_index, pos.teacher_positions))
         total, count = forward_kl(
             s,

@@ -31,7 +31,7 @@ from helpers import (
 )
 
 from fsdistill.config import from_dict, load_config
-from fsdistill.distill import objective
+from fsdistill.distill import losses as loss_functions
 from fsdistill.errors import UserError
 from fsdistill.methods import METHODS as METHOD_TABLE
 from fsdistill.train import recipe
@@ -330,7 +330,9 @@ def grad_setup(short_gsm8k):
 
 def gradients(cfg, pair, accelerator, micro_batches):
     pair.student.zero_grad(set_to_none=True)
-    sums = step_stages.backward_step(cfg, accelerator, pair.student, pair.teacher, micro_batches)
+    sums = step_stages.backward_step(
+        cfg, accelerator, pair.student, pair.teacher, step_stages.StepData(micro_batches)
+    )
     return {n: p.grad.clone() for n, p in pair.student.named_parameters() if p.requires_grad}, sums
 
 
@@ -339,6 +341,7 @@ def counts(micro_batches) -> torch.Tensor:
         [
             sum(mb.batch.num_answer_tokens for mb in micro_batches),
             sum(len(mb.dropped_rows) for mb in micro_batches),
+            0,  # gold-answer tokens (rollout.gold_ce)
         ],
         dtype=torch.float64,
     )
@@ -360,8 +363,8 @@ def test_gradient_is_the_same_for_any_split_of_the_step(grad_setup, monkeypatch)
         seen.append(int(count))
         return loss_sum, count
 
-    real = objective.distillation_loss
-    monkeypatch.setattr(objective, "distillation_loss", spy)
+    real = loss_functions.distillation_loss
+    monkeypatch.setattr(loss_functions, "distillation_loss", spy)
 
     one = micro_batches(4, 1, 1, 0)  # 1 process, 1 micro-batch of 4
     g1, s1 = gradients(cfg, pair, accelerator, one)

@@ -468,8 +468,10 @@ class DistillConfig:
     loss: str = opt(
         "topk_logit_mse",
         "topk_logit_mse: the paper's squared error of raw logits at the teacher's top-K indices; "
-        "forward_kl: KL(teacher||student); reverse_kl: KL(student||teacher); generalized_jsd: see beta.",
-        ("topk_logit_mse", "forward_kl", "reverse_kl", "generalized_jsd"),
+        "forward_kl: KL(teacher||student); reverse_kl: KL(student||teacher); generalized_jsd: see beta; "
+        "sampled_token: the single-sample estimator of reverse KL at the answer's own token, "
+        "-(log p_t - log p_s).detach() * log p_s (on-policy distillation; see distill.baseline).",
+        ("topk_logit_mse", "forward_kl", "reverse_kl", "generalized_jsd", "sampled_token"),
     )
     weight: float = opt(0.5, "lambda in CE + lambda * distillation.", ge=0, finite=True, alias="lambda")
     top_k: Optional[int] = opt(
@@ -483,6 +485,33 @@ class DistillConfig:
         "tail bucket holding the rest of each distribution's mass.",
         ("renormalize", "tail_bucket"),
     )
+    topk_from: str = opt(
+        "teacher",
+        "KL losses with top_k: whose top-K entries the support is: the teacher's (the paper's), the "
+        "student's (OPCD: reverse KL over the student's top-K; the teacher is then evaluated at those ids), "
+        "or the union of both.",
+        ("teacher", "student", "union"),
+    )
+    clip: Optional[float] = opt(
+        None,
+        "Per-token cap on the distillation loss (OPSD): a token's loss counts at most this much; above it, "
+        "its gradient is scaled down in proportion (not zeroed). null: no cap.",
+        gt=0,
+    )
+    baseline: bool = opt(
+        False,
+        "sampled_token: subtract the closed-form baseline -KL(student||teacher) from the per-token "
+        "advantage (a lower-variance estimate of the same gradient).",
+    )
+    token_weighting: str = opt(
+        "uniform",
+        "Per-token weights of the distillation loss (fsdistill/distill/weighting.py): uniform; or "
+        "top_fraction: only the distill.token_fraction of tokens with the largest divergence count "
+        "(token selection as in TIP), chosen within each chunk of training.logits_chunk_size answer tokens (a "
+        "micro-batch's, unless it has more). The loss is still divided by all the step's answer tokens.",
+        ("uniform", "top_fraction"),
+    )
+    token_fraction: float = opt(0.5, "token_weighting=top_fraction: the fraction of tokens kept.", gt=0, le=1)
     temperature: float = opt(
         1.0, "Softmax temperature of the KL losses (topk_logit_mse uses raw logits).", gt=0
     )
@@ -493,6 +522,38 @@ class DistillConfig:
 
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
         p: Problems = []
+        if self.topk_from != "teacher" and (
+            self.top_k is None or self.loss not in ("forward_kl", "reverse_kl", "generalized_jsd")
+        ):
+            p.append(
+                ("distill.topk_from", f"is {self.topk_from!r}, which needs a KL loss with distill.top_k set")
+            )
+        if self.baseline and self.loss != "sampled_token":
+            p.append(("distill.baseline", "is only for distill.loss=sampled_token"))
+        if self.loss == "sampled_token" and self.top_k is not None:
+            p.append(
+                (
+                    "distill.top_k",
+                    "must be null for distill.loss=sampled_token (it reads both full distributions at the sampled "
+                    "token, and the closed-form baseline needs them whole)",
+                )
+            )
+        if self.topk_from != "teacher" and cfg.teacher.cache != "off":
+            p.append(
+                (
+                    "distill.topk_from",
+                    f"is {self.topk_from!r}: the support depends on the student's logits at each step, which a "
+                    "teacher cache of the teacher's own top-K cannot serve; use teacher.cache=off",
+                )
+            )
+        if self.loss == "sampled_token" and cfg.rollout.source == "gold":
+            p.append(
+                (
+                    "distill.loss",
+                    "is sampled_token, an on-policy estimator (the answer must be the student's sample): "
+                    "set rollout.source=student (or mixed)",
+                )
+            )
         if self.loss == "topk_logit_mse":
             if self.top_k is None:
                 p.append(("distill.top_k", "must be set (>= 1) for distill.loss=topk_logit_mse"))
@@ -507,6 +568,83 @@ class DistillConfig:
                 p.append(
                     ("distill.scale_by_temperature_squared", "is not used by distill.loss=topk_logit_mse")
                 )
+        return p
+
+
+@dataclass
+class RolloutConfig:
+    source: str = opt(
+        "gold",
+        "Whose answers the losses read. gold: the data's answers, CE + lambda * distillation (the paper). "
+        "student: the student's own samples, drawn once per optimizer step; lambda * distillation only "
+        "(on-policy context distillation; rollout.gold_ce adds CE on the gold answers). teacher: the k-shot "
+        "teacher's samples, CE + lambda * distillation on them (sequence-level distillation, GKD's seq_kd). "
+        "mixed: student with probability rollout.mix_probability per step (the same draw on every "
+        "process), else gold (GKD's lmbda).",
+        ("gold", "student", "teacher", "mixed"),
+    )
+    mix_probability: float = opt(
+        0.5, "rollout.source=mixed: probability that a step is on-policy.", ge=0, le=1
+    )
+    gold_ce: bool = opt(
+        False,
+        "On-policy steps: also train on the gold answers' cross-entropy (a second student forward on the gold "
+        "sequences), divided by their own token count. Needs rows with answers.",
+    )
+    temperature: float = opt(1.0, "Sampling temperature.", gt=0)
+    top_p: float = opt(
+        1.0, "Nucleus sampling: keep the smallest set of tokens with this much mass.", gt=0, le=1
+    )
+    top_k: int = opt(0, "Sample among the top-k tokens only; 0 keeps all.", ge=0)
+    max_new_tokens: Optional[int] = opt(
+        None,
+        "Longest sampled answer; null: task.max_new_tokens. Sampling stops at the template's end-of-turn.",
+        ge=1,
+    )
+    backend: str = opt(
+        "hf",
+        "Sampling backend. hf: transformers generate (CPU or GPU; tested). vllm: a vLLM engine colocated on the "
+        "GPU, the student's adapter or weights synced after every optimizer step (install the vllm extra).",
+        ("hf", "vllm"),
+    )
+    vllm_gpu_memory_utilization: float = opt(
+        0.3,
+        "rollout.backend=vllm: fraction of the GPU the colocated engine takes (training keeps the rest).",
+        gt=0,
+        le=1,
+    )
+    log_samples: int = opt(
+        2, "Sampled completions written to samples.jsonl (and trackers) per logged step.", ge=0
+    )
+
+    def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        p: Problems = []
+        if self.gold_ce and self.source not in ("student", "mixed"):
+            p.append(
+                (
+                    "rollout.gold_ce",
+                    f"adds gold-answer CE to on-policy steps; rollout.source is {self.source}",
+                )
+            )
+        if self.source == "gold":
+            return p
+        if cfg.teacher.cache != "off":
+            p.append(
+                (
+                    "teacher.cache",
+                    f"is {cfg.teacher.cache!r}, but rollout.source={self.source} draws new answers every step, so "
+                    "there is nothing to cache: the teacher must score each rollout (the prefix cache still "
+                    "applies); use teacher.cache=off",
+                )
+            )
+        if cfg.training.distributed == "fsdp" and self.backend == "hf":
+            p.append(
+                (
+                    "rollout.backend",
+                    "is hf, which under training.distributed=fsdp would gather every layer's weights for every "
+                    "sampled token; use rollout.backend=vllm with FSDP, or training.distributed=ddp",
+                )
+            )
         return p
 
 
@@ -647,6 +785,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -77,7 +77,9 @@ def check_entry_point(
     """The method `entry_point` runs for this config; settings it would ignore or a control run through
     the wrong script are refused (ConfigError naming the key and where it was set)."""
     if entry_point == "train_baseline.py":
-        ignored = {k: w for k, w in source.items() if k.split(".")[0] in ("fewshot", "distill", "teacher")}
+        ignored = {
+            k: w for k, w in source.items() if k.split(".")[0] in ("fewshot", "distill", "teacher", "rollout")
+        }
         if ignored:
             raise ConfigError(
                 [

@@ -14,7 +14,7 @@ all G rows of the step on every process to get there).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
@@ -148,6 +148,9 @@ def micro_slots(micro: int, rank: int, num_processes: int, per_device: int) -> s
 class MicroBatch:
     batch: Batch
     dropped_rows: list[int]  # examples over the length limits, left out of this micro-batch
+    # Every example of the micro-batch as encoded, dropped ones included: rollouts (train/rollouts.py)
+    # read their prompts from here (a row without a worked answer is its prompts alone).
+    encoded: list[EncodedExample] = field(default_factory=list)
 
 
 class TrainingBatches:
@@ -189,6 +192,9 @@ class TrainingBatches:
 
     def encode(self, row: int, step: int, step_rows: list[int]) -> EncodedExample:
         example = self.by_row[row]
+        if example.answer is None:  # questions only (on-policy training): the prompts, no answer part
+            shots = self.shots.shots(row, step, step_rows) if self.shots else []
+            return self.prompts.encode_prompts(example, shots)
         key = self.shots.cache_key(row, step) if self.shots else (row, 0)
         if key is not None and key in self._teacher_cache:
             student_ids, teacher_ids, student_start, teacher_start = self._teacher_cache[key]
@@ -250,17 +256,18 @@ class TrainingBatches:
         encoded = self.micro_encoded(step, micro, rank, num_processes, per_device)
         kept = [e for e in encoded if self.fits(e)]
         dropped = [e.row for e in encoded if not self.fits(e)]
-        return MicroBatch(batch=collate(kept, self.pad_id), dropped_rows=dropped)
+        return MicroBatch(batch=collate(kept, self.pad_id), dropped_rows=dropped, encoded=encoded)
 
 
 def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: int) -> TrainingBatches:
     """TrainingBatches for a config: rows (subset, minus validation and fixed exemplars), shots, order.
 
-    Training on gold answers reads every training row's answer: a row without one is refused here,
-    naming its file and line, before any model loads.
+    Training on gold answers reads every training row's answer, and so do exemplars drawn from the
+    training rows: a row without one is refused here, naming its file and line, before any model loads.
+    Rollouts of the student or the teacher (rollout.source) need only the questions.
     """
     prompts = PromptBuilder.from_config(tokenizer, cfg)
-    train, _validation = training_rows(cfg, prompts.task)
+    train, _validation = training_rows(cfg, prompts.task, need=training_needs(cfg, with_teacher))
     shots = None
     if with_teacher:
         f = cfg.fewshot
@@ -286,3 +293,13 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
         tokenizer.pad_token_id,
         cfg.data.group_by_length,
     )
+
+
+def training_needs(cfg, with_teacher: bool) -> tuple[str, ...]:
+    """What every training row must have (tasks.base.NEEDS): its worked answer, unless the answers are
+    the student's or the teacher's samples (rollout.source student/teacher, without rollout.gold_ce) and
+    the exemplars come from elsewhere (fewshot.pool) or there are none."""
+    r = cfg.rollout
+    gold_read = r.source in ("gold", "mixed") or r.gold_ce
+    exemplars_from_rows = with_teacher and cfg.fewshot.k > 0 and cfg.fewshot.pool is None
+    return ("answer",) if gold_read or exemplars_from_rows else ()

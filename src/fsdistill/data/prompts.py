@@ -174,6 +174,18 @@ class PromptBuilder:
         )
         return self.encode(prompt), self.encode(answer_part), answer_part
 
+    def encode_prompts(self, example: Example, shots: list[Example]) -> EncodedExample:
+        """The student's (0-shot) and teacher's (k-shot) generation prompts of a row with an empty answer
+        part: what a rollout is sampled from and then appended to (train/rollouts.py); rows without a
+        worked answer too. The same prompt ids as encode_pair's (the same render, tokenised alone)."""
+        student = self.encode(self.render(self.conversation([], example), add_generation_prompt=True))
+        teacher = (
+            self.encode(self.render(self.conversation(shots, example), add_generation_prompt=True))
+            if shots
+            else student
+        )
+        return EncodedExample(example.row, student, teacher, len(student), len(teacher))
+
     def encode_pair(
         self,
         example: Example,

@@ -26,8 +26,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+# Losses comparing the teacher's and the student's distributions (distillation_loss); distillation_terms
+# adds the sampled-token estimator, which also reads the answer's own token.
 DISTILLATION_LOSSES = ("topk_logit_mse", "forward_kl", "reverse_kl", "generalized_jsd")
 SUPPORTS = ("full", "renormalize", "tail_bucket")
+TOPK_FROM = ("teacher", "student", "union")
+# A logit standing for "not in the support": exp() of it is exactly 0 in float32, and differences of two
+# such logits stay finite, so a masked entry contributes 0 to every KL term and to its gradient.
+MASKED_LOGIT = -1.0e9
 
 # Floor of the tail bucket's mass. A top-K mass within float32 rounding of 1 leaves a "tail" that is
 # rounding noise (exactly 0 when K = V); flooring both sides at eps makes such a bucket contribute
@@ -62,6 +68,7 @@ class TeacherTargets:
     logsumexp_temperature: Optional[float] = None
     hidden: Optional[torch.Tensor] = None
     head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    topk_valid: Optional[torch.Tensor] = None  # (..., K) bool: False marks an entry left out (a repeat)
 
     def chunk(self, start: int, end: int) -> TeacherTargets:
         """The targets of positions [start, end) (full logits computed here from ``hidden``, without grad)."""
@@ -74,6 +81,7 @@ class TeacherTargets:
             topk_indices=None if self.topk_indices is None else self.topk_indices[start:end],
             logsumexp=None if self.logsumexp is None else self.logsumexp[start:end],
             logsumexp_temperature=self.logsumexp_temperature,
+            topk_valid=None if self.topk_valid is None else self.topk_valid[start:end],
         )
 
     @staticmethod
@@ -183,6 +191,7 @@ def topk_logit_mse(
     teacher_topk_values: torch.Tensor,
     teacher_topk_indices: torch.Tensor,
     mask: torch.Tensor,
+    shape_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's loss: squared error of raw logits at the teacher's top-K vocabulary entries.
 
@@ -202,6 +211,8 @@ def topk_logit_mse(
     safe = torch.where(mask.unsqueeze(-1), teacher_topk_indices, torch.zeros_like(teacher_topk_indices))
     student = student_logits.gather(-1, safe)[mask].float()
     per_token = (values - student).square().mean(dim=-1)
+    if shape_tokens is not None:
+        per_token = shape_tokens(per_token)
     return _sum_and_count(per_token, mask)
 
 
@@ -252,6 +263,9 @@ def log_probs_on_support(
     _require(teacher, ("topk_values", "topk_indices"), where)
     student_topk = student_logits.gather(-1, teacher.topk_indices).float() / temperature
     teacher_topk = teacher.topk_values.detach().float() / temperature
+    if teacher.topk_valid is not None:  # entries left out of the support (repeats in a union)
+        student_topk = student_topk.masked_fill(~teacher.topk_valid, MASKED_LOGIT)
+        teacher_topk = teacher_topk.masked_fill(~teacher.topk_valid, MASKED_LOGIT)
     if support == "renormalize":
         return F.log_softmax(student_topk, dim=-1), F.log_softmax(teacher_topk, dim=-1)
 
@@ -281,8 +295,10 @@ def _kl_family(
     temperature: float,
     support: str,
     scale_by_temperature_squared: bool,
+    shape_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Select the valid positions, build the log-distributions, sum ``divergence(log_ps, log_pt)`` (M,)."""
+    """Select the valid positions, build the log-distributions, sum ``divergence(log_ps, log_pt)`` (M,)
+    (after ``shape_tokens``, when given: per-token clipping or weights, see distillation_terms)."""
     _check_mask(student_logits, mask, where)
     valid = TeacherTargets(
         logits=_select(teacher.logits, mask, "teacher.logits", where),
@@ -290,11 +306,15 @@ def _kl_family(
         topk_indices=_select(teacher.topk_indices, mask, "teacher.topk_indices", where),
         logsumexp=_select(teacher.logsumexp, mask, "teacher.logsumexp", where),
         logsumexp_temperature=teacher.logsumexp_temperature,
+        topk_valid=_select(teacher.topk_valid, mask, "teacher.topk_valid", where),
     )
     student_log_probs, teacher_log_probs = log_probs_on_support(
         student_logits[mask], valid, temperature=temperature, support=support
     )
-    loss_sum, count = _sum_and_count(divergence(student_log_probs, teacher_log_probs), mask)
+    per_token = divergence(student_log_probs, teacher_log_probs)
+    if shape_tokens is not None:
+        per_token = shape_tokens(per_token)
+    loss_sum, count = _sum_and_count(per_token, mask)
     if scale_by_temperature_squared:
         loss_sum = loss_sum * temperature**2
     return loss_sum, count
@@ -308,6 +328,7 @@ def forward_kl(
     temperature: float,
     support: str,
     scale_by_temperature_squared: bool,
+    shape_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL(teacher || student) per token (mass-covering: the student is pushed to cover every teacher mode).
 
@@ -328,6 +349,7 @@ def forward_kl(
         temperature,
         support,
         scale_by_temperature_squared,
+        shape_tokens,
     )
 
 
@@ -339,10 +361,19 @@ def reverse_kl(
     temperature: float,
     support: str,
     scale_by_temperature_squared: bool,
+    shape_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL(student || teacher) per token (mode-seeking). Shapes and options as in ``forward_kl``."""
     return _kl_family(
-        _kl, "reverse_kl", student_logits, teacher, mask, temperature, support, scale_by_temperature_squared
+        _kl,
+        "reverse_kl",
+        student_logits,
+        teacher,
+        mask,
+        temperature,
+        support,
+        scale_by_temperature_squared,
+        shape_tokens,
     )
 
 
@@ -355,6 +386,7 @@ def generalized_jsd(
     temperature: float,
     support: str,
     scale_by_temperature_squared: bool,
+    shape_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized JSD in TRL's GKD convention (``GKDTrainer.generalized_jsd_loss``), one knob between the KLs.
 
@@ -383,6 +415,7 @@ def generalized_jsd(
         temperature,
         support,
         scale_by_temperature_squared,
+        shape_tokens,
     )
 
 
@@ -396,6 +429,7 @@ def distillation_loss(
     beta: float,
     support: str,
     scale_by_temperature_squared: bool,
+    shape_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One entry point for ``distill.loss``: route to the named loss with the config's options.
 
@@ -407,9 +441,12 @@ def distillation_loss(
         if temperature != 1.0 or scale_by_temperature_squared:
             raise ValueError("topk_logit_mse uses raw logits: temperature must be 1.0 and no T^2 scaling")
         _require(teacher, ("topk_values", "topk_indices"), name)
-        return topk_logit_mse(student_logits, teacher.topk_values, teacher.topk_indices, mask)
+        return topk_logit_mse(student_logits, teacher.topk_values, teacher.topk_indices, mask, shape_tokens)
     options = dict(
-        temperature=temperature, support=support, scale_by_temperature_squared=scale_by_temperature_squared
+        temperature=temperature,
+        support=support,
+        scale_by_temperature_squared=scale_by_temperature_squared,
+        shape_tokens=shape_tokens,
     )
     if name == "forward_kl":
         return forward_kl(student_logits, teacher, mask, **options)
@@ -418,3 +455,167 @@ def distillation_loss(
     if name == "generalized_jsd":
         return generalized_jsd(student_logits, teacher, mask, beta=beta, **options)
     raise ValueError(f"unknown distillation loss {name!r}; expected one of {DISTILLATION_LOSSES}")
+
+
+# --------------------------------------------------------------------------------------------------
+# On-policy distillation: the student's support, the sampled-token estimator, per-token shaping
+# --------------------------------------------------------------------------------------------------
+
+
+def first_occurrences(ids: torch.Tensor) -> torch.Tensor:
+    """(..., S) vocabulary ids -> (..., S) bool, False where an id repeats one earlier in its row."""
+    sorted_ids, order = ids.sort(dim=-1, stable=True)
+    repeat_sorted = torch.zeros_like(sorted_ids, dtype=torch.bool)
+    repeat_sorted[..., 1:] = sorted_ids[..., 1:] == sorted_ids[..., :-1]
+    repeat = torch.zeros_like(repeat_sorted).scatter(-1, order, repeat_sorted)
+    return ~repeat
+
+
+def student_support_targets(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    top_k: int,
+    union: bool,
+    logsumexp_temperature: Optional[float],
+) -> TeacherTargets:
+    """The support of OPCD's reverse KL: the student's top-K entries (or their union with the teacher's
+    top-K), as TeacherTargets the KL losses read like the teacher's own top-K.
+
+    student_logits (..., V) (the ids are chosen from them, never differentiated), teacher_logits (..., V)
+    -> topk_indices (..., K) or (..., 2K) with topk_valid marking repeats of the union, topk_values the
+    teacher's logits there, and the teacher's logsumexp at the given temperature for a tail bucket.
+    """
+    ids = torch.topk(student_logits.detach(), top_k, dim=-1).indices
+    valid = None
+    if union:
+        ids = torch.cat([ids, torch.topk(teacher_logits.detach(), top_k, dim=-1).indices], dim=-1)
+        valid = first_occurrences(ids)
+    teacher = teacher_logits.detach()
+    lse = None
+    if logsumexp_temperature is not None:
+        lse = torch.logsumexp(teacher.float() / logsumexp_temperature, dim=-1)
+    return TeacherTargets(
+        topk_values=teacher.gather(-1, ids),
+        topk_indices=ids,
+        logsumexp=lse,
+        logsumexp_temperature=logsumexp_temperature,
+        topk_valid=valid,
+    )
+
+
+def sampled_token(
+    student_logits: torch.Tensor,
+    teacher: TeacherTargets,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float,
+    baseline: bool,
+    clip: Optional[float] = None,
+    weighting: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The single-sample estimator of reverse KL's gradient at the answer's own (sampled) token y:
+
+        loss = -A.detach() * log p_s(y),   A = log p_t(y) - log p_s(y)   [+ KL(p_s || p_t) with baseline]
+
+    whose gradient, -A * grad log p_s(y), is in expectation over y ~ p_s the gradient of KL(p_s || p_t)
+    (the baseline -KL(p_s || p_t), in closed form over the vocabulary, lowers its variance, vOPD). ``clip``
+    bounds |A| (OPSD's per-token clipping); ``weighting`` maps the per-token KL (M,) to weights (M,).
+
+    student_logits (..., V), teacher.logits (..., V), targets (...) the sampled ids, mask (...) bool ->
+    (surrogate sum, sum of the per-token KL(p_s || p_t) (what is logged as the divergence), count).
+    """
+    where = "sampled_token"
+    _check_mask(student_logits, mask, where)
+    _require(teacher, ("logits",), where)
+    log_ps = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)
+    log_pt = F.log_softmax(
+        _select(teacher.logits, mask, "teacher.logits", where).detach().float() / temperature, dim=-1
+    )
+    y = _select(targets, mask, "targets", where).unsqueeze(-1)
+    token_ps, token_pt = log_ps.gather(-1, y).squeeze(-1), log_pt.gather(-1, y).squeeze(-1)
+    kl = _kl(log_ps, log_pt).detach()
+    advantage = (token_pt - token_ps).detach() + (kl if baseline else 0.0)
+    if clip is not None:
+        advantage = advantage.clamp(-clip, clip)
+    surrogate = -advantage * token_ps
+    if weighting is not None:
+        surrogate = surrogate * weighting(kl)
+    return surrogate.sum(), kl.sum(), mask.sum()
+
+
+def clip_per_token(per_token: torch.Tensor, clip: float) -> torch.Tensor:
+    """Each token's loss counted at most `clip` (M,) -> (M,); above it the gradient is scaled by
+    clip / loss, not zeroed (a token far from the teacher still pulls, no harder than the cap)."""
+    return per_token * (clip / per_token.detach()).clamp(max=1.0)
+
+
+def distillation_terms(
+    name: str,
+    student_logits: torch.Tensor,
+    teacher: TeacherTargets,
+    mask: torch.Tensor,
+    *,
+    temperature: float,
+    beta: float,
+    support: str,
+    scale_by_temperature_squared: bool,
+    targets: Optional[torch.Tensor] = None,
+    topk_from: str = "teacher",
+    top_k: Optional[int] = None,
+    baseline: bool = False,
+    clip: Optional[float] = None,
+    weighting: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """distill.loss with every option: (loss sum, divergence sum, count).
+
+    The divergence is the per-token loss before clipping and weights (for sampled_token: the per-token
+    KL(p_s || p_t)), for logging. ``topk_from`` "student" or "union" takes the support from the student's
+    top-K (``teacher`` must then hold full logits). With no clip and no weighting the loss sum is exactly
+    distillation_loss's.
+    """
+    if name == "sampled_token":
+        return sampled_token(
+            student_logits,
+            teacher,
+            targets,
+            mask,
+            temperature=temperature,
+            baseline=baseline,
+            clip=clip,
+            weighting=weighting,
+        )
+    if topk_from not in TOPK_FROM:
+        raise ValueError(f"topk_from must be one of {TOPK_FROM}, got {topk_from!r}")
+    if topk_from != "teacher":
+        _require(teacher, ("logits",), f"topk_from={topk_from!r}")
+        teacher = student_support_targets(
+            student_logits,
+            teacher.logits,
+            top_k=top_k,
+            union=topk_from == "union",
+            logsumexp_temperature=temperature if support == "tail_bucket" else None,
+        )
+    raw: list[torch.Tensor] = []
+
+    def shape(per_token: torch.Tensor) -> torch.Tensor:
+        raw.append(per_token.detach().sum())
+        if clip is not None:
+            per_token = clip_per_token(per_token, clip)
+        if weighting is not None:
+            per_token = per_token * weighting(per_token.detach())
+        return per_token
+
+    loss_sum, count = distillation_loss(
+        name,
+        student_logits,
+        teacher,
+        mask,
+        temperature=temperature,
+        beta=beta,
+        support=support,
+        scale_by_temperature_squared=scale_by_temperature_squared,
+        shape_tokens=shape,
+    )
+    return loss_sum, raw[0], count

@@ -4,7 +4,7 @@
 
 `target_spec` says what the loss reads from the teacher at each answer token (top-K values and ids,
 a log-normaliser for a tail bucket, or the full distribution), so a teacher can reduce its logits to
-exactly that; `distillation_sum` applies distill.loss with its options to one chunk of positions.
+exactly that; `distillation_sums` applies distill.loss with its options to one chunk of positions.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 
 from fsdistill.config import Config
-from fsdistill.distill.losses import TeacherTargets, distillation_loss
+from fsdistill.distill.losses import TeacherTargets, distillation_terms
+from fsdistill.distill.weighting import token_weights
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,12 @@ class TargetSpec:
 
 def target_spec(cfg: Config) -> TargetSpec:
     """The targets distill.* asks for. With a teacher cache and a full-vocabulary loss, the cache keeps
-    teacher.cache_top_k entries plus a tail bucket, so the loss runs on that K+1 support instead."""
+    teacher.cache_top_k entries plus a tail bucket, so the loss runs on that K+1 support instead. The
+    sampled-token estimator and a support taken from the student's top-K (distill.topk_from) read the
+    teacher's full distribution (hidden states + head per chunk)."""
     d = cfg.distill
+    if d.loss == "sampled_token" or d.topk_from != "teacher":
+        return TargetSpec(None, d.topk_support if d.top_k is not None else "full", None)
     if d.top_k is not None:
         top_k, support = d.top_k, d.topk_support
     elif cfg.teacher.cache != "off":
@@ -46,10 +51,16 @@ def target_spec(cfg: Config) -> TargetSpec:
     return TargetSpec(top_k, support, d.temperature if needs_lse else None)
 
 
-def distillation_sum(cfg: Config, student_logits, teacher: TeacherTargets, mask) -> torch.Tensor:
-    """distill.loss summed over positions: student_logits (n, V), teacher targets at the same n, mask (n,)."""
+def distillation_sums(
+    cfg: Config, student_logits, teacher: TeacherTargets, mask, targets
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distill.loss summed over positions, the per-token divergence summed, for logging).
+
+    student_logits (n, V), teacher targets at the same n positions, mask (n,) bool, targets (n,) the
+    answer's ids (read by the sampled-token estimator). Clipping and token weights apply to the loss only.
+    """
     d = cfg.distill
-    dist_sum, _ = distillation_loss(
+    loss_sum, divergence_sum, _ = distillation_terms(
         d.loss,
         student_logits,
         teacher,
@@ -58,5 +69,11 @@ def distillation_sum(cfg: Config, student_logits, teacher: TeacherTargets, mask)
         beta=d.beta,
         support=target_spec(cfg).support,
         scale_by_temperature_squared=d.scale_by_temperature_squared,
+        targets=targets,
+        topk_from=d.topk_from,
+        top_k=d.top_k,
+        baseline=d.baseline,
+        clip=d.clip,
+        weighting=token_weights(d.token_weighting, d.token_fraction),
     )
-    return dist_sum
+    return loss_sum, divergence_sum

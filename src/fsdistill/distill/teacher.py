@@ -41,6 +41,11 @@ class Teacher(Protocol):
         positions (e.g. a loss over the student's own top-K support)."""
         ...
 
+    def sampling_model(self) -> contextlib.AbstractContextManager:
+        """A context yielding the causal LM that writes the teacher's answers (rollout.source=teacher): the
+        frozen weights (the student's model with its adapter off, or the frozen copy)."""
+        ...
+
     def self_check(self, vocab_size: int, device) -> None:
         """Start-up check that the teacher's fast paths equal the plain forward on this model."""
         ...
@@ -150,6 +155,12 @@ class LiveTeacher:
             return torch.cat(parts) if parts else hidden.new_zeros(token_ids.shape)
 
         return self._run(gathered)
+
+    @contextlib.contextmanager
+    def sampling_model(self):
+        off = self.adapter_off() if self.adapter_off else contextlib.nullcontext()
+        with off:
+            yield self.answer_lm.model
 
     def self_check(self, vocab_size: int, device) -> None:
         """Reusing a prefix must equal the plain forward on this model (the only fast path here)."""

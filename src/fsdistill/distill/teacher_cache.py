@@ -340,6 +340,10 @@ class CachedTeacher:
     def self_check(self, vocab_size: int, device) -> None:
         self.live.self_check(vocab_size, device)
 
+    def sampling_model(self):
+        """The live teacher's model (the config refuses a cache with sampled answers; kept for the protocol)."""
+        return self.live.sampling_model()
+
     def logits_at(self, batch, pos, token_ids: torch.Tensor) -> torch.Tensor:
         """Logits at arbitrary ids are not in the store (only the top-K are): the live teacher gives them."""
         return self.live.logits_at(batch, pos, token_ids)

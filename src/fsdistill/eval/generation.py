@@ -14,11 +14,22 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from tqdm import tqdm
+
+# Re-exported: the primitives live in modeling (training's rollouts use them too).
+from fsdistill.modeling.generation import (  # noqa: F401
+    VLLM_MISSING,
+    cut_at_stop,
+    cut_at_stop_strings,
+    import_vllm,
+    left_pad,
+    load_generation_config,
+    pad_token_id_for,
+    stop_token_ids_for,
+)
 
 
 @dataclass(frozen=True)
@@ -33,93 +44,9 @@ class GenerationSettings:
     stop_strings: tuple[str, ...] = ()
 
 
-def stop_token_ids_for(tokenizer, end_of_turn_ids=(), generation_config=None) -> tuple[int, ...]:
-    """Token ids that end an answer: eos, the chat template's end-of-turn token (data.prompts
-    PromptBuilder.end_of_turn_ids: a chat model ends its turn with it rather than with eos), and the
-    model's generation-config eos ids (Qwen3's lists `<|endoftext|>` beside `<|im_end|>`: a model that
-    stops at either must stop in both backends). Returns a sorted, deduplicated tuple.
-    """
-    ids: set[int] = {int(i) for i in end_of_turn_ids}
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    if generation_config is not None:
-        ids.update(_as_id_list(generation_config.eos_token_id))
-    return tuple(sorted(ids))
-
-
-def load_generation_config(*names: str | None):
-    """The first GenerationConfig found in these folders or Hub ids (the tokenizer's folder often carries
-    the model's), or None: a random-weight model has none."""
-    from transformers import GenerationConfig
-
-    for name in names:
-        if name:
-            try:
-                return GenerationConfig.from_pretrained(name)
-            except OSError:
-                continue
-    return None
-
-
-def cut_at_stop_strings(text: str, stop_strings: tuple[str, ...]) -> str:
-    """The text before the first occurrence of any stop string."""
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-def _as_id_list(token_ids: int | list[int] | None) -> list[int]:
-    """generation_config.eos_token_id may be None, one int, or a list."""
-    if token_ids is None:
-        return []
-    if isinstance(token_ids, int):
-        return [token_ids]
-    return [int(token_id) for token_id in token_ids]
-
-
 # --------------------------------------------------------------------------------------------------
 # transformers backend
 # --------------------------------------------------------------------------------------------------
-
-
-def pad_token_id_for(tokenizer) -> int:
-    """The id filling left padding: the tokenizer's pad token, else its eos token.
-
-    The padded positions are masked out, so the id only has to exist in the vocabulary; eos is the
-    usual stand-in for tokenizers (e.g. Llama 3) that define no pad token.
-    """
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    if tokenizer.eos_token_id is not None:
-        return int(tokenizer.eos_token_id)
-    raise ValueError("tokenizer has neither a pad nor an eos token: cannot pad a batch")
-
-
-def left_pad(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad prompts so every row's last prompt token sits at the final column, where generation starts.
-
-    Returns (input_ids, attention_mask), both int64 of shape (batch, longest prompt); mask 0 marks padding.
-    """
-    if any(len(ids) == 0 for ids in prompt_ids):
-        raise ValueError("empty prompt: generation needs at least one prompt token")
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
-def cut_at_stop(token_ids: list[int], stop_token_ids: tuple[int, ...]) -> list[int]:
-    """Tokens before the first stop token: drops the stop token and any padding generate added after it.
-
-    Needed beyond skip_special_tokens because a stop id need not be a special token.
-    """
-    stops = set(stop_token_ids)
-    for position, token_id in enumerate(token_ids):
-        if token_id in stops:
-            return token_ids[:position]
-    return token_ids
 
 
 def batches_by_length(prompt_ids: list[list[int]], batch_size: int) -> list[list[int]]:
@@ -199,22 +126,6 @@ def generate_hf_batch(
 # --------------------------------------------------------------------------------------------------
 # vLLM backend
 # --------------------------------------------------------------------------------------------------
-
-
-VLLM_MISSING = (
-    "the vllm backend needs vLLM, which is not installed in this environment. Make the separate vLLM "
-    "environment described in compute.md and run from it, or use --backend hf."
-)
-
-
-def import_vllm() -> SimpleNamespace:
-    """The three vLLM names this module uses, imported only when the vllm backend is chosen."""
-    try:
-        import vllm
-        from vllm.lora.request import LoRARequest
-    except ImportError as error:
-        raise ImportError(VLLM_MISSING) from error
-    return SimpleNamespace(LLM=vllm.LLM, SamplingParams=vllm.SamplingParams, LoRARequest=LoRARequest)
 
 
 class VLLMGenerator:

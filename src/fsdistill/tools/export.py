@@ -65,7 +65,8 @@ def export_checkpoint(
 
     from fsdistill.data.prompts import PromptBuilder, load_tokenizer
     from fsdistill.eval.generation import load_generation_config, stop_token_ids_for
-    from fsdistill.train.checkpoint import checkpoint_step, saved_config
+    from fsdistill.train.checkpoint import saved_config
+    from fsdistill.train.run_dir import checkpoint_step
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / "checkpoint.json").is_file():

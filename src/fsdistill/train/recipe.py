@@ -2,10 +2,10 @@
 
     setup → for each optimizer step: step → log → checkpoint → finish
 
-A step is a sequence of stages (step.py for the first four):
-    batch (the step's micro-batches; on-policy training adds rollouts here)
+A step is a sequence of stages (step.py for the middle three):
+    batch (the step's micro-batches of gold answers; or rollouts sampled for them, train/rollouts.py)
     → teacher targets → student losses → backward      (per micro-batch)
-    → optimizer (clip, AdamW, schedule)
+    → optimizer (clip, AdamW, schedule; a vLLM sampler then takes the new weights)
 
 Every process builds its own micro-batches (deterministic in the step, see data/batch.py). The scheduler
 is not handed to `accelerator.prepare`, which would step it once per process (the original's LR hit 0 at
@@ -49,6 +49,7 @@ from fsdistill.train.checkpoint import (
     verify_checkpoint,
 )
 from fsdistill.train.records import RunRecorder, make_trackers
+from fsdistill.train.rollouts import Rollouts, rollout_metrics
 from fsdistill.train.run_dir import (
     check_output_dir,
     checkpoint_step,
@@ -57,7 +58,7 @@ from fsdistill.train.run_dir import (
     run_lock,
 )
 from fsdistill.train.signals import StopRequest
-from fsdistill.train.step import StepSums, backward_step
+from fsdistill.train.step import StepData, StepSums, backward_step
 
 
 class TrainingDiverged(UserError):
@@ -166,7 +167,9 @@ class TrainState:
     end: int  # the last step this launch runs (training.stop_after or max_steps)
     resources: ExitStack  # the run lock and the signal handlers, released by finish()
     stop: StopRequest
+    rollouts: Optional[Rollouts] = None  # rollout.source other than gold
     rows_seen: list[list[int]] = field(default_factory=list)  # this process's rows, per step
+    sources: list[str] = field(default_factory=list)  # whose answers each step of this launch trained on
     updates: int = 0  # optimizer updates made by this launch
     last_saved: int = -1  # the step of the newest checkpoint written by this launch
 
@@ -272,9 +275,16 @@ def setup(
         "global_batch_size": global_batch,
     }
     trainable = [p for p in student.parameters() if p.requires_grad]
+    rollouts = None
+    if cfg.rollout.source != "gold":
+        rollouts = Rollouts(
+            cfg, tokenizer, batches.prompts, batches.by_row, run_dir, rank, accelerator.autocast
+        )
+        resources.callback(rollouts.close)
+        rollouts.sync(accelerator.unwrap_model(student), start)
     return TrainState(
         cfg, method, accelerator, run_dir, tokenizer, batches, student, teacher, optimizer, scheduler,
-        trainable, recorder, meta, start, end, resources, stop,
+        trainable, recorder, meta, start, end, resources, stop, rollouts,
     )  # fmt: skip
 
 
@@ -362,17 +372,43 @@ class StepResult:
     dist: float  # mean distillation loss per answer token
     lr: float  # the learning rate the update used
     grad_norm: float  # before clipping
+    source: str = "gold"  # whose answers the step trained on (rollout.source; mixed: drawn per step)
+    rollout: Optional[dict] = None  # rollout metrics (summed over processes), for a sampled step
+    distill_weight: float = 0.0  # λ (0 without a teacher)
+
+    @property
+    def total(self) -> float:
+        """The step's loss: c·CE + λ·D (+ gold-answer CE with rollout.gold_ce); see step.py."""
+        s, weight = self.sums, self.distill_weight
+        gold = s.gold_ce_sum / s.gold_tokens if s.gold_tokens else 0.0
+        return s.ce_weight * self.ce + weight * self.dist + gold
 
 
 def train_step(state: TrainState, step: int, micro_batches) -> StepResult:
-    """batch → (teacher targets → student losses → backward) per micro-batch → optimizer."""
-    state.rows_seen.append([r for mb in micro_batches for r in mb.batch.rows.tolist() if r >= 0])
-    sums = backward_step(state.cfg, state.accelerator, state.student, state.teacher, micro_batches)
+    """batch (→ rollouts) → (teacher targets → student losses → backward) per micro-batch → optimizer."""
+    acc = state.accelerator
+    source, rollout = "gold", None
+    if state.rollouts is None:
+        batches = StepData(micro_batches)
+    else:
+        batches, source, stats = state.rollouts.step_batches(
+            step, micro_batches, acc.unwrap_model(state.student), state.teacher
+        )
+        if stats is not None:
+            total = acc.reduce(stats.as_tensor(acc.device), reduction="sum")
+            rollout = rollout_metrics(total, acc.num_processes)
+    state.sources.append(source)
+    state.rows_seen.append([r for mb in batches.micro_batches for r in mb.batch.rows.tolist() if r >= 0])
+    sums = backward_step(state.cfg, acc, state.student, state.teacher, batches)
     if state.teacher is not None:
-        state.teacher.end_step(state.accelerator)
+        state.teacher.end_step(acc)
     result = optimizer_step(state, step, sums)
+    result.source, result.rollout = source, rollout
+    result.distill_weight = state.cfg.distill.weight if state.teacher is not None else 0.0
+    if state.rollouts is not None:
+        state.rollouts.sync(acc.unwrap_model(state.student), step)
     state.updates += int(sums.answer_tokens > 0)
-    dropped = [r for mb in micro_batches for r in mb.dropped_rows]
+    dropped = [r for mb in batches.micro_batches for r in mb.dropped_rows]
     if dropped or sums.dropped:
         report_dropped(state.recorder, step, dropped, sums.dropped)
     return result
@@ -414,13 +450,18 @@ def log_step(state: TrainState, step: int, result: StepResult, seconds: float) -
         return
     if not (step % state.cfg.training.log_every == 0 or step == state.end or step == state.start + 1):
         return
+    sums = result.sums
     values = {"train/ce_loss": result.ce}
     if state.teacher is not None:
         values["train/dist_loss"] = result.dist
+        values["train/divergence"] = sums.divergence_sum / max(sums.answer_tokens, 1.0)
+    if sums.gold_tokens:
+        values["train/gold_ce_loss"] = sums.gold_ce_sum / sums.gold_tokens
+    if state.rollouts is not None:
+        values["train/on_policy"] = float(result.source == "student")
     values.update(
         {
-            "train/total_loss": result.ce
-            + (state.cfg.distill.weight * result.dist if state.teacher else 0.0),
+            "train/total_loss": result.total,
             "train/lr": result.lr,
             "train/grad_norm": result.grad_norm,
             "train/tokens_per_s": result.sums.seq_tokens / max(seconds, 1e-9),
@@ -429,7 +470,10 @@ def log_step(state: TrainState, step: int, result: StepResult, seconds: float) -
     )
     if state.teacher is not None:
         values.update({f"train/{k}": v for k, v in state.teacher.metrics().items()})
+    values.update(result.rollout or {})
     state.recorder.log(step, values)
+    if state.rollouts is not None:
+        state.recorder.log_samples(step, state.rollouts.last_samples)
 
 
 def checkpoint(state: TrainState, step: int) -> None:
@@ -472,6 +516,7 @@ def finish(state: TrainState, status: str) -> None:
         "world_size": acc.num_processes,
         "first_step": state.start + 1,
         "rows_by_step": state.rows_seen,
+        "sources_by_step": state.sources,
         "trainable_parameters_sha256": parameter_digest(acc.unwrap_model(state.student)),
         **shard_record(acc.unwrap_model(state.student)),
     }

@@ -86,7 +86,8 @@ class RunRecorder:
             self.manifest["started"] = previous.get("started", self.manifest["started"])
         self.manifest["checkpoints"] = [{"step": s, "path": p.name} for s, p in list_checkpoints(run_dir)]
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-        self._truncate_metrics(start_step)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            self._truncate_records(run_dir / name, start_step)
         self.save()
         # The config, for trackers with a place for it (TensorBoard's hparams would add a second events
         # file; run.json holds the config anyway).
@@ -98,11 +99,10 @@ class RunRecorder:
             if tracker.name != "tensorboard":
                 tracker.store_init_configuration(flat)
 
-    def _truncate_metrics(self, start_step: int) -> None:
-        """On resume, drop records past the checkpoint (a crash may have logged steps that are redone).
-        A torn last line (the process died mid-write) is dropped with a warning; a bad line elsewhere is a
-        damaged file, refused naming the line."""
-        path = self.run_dir / "metrics.jsonl"
+    def _truncate_records(self, path: Path, start_step: int) -> None:
+        """On resume, drop the JSON lines (metrics, samples) of steps past the checkpoint (a crash may have
+        logged steps that are redone). A torn last line (the process died mid-write) is dropped with a
+        warning; a bad line elsewhere is a damaged file, refused naming the line."""
         if not path.is_file():
             return
         lines = path.read_bytes().decode("utf-8", "replace").splitlines()
@@ -120,7 +120,7 @@ class RunRecorder:
                     )
                     continue
                 raise UserError(
-                    f"{path}:{lineno}: not a metrics record; mend or remove the line, then --resume"
+                    f"{path}:{lineno}: not a record of a step; mend or remove the line, then --resume"
                 ) from None
             if step <= start_step:
                 keep.append(line)
@@ -135,6 +135,19 @@ class RunRecorder:
         if self.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **values}) + "\n")
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        """Sampled answers of a logged step: samples.jsonl, and trackers that show text (TensorBoard)."""
+        if not samples:
+            return
+        if self.is_main:
+            with open(self.run_dir / "samples.jsonl", "a") as f:
+                for sample in samples:
+                    f.write(json.dumps({"step": step, **sample}, ensure_ascii=False) + "\n")
+        text = "\n\n".join(f"row {s['row']}: {s['completion']!r}" for s in samples)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log({"rollout/samples": text}, step=step)
 
     def checkpoints_changed(self) -> None:
         self.manifest["checkpoints"] = [

@@ -15,7 +15,7 @@ import torch
 
 from fsdistill.distill.alignment import answer_positions
 from fsdistill.distill.losses import TeacherTargets, cross_entropy, teacher_targets_from_logits
-from fsdistill.distill.objective import distillation_sum
+from fsdistill.distill.objective import distillation_sums
 from fsdistill.modeling.answer_lm import eval_mode
 from fsdistill.train.step import MicroLosses
 
@@ -53,5 +53,5 @@ def reference_micro_batch_losses(cfg, student, live, batch, autocast):
             keep_full=False,
             logsumexp_temperature=spec.logsumexp_temperature,
         )
-    dist_sum = distillation_sum(cfg, student_logits, targets, mask)
-    return MicroLosses(ce_sum, dist_sum, pos.count), shapes
+    dist_sum, divergence_sum = distillation_sums(cfg, student_logits, targets, mask, pos.targets)
+    return MicroLosses(ce_sum, dist_sum, divergence_sum, pos.count), shapes

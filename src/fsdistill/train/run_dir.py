@@ -4,6 +4,7 @@ A run folder (output.dir) holds:
   run.json           name, method, config, identity, checkpoints so far, status (the project's marker)
   config.yaml        the resolved config, written at start
   metrics.jsonl      one JSON line per logged optimizer step
+  samples.jsonl      rollouts only: a few sampled answers per logged step (rollout.log_samples)
   tensorboard/       event files (output.log_with)
   ranks/rank{r}.json what process r saw (rows per step) and a digest of its trainable parameters
   checkpoint-{step}/ see checkpoint.py; checkpoint.json lists every file of the checkpoint
@@ -36,7 +37,7 @@ from fsdistill.errors import UserError
 from fsdistill.files import LockHeld, file_lock
 
 LOCK = ".fsdistill.lock"
-RUN_RECORDS = ("run.json", "config.yaml", "metrics.jsonl")
+RUN_RECORDS = ("run.json", "config.yaml", "metrics.jsonl", "samples.jsonl")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TEMP_RE = re.compile(r"^\.checkpoint-(\d+)\.tmp(-[\w.-]+)?$")
 # The names of the files a checkpoint holds, of this version and earlier ones (which did not list their

@@ -1,0 +1,308 @@
+"""Time an on-policy step (scripts/bench_step.py --on_policy): teacher scoring of rollouts with and without
+the exemplar prefix cache, and the whole step split into its stages, against an SFT step.
+
+On one model, the same rows and the same rollouts, in one process:
+
+  (1) teacher scoring of the step's rollouts (k-shot prompt + sampled answer, fixed shots):
+        prefix_teacher  the exemplar prefix's keys/values computed once (the teacher is frozen) and reused,
+                        only question + sampled answer run (this repository);
+        reencode        the whole k-shot context run at every call (what OPCD, OPSD and TRL do).
+  (2) the on-policy step, stage by stage, for one optimizer step's rows (per-device batch x accumulation):
+        generation      one batched sampling call (transformers generate, eval mode), at most the task's
+                        median gold-answer length new tokens;
+        teacher         the prefix teacher's targets at every sampled token, every micro-batch;
+        student         the student's forward + backward on the sampled answers, every micro-batch;
+      against sft: the SFT step's forward + backward on the same rows' gold answers.
+
+Variants are interleaved round by round, order rotated; ratios of medians, per-round paired ratios, and
+beside each the ratio a FLOP count predicts (2 x matmul parameters x tokens per forward, x2 more for the
+LoRA backward's input gradients; attention scores left out). Generation on a CPU is bound by one small
+forward per new token, not by FLOPs: its measured share is far above the predicted one, and that gap is
+the number to read.
+
+    python scripts/bench_step.py --on_policy --preset cpu     # -> experiments/bench/on_policy_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from fsdistill.config import load_config, to_dict
+from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.tools.bench import PRESETS, REPO, device_description, preset_overrides, summary
+
+TEACHER_VARIANTS = ("prefix_teacher", "reencode")
+STEP_VARIANTS = ("sft", "on_policy")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=sorted(PRESETS), help="A shipped benchmark setting.")
+    source.add_argument("--config", help="Any training config (per_example or fixed shots; fixed is used).")
+    p.add_argument("--rounds", type=int, default=5, help="Timed rounds (each runs every variant once).")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="Untimed rounds first (the prefix is computed there)."
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--output", default=None, help="default experiments/bench/on_policy_<preset>.json")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, applied last")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 1:
+        p.error("--rounds and --warmup must be at least 1")
+    args.output = args.output or str(
+        REPO / "experiments" / "bench" / f"on_policy_{args.preset or 'custom'}.json"
+    )
+    return args
+
+
+def median_answer_tokens(batches) -> int:
+    """The median length in tokens of the training rows' gold answer parts (answer + end-of-turn)."""
+    lengths = []
+    for example in batches.by_row.values():
+        _, answer_ids, _ = batches.prompts.encode_student(example)
+        lengths.append(len(answer_ids))
+    return int(statistics.median(lengths))
+
+
+def matmul_parameters(student) -> tuple[int, int]:
+    """(decoder matmul parameters, output-head parameters) of the student's causal LM."""
+    from fsdistill.modeling.answer_lm import base_causal_lm
+
+    lm = base_causal_lm(student.model)
+    head = lm.get_output_embeddings().weight.numel()
+    embed = lm.get_input_embeddings().weight.numel()
+    decoder = sum(p.numel() for name, p in lm.named_parameters() if "lora_" not in name) - embed
+    decoder -= 0 if lm.config.tie_word_embeddings else head
+    return decoder, head
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    config = str(REPO / PRESETS[args.preset]["config"]) if args.preset else args.config
+    base = [*preset_overrides(args.preset), *args.overrides, "teacher.cache=off", "fewshot.selection=fixed"]
+    cfg, _ = load_config(config, overrides=[*base, "rollout.source=student"])
+    if cfg.fewshot.k == 0:
+        raise UserError("the on-policy benchmark times a k-shot teacher: fewshot.k must be at least 1")
+    reencode_cfg, _ = load_config(config, overrides=[*base, "teacher.prefix_cache=false"])
+
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            return _run(args, cfg, reencode_cfg, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, cfg, reencode_cfg, argv) -> dict:
+    import torch
+    import transformers
+    from tqdm.auto import tqdm
+
+    from fsdistill.data.batch import build_training_batches
+    from fsdistill.data.prompts import load_tokenizer
+    from fsdistill.distill.alignment import answer_positions
+    from fsdistill.distill.teacher import make_live_teacher, make_teacher
+    from fsdistill.files import git_state, write_json_atomic
+    from fsdistill.modeling.loading import load_student, make_autocast
+    from fsdistill.train.rollouts import Rollouts
+    from fsdistill.train.step import micro_batch_losses, student_losses, teacher_targets
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast = make_autocast(cfg.training.mixed_precision, device)
+    print(f"bench on-policy: tokenizer, data and model on {device} ...", file=sys.stderr)
+    torch.manual_seed(cfg.training.seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    batches = build_training_batches(cfg, tokenizer, with_teacher=True, num_processes=1)
+    answer_len = median_answer_tokens(batches)
+    cfg.rollout.max_new_tokens = answer_len
+    student = load_student(cfg)
+    student.to(device)
+    teacher = make_teacher(cfg, student)
+    reencode = make_live_teacher(reencode_cfg, teacher.answer_lm, teacher.adapter_off)
+    if teacher.prefix is None or reencode.prefix is not None:
+        raise UserError(
+            "this model does not support prefix reuse (sliding-window layers): nothing to compare"
+        )
+    teacher.self_check(len(tokenizer), device)
+    rollouts = Rollouts(
+        cfg, tokenizer, batches.prompts, batches.by_row, Path(args.output).parent, 0, autocast
+    )
+    params = [p for p in student.parameters() if p.requires_grad]
+    per_device, accum = cfg.training.per_device_batch_size, cfg.training.grad_accum_steps
+    gold = [batches.micro_batch(0, m, 0, 1, per_device) for m in range(accum)]
+    if any(mb.dropped_rows for mb in gold):
+        raise UserError("a benchmark row is over the length limits: raise data.max_*_len")
+
+    def sample():
+        data, _, stats = rollouts.step_batches(1, gold, student, teacher)
+        return [mb.batch.to(device) for mb in data.micro_batches], stats
+
+    def targets(t, sampled):
+        """A teacher's targets for every micro-batch of the rollouts (no grad: Teacher.targets is)."""
+        return [teacher_targets(t, b, answer_positions(b), autocast) for b in sampled]
+
+    def student_step(sampled, targets_of):
+        for b, targets in zip(sampled, targets_of):
+            pos = answer_positions(b)
+            out = student_losses(cfg, student, b, pos, targets, autocast)
+            (cfg.distill.weight * out.dist_sum / max(out.tokens, 1)).backward()
+        for p in params:
+            p.grad = None
+
+    def sft_step():
+        for mb in gold:
+            out = micro_batch_losses(cfg, student, None, mb.batch.to(device), autocast)
+            (out.ce_sum / max(out.tokens, 1)).backward()
+        for p in params:
+            p.grad = None
+
+    def timed(fn, *fn_args):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tick = time.perf_counter()
+        out = fn(*fn_args)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - tick, out
+
+    times = {k: [] for k in (*TEACHER_VARIANTS, "generation", "teacher", "student", "sft")}
+    rounds, sampled_tokens, ended = [], [], []
+    student.train()
+    for r in tqdm(range(args.warmup + args.rounds), desc="bench rounds", unit="round", file=sys.stderr):
+        row = {"round": r - args.warmup, "seconds": {}}
+        # (2): sft and the on-policy stages; (1): the two teachers on this round's rollouts
+        order = ["sft", "on_policy"] if r % 2 == 0 else ["on_policy", "sft"]
+        sampled = None
+        for variant in order:
+            if variant == "sft":
+                row["seconds"]["sft"], _ = timed(sft_step)
+                continue
+            row["seconds"]["generation"], (sampled, stats) = timed(sample)
+            row["seconds"]["teacher"], targets_of = timed(targets, teacher, sampled)
+            row["seconds"]["student"], _ = timed(student_step, sampled, targets_of)
+            sampled_tokens.append(stats.sampled_tokens)
+            ended.append(stats.ended / max(stats.samples, 1))
+        teachers = list(TEACHER_VARIANTS) if r % 2 == 0 else list(reversed(TEACHER_VARIANTS))
+        for name in teachers:
+            t = teacher if name == "prefix_teacher" else reencode
+            row["seconds"][name], _ = timed(targets, t, sampled)
+        if r >= args.warmup:
+            for k, v in row["seconds"].items():
+                times[k].append(v)
+            row["seconds"]["on_policy"] = sum(row["seconds"][k] for k in ("generation", "teacher", "student"))
+            rounds.append(row)
+    times["on_policy"] = [row["seconds"]["on_policy"] for row in rounds]
+
+    # --- predicted FLOP ratios -----------------------------------------------------------------------
+    decoder, head = matmul_parameters(student)
+    last = sampled
+    teacher_tokens = sum(int(b.teacher_mask.sum()) for b in last)
+    answer_tokens = sum(b.num_answer_tokens for b in last)
+    student_tokens = sum(int(b.student_mask.sum()) for b in last)
+    rows = sum(b.size for b in last)
+    prefix = shared_prefix_length(last)
+    suffix_tokens = teacher_tokens - rows * prefix
+    gold_student_tokens = sum(int(mb.batch.student_mask.sum()) for mb in gold)
+    gold_answer_tokens = sum(mb.batch.num_answer_tokens for mb in gold)
+    prompt_tokens = sum(e.student_answer_start for mb in gold for e in mb.encoded)
+
+    def forward(tokens, head_tokens):
+        return 2 * (decoder * tokens + head * head_tokens)
+
+    flops = {
+        "generation": forward(prompt_tokens + answer_tokens, answer_tokens),
+        "teacher": forward(suffix_tokens, answer_tokens),
+        "reencode": forward(teacher_tokens, answer_tokens),
+        "student": 2 * forward(student_tokens, answer_tokens),
+        "sft": 2 * forward(gold_student_tokens, gold_answer_tokens),
+    }
+    flops["on_policy"] = flops["generation"] + flops["teacher"] + flops["student"]
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    ratios = {
+        "prefix_teacher/reencode": {
+            "measured": med["prefix_teacher"] / med["reencode"],
+            "predicted_by_flops": flops["teacher"] / flops["reencode"],
+            "paired": summary([r["seconds"]["prefix_teacher"] / r["seconds"]["reencode"] for r in rounds]),
+            "target": "<= 0.35",
+        },
+        "on_policy/sft": {
+            "measured": med["on_policy"] / med["sft"],
+            "predicted_by_flops": flops["on_policy"] / flops["sft"],
+            "paired": summary([r["seconds"]["on_policy"] / r["seconds"]["sft"] for r in rounds]),
+        },
+    }
+    shares = {k: med[k] / med["on_policy"] for k in ("generation", "teacher", "student")}
+    predicted_shares = {k: flops[k] / flops["on_policy"] for k in ("generation", "teacher", "student")}
+    result = {
+        "what": "seconds per optimizer step's rows (one rollout batch); variants interleaved, order alternated "
+        "each round; ratios of medians, per-round paired ratios, and the ratio FLOPs predict",
+        "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        "preset": args.preset,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "ratios": ratios,
+        "on_policy_step_shares": {"measured": shares, "predicted_by_flops": predicted_shares},
+        "rollout": {
+            "max_new_tokens": answer_len,
+            "max_new_tokens_is": "the median gold-answer length (tokens, answer + end-of-turn) of the training rows",
+            "rows_per_step": rows,
+            "sampled_tokens_per_step": summary(sampled_tokens[args.warmup :]),
+            "ended_fraction": summary(ended[args.warmup :]),
+            "tokens_per_s": statistics.median(sampled_tokens[args.warmup :]) / med["generation"],
+        },
+        "seconds": {k: summary(v) for k, v in times.items() if v},
+        "flops": flops,
+        "tokens": {
+            "teacher": teacher_tokens,
+            "teacher_suffix": suffix_tokens,
+            "shared_prefix": prefix,
+            "student": student_tokens,
+            "answer": answer_tokens,
+            "sft_student": gold_student_tokens,
+            "sft_answer": gold_answer_tokens,
+        },
+        "rounds_detail": rounds,
+        "device": {
+            "type": device.type,
+            "name": device_description(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "git_commit": git_state()["commit"],
+        "config": to_dict(cfg),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(args.output)
+    write_json_atomic(out, result)
+    for name, r in ratios.items():
+        print(f"{name:<26} measured {r['measured']:.3f}  predicted by FLOPs {r['predicted_by_flops']:.3f}")
+    for k in shares:
+        print(
+            f"  {k:<12} share of the on-policy step {shares[k]:.2f} (FLOPs predict {predicted_shares[k]:.2f})"
+        )
+    print(f"rollout tokens/s {result['rollout']['tokens_per_s']:.1f}")
+    print(f"wrote {out}")
+    return result
+
+
+def shared_prefix_length(batches) -> int:
+    """The length of the token prefix every teacher sequence of these batches shares (the exemplars), up to
+    the first answer position (what the prefix cache may reuse: modeling/prefix.py)."""
+    rows = [b.teacher_ids[i, : int(b.teacher_mask[i].sum())].tolist() for b in batches for i in range(b.size)]
+    n = min(int(b.teacher_answer_start.min()) - 1 for b in batches)
+    for i in range(n):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return n
