@@ -794,6 +794,15 @@ def test_summary_aggregates_seeds_and_its_figure_draws_the_json(files, tmp_path)
         summary_module.main(
             [*argv[:4], "--selected", str(wrong), "--output", str(out), "--group", "SFT=sft1,sft2"]
         )
+    # Selections of two experiments: merged; one run chosen differently in each is refused.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"kind": "checkpoint_selection", "selected": {"kd1": {"step": 100}}}))
+    both = summary_module.main([*argv[:5], str(other), "--output", str(out), "--group", "KD=kd1"])
+    assert both["groups"][0]["runs"][0]["step"] == 100
+    conflict = tmp_path / "conflict.json"
+    conflict.write_text(json.dumps({"kind": "checkpoint_selection", "selected": {"kd1": {"step": 50}}}))
+    with pytest.raises(SystemExit):
+        summary_module.main([*argv[:5], str(conflict), "--output", str(out), "--group", "KD=kd1"])
     two_steps = write(tmp_path / "two.json", [entry("sft1", "sft", 50, 6), entry("sft1", "sft", 100, 6)])
     with pytest.raises(SystemExit):  # a summary reads one chosen checkpoint per run, never picks on test
         summary_module.main(

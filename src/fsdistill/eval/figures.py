@@ -48,6 +48,13 @@ METRIC_LABELS = {
     "train/lr": ("learning rate", "Learning rate"),
     "train/grad_norm": ("gradient norm before clipping", "Gradient norm"),
     "train/tokens_per_s": ("tokens / s", "Training throughput"),
+    "train/divergence": (
+        "teacher-student divergence (per trained answer token)",
+        "Teacher-student divergence",
+    ),
+    "rollout/accuracy": ("accuracy of the sampled answers (fraction)", "Accuracy of the sampled answers"),
+    "rollout/mean_length": ("sampled answer length (tokens)", "Sampled answer length"),
+    "rollout/ended_fraction": ("fraction of samples reaching end-of-turn", "Samples reaching end-of-turn"),
 }
 MIN_POINTS_FOR_A_LINE = 3  # two checkpoints are two measurements: no line, let alone a band, between them
 FIGSIZE = (8.0, 4.8)

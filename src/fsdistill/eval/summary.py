@@ -124,6 +124,19 @@ def summarize(
     }
 
 
+def read_selections(paths: list[str]) -> dict[str, int]:
+    """{condition: step} of several selection files; a condition two of them choose differently is refused."""
+    merged: dict[str, int] = {}
+    for path in paths:
+        for condition, step in read_selection(path).items():
+            if merged.get(condition, step) != step:
+                raise UserError(
+                    f"--selected: {condition!r} is chosen at step {merged[condition]} in one file and {step} in {path}"
+                )
+            merged[condition] = step
+    return merged
+
+
 @exit_on_user_error
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,7 +145,10 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--evals", required=True, nargs="+", help="result files of the chosen checkpoints (test)")
     p.add_argument(
-        "--selected", help="the selection file that chose the checkpoints (checked against --evals)"
+        "--selected",
+        nargs="+",
+        help="the selection file(s) that chose the checkpoints (checked against --evals; several when the "
+        "runs come from several experiments)",
     )
     p.add_argument(
         "--group",
@@ -146,7 +162,7 @@ def main(argv=None) -> dict:
     p.add_argument("--output", required=True)
     args = p.parse_args(argv)
     icl = load_results(args.icl)
-    selection = read_selection(args.selected) if args.selected else None
+    selection = read_selections(args.selected) if args.selected else None
     summary = summarize(
         icl,
         args.icl,
