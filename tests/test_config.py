@@ -16,8 +16,11 @@ from conftest import CONFIGS, REPO
 from fsdistill.config import ConfigError, load_config, schema_fields, valid_keys
 
 # Task configs (configs/tasks/) are fragments that model configs inherit: they name no model.
+# configs/accelerate/ holds accelerate launch files, not training configs (tests/test_launch.py).
 TASK_CONFIGS = sorted((CONFIGS / "tasks").glob("*.yaml"))
-ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set(TASK_CONFIGS))
+ALL_CONFIGS = sorted(
+    set(CONFIGS.rglob("*.yaml")) - set(TASK_CONFIGS) - set(CONFIGS.glob("accelerate/*.yaml"))
+)
 SHOW_CONFIG = REPO / "scripts" / "show_config.py"
 TRAIN_ONLINE = REPO / "src" / "training" / "train_online_v1.py"
 CLI_SECONDS = 5.0

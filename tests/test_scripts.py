@@ -14,8 +14,10 @@ from conftest import CONFIGS, OFFLINE_OVERRIDES, REPO, gsm8k_parser
 from fsdistill.config import load_config, to_dict
 from fsdistill.tasks.rows import load_split
 
-# configs/tasks/ holds fragments that model configs inherit (they name no model).
-ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set((CONFIGS / "tasks").glob("*.yaml")))
+# configs/tasks/ holds fragments that model configs inherit (they name no model); configs/accelerate/
+# holds accelerate launch files (tests/test_launch.py).
+NOT_TRAINING = {*CONFIGS.glob("tasks/*.yaml"), *CONFIGS.glob("accelerate/*.yaml")}
+ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - NOT_TRAINING)
 SFT_CONFIGS = {"base.yaml", "qwen8b.yaml", "tiny/base.yaml", "tiny/full_ft.yaml"}
 BATCH_CONFIGS = sorted(
     [
