@@ -59,7 +59,58 @@ def test_bench_step_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
     assert amortised["first_visit_share"] == pytest.approx(16 / 32000)  # 16 training rows, 32,000 visits
     assert amortised["seconds"] > 0 and saved["device"]["type"] == "cpu" and saved["mfu"] is None
     assert all(m["fixed_shot_teacher_tokens"] > m["student_tokens"] for m in saved["micro_batches"])
-    assert "first_visit/original" in capsys.readouterr().out
+    assert all(0 < m["shared_prefix_tokens"] < m["fixed_shot_teacher_width"] for m in saved["micro_batches"])
+
+    # The FLOP floors: every measured ratio has one, recomputed from the JSON alone.
+    assert set(saved["predicted_ratios"]) == set(saved["ratios"])
+    shape = bench.FlopShape(**saved["flops"]["shape"])
+    assert shape.lora and shape.layers == 2 and shape.vocab == 151936
+    again = bench.predicted_ratios(shape, saved["micro_batches"], saved["ratios"])
+    assert again["ratios"] == pytest.approx(saved["predicted_ratios"])
+    assert (
+        saved["predicted_ratios"]["first_visit/original"] < 1 < saved["predicted_ratios"]["first_visit/sft"]
+    )
+    assert saved["predicted_ratios"]["cache_warm/sft"] == 1
+    out = capsys.readouterr().out
+    assert "first_visit/original" in out and "FLOPs" in out
+
+
+def test_flop_model_on_hand_computed_shapes():
+    """2 layers, attention width 4, H 3, V 10, 100 body parameters; 2 rows: student width 5, teacher 20,
+    6 answer tokens; fixed-shot teacher 22 wide of which 15 are the shared prefix."""
+    lora = bench.FlopShape(layers=2, attention_width=4, hidden=3, vocab=10, body_parameters=100, lora=True)
+    s = {
+        "rows": [0, 1],
+        "student_width": 5,
+        "teacher_width": 20,
+        "answer_tokens": 6,
+        "fixed_shot_teacher_width": 22,
+        "shared_prefix_tokens": 15,
+        "student_tokens": 8,
+        "student_lengths": [5, 3],
+    }
+    # student forward, head at the 6 answer positions: body 2*100*10, attention 2*2*4*(2*5^2), head 2*10*3*6
+    student = 2000 + 800 + 360
+    # teacher forward: body 2*100*40, attention 2*2*4*(2*20^2); the head at 6 positions, or at all 40 (b)
+    teacher = 8000 + 12800
+    # suffix of 7 over a prefix of 15: body 2*100*14, attention 2*2*4*2*(2*7*15 + 7^2)
+    suffix = 2800 + 8288 + 360
+    assert bench.variant_flops(lora, s) == {
+        "sft": 2 * student,  # LoRA: backward = 1 x forward
+        "original": teacher + 2400 + 2 * (2000 + 800 + 600),  # heads at all 2 x 20 and 2 x 5 positions
+        "first_visit": teacher + 360 + 2 * student,
+        "cache_warm": 2 * student,
+        "shared_prefix": suffix + 2 * student,
+    }
+    full = bench.FlopShape(**{**lora.__dict__, "lora": False})
+    assert bench.variant_flops(full, s)["sft"] == 3 * student  # full fine-tuning: backward = 2 x forward
+    # MFU counts real tokens: 8 through the body, attention over lengths 5 and 3, 6 through the head
+    assert bench.sft_model_flops(lora, [s]) == 2 * (1600 + 2 * 2 * 4 * (25 + 9) + 360)
+    ratios = bench.predicted_ratios(lora, [s], ["first_visit/original", "cache_warm/sft", "x/sft"])["ratios"]
+    assert ratios == {
+        "first_visit/original": (teacher + 360 + 2 * student) / (teacher + 2400 + 6800),
+        "cache_warm/sft": 1,
+    }
 
 
 def test_bench_step_refuses_bad_arguments(tmp_path, capsys):

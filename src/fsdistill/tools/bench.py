@@ -23,6 +23,26 @@ events), and fills the warm cache and the stored prefix.
 Before timing, one micro-batch is checked in eval mode without gradients: (b), (c) and (d) must give the
 same CE and distillation sums (float32: rel 1e-4; bf16: 2e-2, the output head runs on other row counts).
 
+Beside each measured ratio, the ratio a FLOP count predicts for the same shapes (`predicted_ratios`: how far
+each variant is from its floor). Per micro-batch of B rows padded to width W, for a forward pass:
+  body       2 x (non-embedding parameters) x B x W          every matrix of every layer, every position
+  attention  2 x layers x (nh x hd) x B x W^2                 causal q.k scores and the weighted values
+                                                              (half of each W x W product); a suffix of S
+                                                              tokens over a cached prefix of P: W^2 becomes
+                                                              2 x S x P + S^2
+  head       2 x V x H x (positions it runs at)               the answer positions (ours, the teacher's
+                                                              top-K), every position of both sequences (b)
+The backward pass costs 1x the student's forward under LoRA (input gradients only: the weights are frozen)
+and 2x under full fine-tuning (input and weight gradients); the teacher runs forward only. So
+  (a) sft = (a') = (1 + backward) x student(head at N answer positions);   (d) cache_warm = (a)
+  (b) original = teacher(B x W_teacher, head everywhere) + (1 + backward) x student(head everywhere)
+  (c) first_visit = teacher(B x W_teacher, head at N) + (a)
+  (e) shared_prefix = teacher(suffix only, attending to the prefix, head at N) + (a)
+Shapes are the padded tensors the kernels run on (`micro_batches` in the JSON: rows, widths, answer tokens,
+the fixed-shot teacher's width and shared prefix); FLOPs are averaged over the micro-batches. Left out:
+the adapters (2 x r x (d_in + d_out) per adapted matrix and token, ~1-2% at r 16), norms, softmax, top-K,
+the losses' elementwise work, the optimizer.
+
 Also reported: the amortised cost over the reference schedule (1,000 steps x 32 examples over the training
 rows: first-visit share f = unique examples / examples seen; amortised = f x (c) + (1 - f) x (d)), student
 tokens per second, and on CUDA the SFT step's model FLOPs utilisation.
@@ -48,6 +68,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fsdistill.config import load_config, to_dict
@@ -169,7 +190,19 @@ def batch_stats(batch) -> dict:
         "teacher_tokens": int(batch.teacher_mask.sum()),
         "student_width": int(batch.student_ids.shape[1]),
         "teacher_width": int(batch.teacher_ids.shape[1]),
+        "student_lengths": batch.student_mask.sum(dim=1).tolist(),
     }
+
+
+def shared_prefix_tokens(cfg, batch) -> int:
+    """The exemplar prefix the shared_prefix variant reuses for this (fixed-shot) micro-batch: its rows'
+    common leading tokens, stopping before the first predicting position (as the live teacher plans it),
+    0 when shorter than teacher.prefix_min_tokens (then the plain forward runs)."""
+    from fsdistill.modeling.prefix import shared_prefix_length
+
+    limit = int(batch.teacher_answer_start.min()) - 1
+    length = shared_prefix_length(batch.teacher_ids, batch.teacher_mask, limit)
+    return length if length >= cfg.teacher.prefix_min_tokens else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,20 +258,99 @@ def device_description(device) -> str:
     return f"{name} ({os.cpu_count()} cores visible, torch threads {torch.get_num_threads()})"
 
 
-def sft_model_flops(student, stats: list[dict]) -> float:
-    """Model FLOPs of one SFT call, averaged over the micro-batches: forward 2 x params x tokens for the
-    decoder's matmul weights at every student token and the output head at the answer tokens; backward
-    2x again for the input gradients (LoRA: the frozen weights get none; full fine-tuning adds 2x more).
-    Attention score FLOPs are left out (small at these lengths)."""
-    from fsdistill.modeling.answer_lm import base_causal_lm
+@dataclass(frozen=True)
+class FlopShape:
+    """What the FLOP model reads of a causal LM (element counts)."""
 
-    lm = base_causal_lm(student.model)
-    head = lm.get_output_embeddings().weight.numel()
-    embed = lm.get_input_embeddings().weight.numel()
-    decoder = sum(p.numel() for p in lm.parameters()) - embed - (0 if lm.config.tie_word_embeddings else head)
-    lora = any(not p.requires_grad for p in student.parameters())
-    factor = 4 if lora else 6
-    per = [factor * (decoder * s["student_tokens"] + head * s["answer_tokens"]) for s in stats]
+    layers: int
+    attention_width: int  # nh x hd: the width of the q.k products and of the values
+    hidden: int  # H, the output head's input
+    vocab: int  # V
+    body_parameters: int  # decoder layers + final norm (no embedding, no head)
+    lora: bool  # backward = 1x forward (frozen weights) instead of 2x
+
+    @classmethod
+    def of(cls, student) -> FlopShape:
+        from fsdistill.modeling.answer_lm import base_causal_lm
+
+        lm = base_causal_lm(student.model)
+        c = lm.config
+        head = lm.get_output_embeddings().weight.numel()
+        embed = lm.get_input_embeddings().weight.numel()
+        base = sum(p.numel() for n, p in lm.named_parameters() if "lora_" not in n)  # without adapters
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return cls(
+            layers=c.num_hidden_layers,
+            attention_width=c.num_attention_heads * head_dim,
+            hidden=c.hidden_size,
+            vocab=lm.get_output_embeddings().weight.shape[0],
+            body_parameters=base - embed - (0 if c.tie_word_embeddings else head),
+            lora=any(not p.requires_grad for p in student.parameters()),
+        )
+
+
+def forward_flops(shape: FlopShape, tokens: int, head_positions: int, attention_pairs: int) -> float:
+    """FLOPs of one forward pass: tokens through the body, head_positions through the output head, and
+    attention_pairs = the sum over sequences of W^2 (causal, full sequence of W tokens) or of
+    2 x S x P + S^2 (S suffix tokens attending to a cached prefix of P and causally to themselves)."""
+    body = 2 * shape.body_parameters * tokens
+    attention = 2 * shape.layers * shape.attention_width * attention_pairs
+    head = 2 * shape.vocab * shape.hidden * head_positions
+    return float(body + attention + head)
+
+
+def variant_flops(shape: FlopShape, s: dict) -> dict[str, float]:
+    """Predicted FLOPs of one call of each variant on micro-batch `s` (a `micro_batches` entry)."""
+    rows = len(s["rows"])
+    backward = 1 if shape.lora else 2
+    ws, wt, n = s["student_width"], s["teacher_width"], s["answer_tokens"]
+
+    def student(head_positions: int) -> float:
+        return (1 + backward) * forward_flops(shape, rows * ws, head_positions, rows * ws**2)
+
+    sft = student(n)
+    teacher_full = forward_flops(shape, rows * wt, rows * wt, rows * wt**2)
+    teacher = forward_flops(shape, rows * wt, n, rows * wt**2)
+    out = {
+        "sft": sft,
+        "original": teacher_full + student(rows * ws),
+        "first_visit": teacher + sft,
+        "cache_warm": sft,
+    }
+    if "shared_prefix_tokens" in s:
+        p = s["shared_prefix_tokens"]
+        suffix = s["fixed_shot_teacher_width"] - p
+        out["shared_prefix"] = (
+            forward_flops(shape, rows * suffix, n, rows * (2 * suffix * p + suffix**2)) + sft
+        )
+    return out
+
+
+def predicted_ratios(shape: FlopShape, stats: list[dict], keys) -> dict:
+    """{"flops": mean FLOPs per variant over the micro-batches, "ratios": {key: ratio}} for the measured
+    ratio keys ("first_visit/original", ...) whose variants the model covers."""
+    per = [variant_flops(shape, s) for s in stats]
+    mean = {v: sum(f[v] for f in per) / len(per) for v in per[0]}
+    ratios = {}
+    for key in keys:
+        a, b = key.split("/")
+        if a in mean and b in mean:
+            ratios[key] = mean[a] / mean[b]
+    return {"flops": mean, "ratios": ratios}
+
+
+def sft_model_flops(shape: FlopShape, stats: list[dict]) -> float:
+    """Model FLOPs of one SFT call for MFU, averaged over the micro-batches: the FLOP model above on the
+    real tokens (not the padding): every student token through the body, the answer tokens through the
+    head, attention over each sequence's own length, backward 1x (LoRA) or 2x (full) the forward."""
+    backward = 1 if shape.lora else 2
+    per = [
+        (1 + backward)
+        * forward_flops(
+            shape, s["student_tokens"], s["answer_tokens"], sum(n * n for n in s["student_lengths"])
+        )
+        for s in stats
+    ]
     return sum(per) / len(per)
 
 
@@ -300,6 +412,8 @@ def _run(args, cfg, fixed_cfg, argv) -> dict:
     stats = [batch_stats(b) for b in cpu_batches]
     for s, fb in zip(stats, fixed_batches):
         s["fixed_shot_teacher_tokens"] = int(fb.teacher_mask.sum())
+        s["fixed_shot_teacher_width"] = int(fb.teacher_ids.shape[1])
+        s["shared_prefix_tokens"] = shared_prefix_tokens(fixed_cfg, fb)
 
     student = load_student(cfg)
     student.to(device)
@@ -420,11 +534,18 @@ def _run(args, cfg, fixed_cfg, argv) -> dict:
         }
         for v in variants
     }
+    flop_shape = FlopShape.of(student)
+    predicted = predicted_ratios(flop_shape, stats, ratios)
+    if amortised is not None:
+        f = predicted["flops"]
+        flops = first_share * f["first_visit"] + (1 - first_share) * f["cache_warm"]
+        amortised["predicted_ratio_to_sft"] = flops / f["sft"]
+        amortised["predicted_ratio_to_original"] = flops / f["original"]
     mfu = None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = args.peak_tflops or next((t for k, t in PEAK_TFLOPS.items() if k in name), None)
-        flops = sft_model_flops(student, stats)
+        flops = sft_model_flops(flop_shape, stats)
         mfu = {
             "sft_model_flops_per_call": flops,
             "peak_tflops": peak,
@@ -439,6 +560,7 @@ def _run(args, cfg, fixed_cfg, argv) -> dict:
         "steps": args.steps,
         "warmup": args.warmup,
         "ratios": ratios,
+        "predicted_ratios": predicted["ratios"],
         "paired_ratios": paired,
         "amortised": amortised,
         "memory": {
@@ -448,6 +570,11 @@ def _run(args, cfg, fixed_cfg, argv) -> dict:
             "original/sft": peaks["original"] / peaks["sft"] if "original" in peaks else None,
         },
         "mfu": mfu,
+        "flops": {
+            "what": "FLOPs per call predicted from the shapes (module docstring), mean over the micro-batches",
+            "shape": asdict(flop_shape),
+            "per_variant": predicted["flops"],
+        },
         "variants": result_variants,
         "check": check,
         "prefix": {"computed": prefix_teacher.prefix.computed, "reused": prefix_teacher.prefix.reused},
@@ -483,16 +610,19 @@ def print_table(result) -> None:
             f"({r['label']}) {name:<14}{s['median']:>10.3f}{s['min']:>9.3f}{s['max']:>9.3f}"
             f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r['student_tokens_per_s']:>15.0f}"
         )
+    print(f"\n{'ratio':<26}{'measured':>9}{'FLOPs':>8}   per round (median, min, max)")
     for key, value in result["ratios"].items():
         p = result["paired_ratios"][key]
-        print(
-            f"{key:<28}{value:7.3f}   (per round: median {p['median']:.3f}, min {p['min']:.3f}, max {p['max']:.3f})"
-        )
+        predicted = result["predicted_ratios"].get(key)
+        floor = f"{predicted:8.3f}" if predicted is not None else f"{'-':>8}"
+        print(f"{key:<26}{value:9.3f}{floor}   {p['median']:.3f}, {p['min']:.3f}, {p['max']:.3f}")
     a = result["amortised"]
     if a:
         print(
             f"amortised over {a['schedule']}: first-visit share {a['first_visit_share']:.3f}, "
-            f"{a['ratio_to_sft']:.3f}x sft, {a['ratio_to_original'] or float('nan'):.3f}x original"
+            f"{a['ratio_to_sft']:.3f}x sft (FLOPs {a['predicted_ratio_to_sft']:.3f}), "
+            f"{a['ratio_to_original'] or float('nan'):.3f}x original "
+            f"(FLOPs {a['predicted_ratio_to_original']:.3f})"
         )
     m = result["memory"]
     if m["first_visit/sft"] is not None:
