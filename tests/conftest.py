@@ -12,7 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# Beside the repo, or where FSDISTILL_SHARED says (the GPU check carries a copy inside the checkout).
+SHARED = Path(os.environ.get("FSDISTILL_SHARED") or REPO.parent / "shared")
 GSM8K_DIR = SHARED / "data" / "gsm8k"
 QWEN3_TOKENIZER = SHARED / "tokenizers" / "qwen3"
 CONFIGS = REPO / "configs"

@@ -52,7 +52,8 @@ Presets:
                  LoRA, bf16, per-device batch 2, 8 shots. ~5 minutes on 2 cores.
   --preset gpu   configs/bench/gpu.yaml: the Qwen3-1.7B shape with random weights, bf16, per-device batch 4,
                  8 shots (model.name from ../shared/models/qwen3-1.7b when present).
-Both read GSM8K and the Qwen3 tokenizer from ../shared beside the repo when present (offline), else the Hub.
+Both read GSM8K and the Qwen3 tokenizer from ../shared beside the repo (or $FSDISTILL_SHARED) when present
+(offline), else the Hub.
 Any config works with --config; overrides (key=value) apply last.
 
     python scripts/bench_step.py --preset cpu          # -> experiments/bench/step_cpu.json
@@ -74,9 +75,10 @@ from pathlib import Path
 from fsdistill.config import load_config, to_dict
 from fsdistill.errors import UserError, exit_on_user_error
 
-# A developer command, run from a checkout (pip install -e .): its configs/ and the ../shared beside it.
+# A developer command, run from a checkout (pip install -e .): its configs/ and the ../shared beside it,
+# or the folder FSDISTILL_SHARED names (a machine where the data travels inside the checkout: the GPU check).
 REPO = Path(__file__).resolve().parents[3]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("FSDISTILL_SHARED") or REPO.parent / "shared")
 VARIANTS = ("sft", "original", "first_visit", "cache_warm", "shared_prefix")
 LABELS = dict(zip(VARIANTS, "abcde"))
 PRESETS = {
