@@ -34,7 +34,7 @@ each variant is from its floor). Per micro-batch of B rows padded to width W, fo
                                                               top-K), every position of both sequences (b)
 The backward pass costs 1x the student's forward under LoRA (input gradients only: the weights are frozen)
 and 2x under full fine-tuning (input and weight gradients); the teacher runs forward only. So
-  (a) sft = (a') = (1 + backward) x student(head at N answer positions);   (d) cache_warm = (a)
+  (a) sft = (1 + backward) x student(head at the N answer positions);   (d) cache_warm = (a)
   (b) original = teacher(B x W_teacher, head everywhere) + (1 + backward) x student(head everywhere)
   (c) first_visit = teacher(B x W_teacher, head at N) + (a)
   (e) shared_prefix = teacher(suffix only, attending to the prefix, head at N) + (a)

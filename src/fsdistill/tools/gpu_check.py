@@ -161,7 +161,9 @@ def gpu_tests(out: Path) -> dict:
     import xml.etree.ElementTree as ET
 
     files = sorted(
-        str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py") if "mark.gpu" in p.read_text()
+        str(p.relative_to(REPO))
+        for p in (REPO / "tests").glob("test_*.py")
+        if "@pytest.mark.gpu" in p.read_text()
     )
     report = out / "pytest_gpu.xml"
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]

@@ -512,9 +512,10 @@ def parse_args(argv):
         help="Measure the lengths over one epoch of configs/online_v1.yaml (GSM8K and the Qwen3 tokenizer "
         "from ../shared): slower (about a minute), what the committed estimate used.",
     )
-    parser.add_argument("--student-tokens", type=int, default=512, help="Padded student width.")
-    parser.add_argument("--teacher-tokens", type=int, default=2600, help="Padded 8-shot teacher width.")
-    parser.add_argument("--answer-tokens", type=int, default=272, help="Answer tokens per sequence.")
+    # Defaults: what --lengths-from-data measured (experiments/memory/estimates.json, "lengths").
+    parser.add_argument("--student-tokens", type=int, default=511, help="Padded student width.")
+    parser.add_argument("--teacher-tokens", type=int, default=2589, help="Padded 8-shot teacher width.")
+    parser.add_argument("--answer-tokens", type=int, default=256, help="Answer tokens per sequence.")
     parser.add_argument("--output", default="experiments/memory/estimates.json", help="JSON file to write.")
     parser.add_argument(
         "--markdown", default=None, help="Markdown table to write (default: the JSON's path with .md)."
@@ -534,6 +535,15 @@ def read_config_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot read a config.json ({e})") from None
+
+
+def shown_path(path: Path) -> str:
+    """A path as the committed JSON shows it: relative to the checkout when it lies beside it (../shared/...),
+    so no machine's absolute path is recorded."""
+    try:
+        return str(Path("..") / path.resolve().relative_to(REPO.parent.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def model_configs(args) -> dict[str, tuple[Path, dict]]:
@@ -632,7 +642,7 @@ def main(argv=None) -> dict:
     for name, shape in shapes.items():
         source, work, shipped_checkpointing = shipped_workload(name, lengths)
         models[name] = {
-            "config_json": str(configs[name][0]),
+            "config_json": shown_path(configs[name][0]),
             "shape": asdict(shape),
             "parameters": shape.parameter_counts(),
             "lora_parameters": shape.lora_parameters(work.lora.r, work.lora.targets),
