@@ -1,7 +1,8 @@
 """Time one distillation micro-batch (forward + backward) five ways, against SFT and the original's step
 (fsdistill.tools.bench; see its --help).
 
-    python scripts/bench_step.py --preset cpu          # -> experiments/bench/step_cpu.json
+    python scripts/bench_step.py --preset cpu              # -> experiments/bench/step_cpu.json
+    python scripts/bench_step.py --on_policy --preset cpu  # -> experiments/bench/on_policy_cpu.json
 """
 
 from fsdistill.tools.bench import main

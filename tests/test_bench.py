@@ -143,3 +143,37 @@ def test_bench_step_stops_when_the_original_disagrees(gsm8k_dir, qwen3_tokenizer
     with pytest.raises(RuntimeError, match="disagree"):
         bench.main(argv)
     assert not out.exists()
+
+
+def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
+    """`bench_step.py --on_policy`: the two teachers agreed before timing (float32), every round timed every
+    stage on the same rollouts, and the FLOP-predicted ratios follow from the token counts in the JSON."""
+    import torch
+
+    out = tmp_path / "bench" / "on_policy.json"
+    rng = torch.get_rng_state()
+    argv = ["--on_policy", "--config", TINY, *OFFLINE_OVERRIDES, *SMALL, "training.grad_accum_steps=2"]
+    result = bench.main([*argv, "--rounds", "2", "--threads", "1", "--output", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result)) and torch.equal(torch.get_rng_state(), rng)
+
+    check = saved["check"]
+    assert check["allclose"] is True and check["rtol"] == 1e-4
+    assert check["dist_sum"]["prefix_teacher"] == pytest.approx(check["dist_sum"]["reencode"], rel=1e-4)
+    assert len(saved["rounds_detail"]) == 2
+    stages = {"sft", "generation", "teacher", "student", "prefix_teacher", "reencode", "on_policy"}
+    for r in saved["rounds_detail"]:
+        s = r["seconds"]
+        assert set(s) == stages
+        assert s["on_policy"] == pytest.approx(s["generation"] + s["teacher"] + s["student"])
+
+    tokens, flops = saved["tokens"], saved["flops"]
+    assert 0 < tokens["shared_prefix"] and tokens["teacher_suffix"] < tokens["teacher"]
+    assert tokens["answer"] > 0 and saved["rollout"]["rows_per_step"] == 2 * 2  # batch 2 x accumulation 2
+    assert saved["config"]["rollout"]["source"] == "student"
+    predicted = saved["ratios"]["prefix_teacher/reencode"]["predicted_by_flops"]
+    assert predicted == pytest.approx(flops["teacher"] / flops["reencode"]) and 0 < predicted < 1
+    assert flops["on_policy"] == pytest.approx(flops["generation"] + flops["teacher"] + flops["student"])
+    shares = saved["on_policy_step_shares"]["predicted_by_flops"]
+    assert sum(shares.values()) == pytest.approx(1)
+    assert "prefix_teacher/reencode" in capsys.readouterr().out

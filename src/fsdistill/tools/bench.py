@@ -58,6 +58,7 @@ Any config works with --config; overrides (key=value) apply last.
 
     python scripts/bench_step.py --preset cpu          # -> experiments/bench/step_cpu.json
     fsdistill-bench-step --preset cpu                 # the same, installed as a command (from a checkout)
+    python scripts/bench_step.py --on_policy --preset cpu   # the on-policy step (fsdistill.tools.bench_on_policy)
 """
 
 from __future__ import annotations
@@ -363,6 +364,11 @@ def sft_model_flops(shape: FlopShape, stats: list[dict]) -> float:
 
 @exit_on_user_error
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--on_policy" in argv:  # the on-policy step's benchmark (its own flags: --on_policy --help)
+        from fsdistill.tools.bench_on_policy import main as on_policy_main
+
+        return on_policy_main([a for a in argv if a != "--on_policy"])
     args = parse_args(argv)
     config = str(REPO / PRESETS[args.preset]["config"]) if args.preset else args.config
     overrides = [*preset_overrides(args.preset), *args.overrides, "teacher.cache=off"]

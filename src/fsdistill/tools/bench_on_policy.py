@@ -26,6 +26,7 @@ the number to read.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -115,6 +116,7 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
     from fsdistill.distill.alignment import answer_positions
     from fsdistill.distill.teacher import make_live_teacher, make_teacher
     from fsdistill.files import git_state, write_json_atomic
+    from fsdistill.modeling.answer_lm import eval_mode
     from fsdistill.modeling.loading import load_student, make_autocast
     from fsdistill.train.rollouts import Rollouts
     from fsdistill.train.step import micro_batch_losses, student_losses, teacher_targets
@@ -176,6 +178,22 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - tick, out
+
+    # --- the two teachers agree on the same rollouts before anything is timed ----------------------
+    exact = cfg.model.dtype == "float32" and cfg.training.mixed_precision == "no"
+    check = {"rtol": 1e-4 if exact else 2e-2, "dist_sum": {}}
+    print("bench on-policy: checking prefix_teacher == reencode ...", file=sys.stderr)
+    first, _ = sample()
+    with eval_mode(student), torch.no_grad():
+        for name, t in (("prefix_teacher", teacher), ("reencode", reencode)):
+            check["dist_sum"][name] = sum(
+                student_losses(cfg, student, b, answer_positions(b), tg, autocast).dist_sum.item()
+                for b, tg in zip(first, targets(t, first))
+            )
+    a, b = check["dist_sum"].values()
+    check["allclose"] = math.isclose(a, b, rel_tol=check["rtol"], abs_tol=1e-6) and a > 0
+    if not check["allclose"]:
+        raise RuntimeError(f"the teachers disagree, the comparison would not be apples to apples: {check}")
 
     times = {k: [] for k in (*TEACHER_VARIANTS, "generation", "teacher", "student", "sft")}
     rounds, sampled_tokens, ended = [], [], []
@@ -273,6 +291,7 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             "sft_student": gold_student_tokens,
             "sft_answer": gold_answer_tokens,
         },
+        "check": check,
         "rounds_detail": rounds,
         "device": {
             "type": device.type,
