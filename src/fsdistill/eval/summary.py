@@ -192,3 +192,73 @@ def main(argv=None) -> dict:
         )
     print(f"wrote {args.output}")
     return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown: the README's result tables are rendered from summary JSON (fsdistill.tools.readme_tables)
+# ------------------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _accuracy_cell(record: dict) -> str:
+    lo, hi = record["ci95"]
+    return f"{_pct(record['accuracy'])}% [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _side_name(side: dict) -> str:
+    if side["condition"] == "base":
+        return f"base {side['shots']}-shot"
+    return side["condition"]
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return ""
+    if p >= 0.001:
+        return f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+    mantissa, exponent = f"{p:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}".replace("-", "−")
+
+
+def summary_markdown(summary: dict) -> str:
+    """Two Markdown tables of a summary dict: accuracy (references, then each group's runs at their chosen
+    step, with the groups' mean) and the paired tests (difference a − b in points with its paired
+    bootstrap 95% interval, exact McNemar p, problems only a / only b got right)."""
+    n = summary["n"]
+    lines = [
+        f"| {summary['split']}, n = {n} | runs (training seeds) | step chosen on validation | "
+        "accuracy [Wilson 95%] |",
+        "| --- | --- | --- | --- |",
+    ]
+    for ref in summary["references"]:
+        lines.append(f"| {ref['label']} | | | {_accuracy_cell(ref)} |")
+    for group in summary["groups"]:
+        runs = group["runs"]
+        cells = " / ".join(_accuracy_cell(r) for r in runs)
+        if len(runs) > 1:
+            cells += f"; mean {_pct(group['mean_accuracy'])}%"
+        names = " / ".join(r["condition"] for r in runs)
+        steps = " / ".join(str(r["step"]) for r in runs)
+        lines.append(f"| {group['label']} | {names} | {steps} | {cells} |")
+    if summary["comparisons"]:
+        lines += [
+            "",
+            f"| a − b (same {n} problems) | difference, points [paired bootstrap 95%] | exact McNemar p | "
+            "right only in a / only in b |",
+            "| --- | --- | --- | --- |",
+        ]
+        for c in summary["comparisons"]:
+            lo, hi = c["diff_ci95_pp"]
+            lines.append(
+                f"| {_side_name(c['a'])} − {_side_name(c['b'])} | {_signed(c['diff_pp'])} "
+                f"[{_signed(lo)}, {_signed(hi)}] | {_p_value(c['mcnemar_p'])} | "
+                f"{c['a_only_correct']} / {c['b_only_correct']} |"
+            )
+    return "\n".join(lines) + "\n"
