@@ -45,7 +45,11 @@ def test_summary_markdown_formats_hand_made_numbers():
         "n": 10,
         "references": [{"label": "Base 0-shot", "accuracy": 0.1, "ci95": [0.02, 0.404]}],
         "groups": [
-            {"label": "A", "runs": [run, {**run, "condition": "a_seed2", "accuracy": 0.7}], "mean_accuracy": 0.6}
+            {
+                "label": "A",
+                "runs": [run, {**run, "condition": "a_seed2", "accuracy": 0.7}],
+                "mean_accuracy": 0.6,
+            }
         ],
         "comparisons": [
             {
@@ -61,5 +65,8 @@ def test_summary_markdown_formats_hand_made_numbers():
     }
     lines = summary_markdown(summary).splitlines()
     assert lines[2] == "| Base 0-shot | | | 10.0% [2.0, 40.4] |"
-    assert lines[3] == "| A | a_seed1 / a_seed2 | 50 / 50 | 50.0% [40.0, 60.0] / 70.0% [40.0, 60.0]; mean 60.0% |"
+    assert (
+        lines[3]
+        == "| A | a_seed1 / a_seed2 | 50 / 50 | 50.0% [40.0, 60.0] / 70.0% [40.0, 60.0]; mean 60.0% |"
+    )
     assert lines[-1] == "| a_seed1 − base 2-shot | −12.3 [−20.0, +3.0] | 3.9e-55 | 1 / 4 |"
