@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import TINY, cli_argv, common_overrides, metrics, run_cli, student_and_teacher
+from helpers import TINY, RolloutVLLM, cli_argv, common_overrides, metrics, run_cli, student_and_teacher
 
 from fsdistill.config import ConfigError, load_config
 from fsdistill.data.batch import IGNORE_INDEX, build_training_batches
@@ -213,42 +213,6 @@ def test_gradients_reach_only_the_trainable_parameters(short_gsm8k, tmp_path):
             assert p.grad is None, name
 
 
-class RolloutVLLM:
-    """A stand-in for vLLM (LLM, SamplingParams, LoRARequest) recording what the sampler asks of it."""
-
-    def __init__(self):
-        self.engines, self.requests, self.loaded = [], [], []
-        recorder = self
-
-        class LLM:
-            def __init__(self, **kwargs):
-                recorder.engines.append(kwargs)
-
-            def generate(self, prompts, sampling_params=None, lora_request=None, use_tqdm=True):
-                recorder.requests.append(
-                    SimpleNamespace(prompts=prompts, params=sampling_params, lora=lora_request)
-                )
-                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6, 2])]) for _ in prompts]
-
-            def collective_rpc(self, method, args=()):
-                worker = SimpleNamespace(
-                    model_runner=SimpleNamespace(
-                        model=SimpleNamespace(load_weights=lambda weights: recorder.loaded.append(weights))
-                    )
-                )
-                method(worker, *args)
-
-        self.LLM = LLM
-
-    @staticmethod
-    def SamplingParams(**kwargs):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(**kwargs)
-
-    @staticmethod
-    def LoRARequest(lora_name, lora_int_id, lora_path):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
-
-
 def test_vllm_sampler_serves_each_steps_adapter_under_a_new_id(short_gsm8k, tmp_path):
     cfg = tiny_cfg(short_gsm8k, *ON_POLICY, "rollout.backend=vllm", "rollout.top_k=5")
     torch.manual_seed(0)
@@ -433,3 +397,38 @@ def test_two_processes_sample_their_own_rows_and_agree_on_each_steps_source(tmp_
     records = metrics(out)
     assert [m["train/on_policy"] for m in records] == [float(d == "student") for d in draws]
     assert all("train/gold_ce_loss" in m for m, d in zip(records, draws) if d == "student")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_vllm_sync_under_fsdp_gathers_whole_tensors(tmp_path, short_gsm8k, lora):
+    """Under FSDP each process holds half of every tensor; the engine on each GPU must get the whole ones
+    (a saved adapter, or full fine-tuning weights in order), equal to the unsharded model's."""
+    import os
+    import subprocess
+
+    from test_distributed import ACCELERATE, REPO, env, free_port
+
+    overrides = [*common_overrides(short_gsm8k), *ON_POLICY, "rollout.backend=vllm"]
+    overrides += ["training.distributed=fsdp", f"training.use_lora={str(lora).lower()}"]
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += [
+        str(REPO / "tests" / "vllm_sync_worker.py"),
+        str(TINY / "online_v1.yaml"),
+        str(tmp_path),
+        *overrides,
+    ]
+    tests_dir = str(REPO / "tests")
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        cmd,
+        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    counts = [int((tmp_path / f"rank{r}.ok").read_text()) for r in (0, 1)]
+    assert counts[0] == counts[1] > 0

@@ -57,6 +57,14 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of a (possibly sharded) tensor. For a DTensor this is a collective (an all-gather): every
+    process must call it, for the same tensors in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def parameter_bytes(module: nn.Module) -> dict[str, int]:
     """{"local": bytes of parameters held by this process, "global": bytes of all parameters}."""
     local = sum(local_tensor(p).numel() * p.element_size() for p in module.parameters())

@@ -49,6 +49,7 @@ from fsdistill.modeling.generation import (
     sample_hf,
     stop_token_ids_for,
 )
+from fsdistill.modeling.sharding import full_tensor
 from fsdistill.train.step import StepData
 
 
@@ -136,14 +137,18 @@ class VLLMSampler:
         self.llm = self.vllm.LLM(**engine_args)
 
     def sync(self, student_model, step: int) -> None:
-        """Make the engine serve the student of after `step` updates."""
+        """Make the engine serve the student of after `step` updates. Under FSDP each process holds 1/N of
+        every tensor: the whole ones are gathered here (every process syncs its own engine, in step)."""
         if self.use_lora:
             self.adapter_dir.mkdir(parents=True, exist_ok=True)
-            student_model.save_pretrained(str(self.adapter_dir))
+            adapter = {k: full_tensor(v) for k, v in student_model.state_dict().items() if "lora_" in k}
+            student_model.save_pretrained(str(self.adapter_dir), state_dict=adapter)
             self.lora = self.vllm.LoRARequest(f"student-{step + 1}", step + 1, str(self.adapter_dir))
             return
-        weights = [(name, p.detach()) for name, p in base_causal_lm(student_model).state_dict().items()]
-        self.llm.collective_rpc(load_weights, args=(weights,))
+        for weights in gathered_batches(
+            base_causal_lm(student_model).state_dict().items(), WEIGHT_SYNC_BYTES
+        ):
+            self.llm.collective_rpc(load_weights, args=(weights,))
 
     def sample(
         self, model, prompt_ids: list[list[int]], seed: int, max_new_tokens: int, teacher: bool = False
@@ -169,6 +174,26 @@ class VLLMSampler:
         shutil.rmtree(self.adapter_dir, ignore_errors=True)  # ours: written by sync above
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+# Full fine-tuning weights go to the engine in batches of about this many bytes: under FSDP each batch is
+# gathered whole first, so the transient memory is one batch, not a second copy of the model.
+WEIGHT_SYNC_BYTES = 1 << 30
+
+
+def gathered_batches(named_tensors, max_bytes: int):
+    """[(name, whole tensor), ...] lists of at most max_bytes each (a larger tensor alone), in order."""
+    batch, size = [], 0
+    for name, tensor in named_tensors:
+        whole = full_tensor(tensor.detach())
+        nbytes = whole.numel() * whole.element_size()
+        if batch and size + nbytes > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append((name, whole))
+        size += nbytes
+    if batch:
+        yield batch
 
 
 def load_weights(worker, weights) -> None:
