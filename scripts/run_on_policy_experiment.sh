@@ -18,25 +18,9 @@ OUT=experiments/on_policy
 RUNS=$OUT/runs
 REUSED=experiments/twostep
 CFG=configs/twostep
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 LOGS=$OUT/logs
-TIMING=()
-start=$(date +%s)
-phase_start=$start
-phase() {
-  local now; now=$(date +%s)
-  TIMING+=("\"$1\": $(( now - phase_start ))")
-  phase_start=$now
-}
-lanes() {  # two commands side by side (one thread each), logging to $LOGS/NAME_{a,b}.log
-  local name=$1 a=$2 b=$3
-  bash -c "$a" > "$LOGS/${name}_a.log" 2>&1 & local pa=$!
-  bash -c "$b" > "$LOGS/${name}_b.log" 2>&1 & local pb=$!
-  local status=0
-  wait "$pa" || status=$?
-  wait "$pb" || status=$?
-  if [ "$status" != 0 ]; then echo "error: a lane of '$name' failed; see $LOGS/${name}_*.log" >&2; exit 2; fi
-}
+. scripts/experiment_lanes.sh   # phase, lanes, write_timing
 
 python scripts/prepare_smollm2.py
 python scripts/make_twostep_data.py --out data/twostep
@@ -68,7 +52,4 @@ phase test_eval
 bash scripts/on_policy_figures.sh
 phase summary_and_figures
 
-total=$(( $(date +%s) - start ))
-printf '{"seconds": {%s}, "total_seconds": %d, "machine": "shared 2-core CPU, two 1-thread lanes"}\n' \
-    "$(IFS=,; echo "${TIMING[*]}")" "$total" > "$OUT/timing.json"
-echo "experiment finished in $total s"
+write_timing "$OUT/timing.json"

@@ -21,29 +21,8 @@ OUT=experiments/twostep
 RUNS=$OUT/runs
 CFG=configs/twostep
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-# Two lanes of one thread each use both cores without the slowdown of two processes both asking for
-# two threads on a machine that someone else is also using.
-export OMP_NUM_THREADS=1
 LOGS=$OUT/logs
-TIMING=()
-start=$(date +%s)
-phase_start=$start
-phase() {  # record the wall time of the phase that just ended
-  local now; now=$(date +%s)
-  TIMING+=("\"$1\": $(( now - phase_start ))")
-  phase_start=$now
-}
-lanes() {  # run two commands side by side, each logging to $LOGS/NAME.log; fail if either fails
-  local name=$1 a=$2 b=$3
-  bash -c "$a" > "$LOGS/${name}_a.log" 2>&1 & local pa=$!
-  bash -c "$b" > "$LOGS/${name}_b.log" 2>&1 & local pb=$!
-  local status=0
-  wait "$pa" || status=$?
-  wait "$pb" || status=$?
-  if [ "$status" != 0 ]; then echo "error: a lane of '$name' failed; see $LOGS/${name}_*.log" >&2; exit 2; fi
-  grep -h "accuracy\|wrote\|step [0-9]*:" "$LOGS/${name}_a.log" "$LOGS/${name}_b.log" | grep -v "it/s" || true
-}
+. scripts/experiment_lanes.sh   # phase, lanes, write_timing
 
 python scripts/prepare_smollm2.py
 python scripts/make_twostep_data.py --out data/twostep
@@ -83,7 +62,4 @@ phase test_eval
 bash scripts/twostep_figures.sh
 phase summary_and_figures
 
-total=$(( $(date +%s) - start ))
-printf '{"seconds": {%s}, "total_seconds": %d, "machine": "shared 2-core CPU, two 1-thread lanes"}\n' \
-    "$(IFS=,; echo "${TIMING[*]}")" "$total" > "$OUT/timing.json"
-echo "experiment finished in $total s"
+write_timing "$OUT/timing.json"

@@ -73,6 +73,11 @@ def test_bench_step_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
     assert saved["predicted_ratios"]["cache_warm/sft"] == 1
     out = capsys.readouterr().out
     assert "first_visit/original" in out and "FLOPs" in out
+    table = bench.bench_markdown(saved)  # compute.md's tables (tools/result_tables.py)
+    r, p = saved["ratios"]["cache_warm/sft"], saved["paired_ratios"]["cache_warm/sft"]
+    assert (
+        f"| cache_warm/sft | {r:.3f} | {p['median']:.3f} [{p['min']:.3f}, {p['max']:.3f}] | 1.000 |" in table
+    )
 
 
 def test_flop_model_on_hand_computed_shapes():
@@ -177,3 +182,9 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     shares = saved["on_policy_step_shares"]["predicted_by_flops"]
     assert sum(shares.values()) == pytest.approx(1)
     assert "prefix_teacher/reencode" in capsys.readouterr().out
+    from fsdistill.tools.bench_on_policy import on_policy_markdown
+
+    row = next(
+        ln for ln in on_policy_markdown(saved).splitlines() if ln.startswith("| prefix_teacher/reencode")
+    )
+    assert row.endswith(f"| {predicted:.3f} |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -253,3 +254,23 @@ def test_the_demo_writes_an_untracked_folder_unless_asked_to_refresh_the_committ
         assert subprocess.run(["git", "ls-files", path], cwd=REPO, capture_output=True, text=True).stdout
     bad = subprocess.run(["bash", "scripts/demo_cpu.sh", "--bogus"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown argument '--bogus'")
+
+
+def test_experiment_lanes_run_side_by_side_time_the_phases_and_fail_on_a_failed_lane(tmp_path):
+    """scripts/experiment_lanes.sh, which the CPU experiment scripts source."""
+    script = f"""
+set -euo pipefail
+LOGS={tmp_path}
+. {REPO}/scripts/experiment_lanes.sh
+lanes one "echo wrote a" "echo wrote b"
+phase first
+write_timing {tmp_path}/timing.json
+lanes two "true" "exit 3"
+echo not reached
+"""
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not reached" not in proc.stdout
+    assert "a lane of 'two' failed" in proc.stderr
+    assert (tmp_path / "one_a.log").read_text() == "wrote a\n" and "wrote b" in proc.stdout
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert set(timing["seconds"]) == {"first"} and timing["total_seconds"] >= 0

@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Markdown: the README's result tables are rendered from summary JSON (fsdistill.tools.readme_tables)
+# Markdown: the README's result tables are rendered from summary JSON (fsdistill.tools.result_tables)
 # ------------------------------------------------------------------------------------------------
 
 

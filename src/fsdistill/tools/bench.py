@@ -379,17 +379,23 @@ def main(argv=None) -> dict:
         )
     fixed_cfg, _ = load_config(config, overrides=[*overrides, "fewshot.selection=fixed"])
 
+    return isolated(args.threads, _run, args, cfg, fixed_cfg, argv)
+
+
+def isolated(threads: int | None, fn, *fn_args):
+    """fn(*fn_args) with torch's thread count set to `threads` (when given) and the global RNG and thread
+    count left as found (the benchmarks run in-process in the tests)."""
     import torch
 
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        with torch.random.fork_rng(devices=cuda):  # the global RNG is left as found
-            return _run(args, cfg, fixed_cfg, argv)
+        with torch.random.fork_rng(devices=cuda):
+            return fn(*fn_args)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _run(args, cfg, fixed_cfg, argv) -> dict:
@@ -637,3 +643,39 @@ def print_table(result) -> None:
         print(
             f"peak memory: first_visit/sft {m['first_visit/sft']:.3f}, original/sft {m['original/sft'] or float('nan'):.3f}"
         )
+
+
+def bench_markdown(result: dict) -> str:
+    """The step benchmark's JSON as Markdown (compute.md's tables are rendered from it, never typed in)."""
+    lines = ["| variant | median s | peak MiB | student tokens/s |", "| --- | --- | --- | --- |"]
+    for name, r in result["variants"].items():
+        lines.append(
+            f"| ({r['label']}) {name} | {r['seconds']['median']:.2f} | {r['peak_memory_bytes'] / 2**20:.0f} | "
+            f"{r['student_tokens_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "| ratio | measured (ratio of medians) | per-round paired median [min, max] | predicted by FLOPs |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, value in result["ratios"].items():
+        p, predicted = result["paired_ratios"][key], result["predicted_ratios"].get(key)
+        floor = f"{predicted:.3f}" if predicted is not None else "—"
+        lines.append(
+            f"| {key} | {value:.3f} | {p['median']:.3f} [{p['min']:.3f}, {p['max']:.3f}] | {floor} |"
+        )
+    a = result["amortised"]
+    if a:
+        lines.append(
+            f"| amortised / sft (first-visit share {a['first_visit_share']:.3f}) | {a['ratio_to_sft']:.3f} | — | "
+            f"{a['predicted_ratio_to_sft']:.3f} |"
+        )
+        if a["ratio_to_original"] is not None:
+            lines.append(
+                f"| amortised / original | {a['ratio_to_original']:.3f} | — | {a['predicted_ratio_to_original']:.3f} |"
+            )
+    m = result["memory"]
+    for key in ("first_visit/sft", "original/sft"):
+        if m[key] is not None:
+            lines.append(f"| peak memory {key} | {m[key]:.3f} | — | — |")
+    return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from fsdistill.config import load_config, to_dict
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.tools.bench import PRESETS, REPO, device_description, preset_overrides, summary
+from fsdistill.tools.bench import PRESETS, REPO, device_description, isolated, preset_overrides, summary
 
 TEACHER_VARIANTS = ("prefix_teacher", "reencode")
 STEP_VARIANTS = ("sft", "on_policy")
@@ -93,17 +93,7 @@ def main(argv=None) -> dict:
         raise UserError("the on-policy benchmark times a k-shot teacher: fewshot.k must be at least 1")
     reencode_cfg, _ = load_config(config, overrides=[*base, "teacher.prefix_cache=false"])
 
-    import torch
-
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            return _run(args, cfg, reencode_cfg, argv)
-    finally:
-        torch.set_num_threads(threads)
+    return isolated(args.threads, _run, args, cfg, reencode_cfg, argv)
 
 
 def _run(args, cfg, reencode_cfg, argv) -> dict:
@@ -325,3 +315,29 @@ def shared_prefix_length(batches) -> int:
         if any(r[i] != rows[0][i] for r in rows):
             return i
     return n
+
+
+def on_policy_markdown(result: dict) -> str:
+    """The on-policy benchmark's JSON as Markdown (compute.md renders it, never typed in)."""
+    seconds = result["seconds"]
+    lines = [
+        "| ratio | measured (ratio of medians) | per-round paired median [min, max] | predicted by FLOPs |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, r in result["ratios"].items():
+        p = r["paired"]
+        lines.append(
+            f"| {key} | {r['measured']:.3f} | {p['median']:.3f} [{p['min']:.3f}, {p['max']:.3f}] | "
+            f"{r['predicted_by_flops']:.3f} |"
+        )
+    shares = result["on_policy_step_shares"]
+    lines += ["", "| stage of the on-policy step | median s | share | share predicted by FLOPs |"]
+    lines.append("| --- | --- | --- | --- |")
+    for stage in ("generation", "teacher", "student"):
+        lines.append(
+            f"| {stage} | {seconds[stage]['median']:.2f} | {shares['measured'][stage]:.2f} | "
+            f"{shares['predicted_by_flops'][stage]:.2f} |"
+        )
+    lines.append(f"| the whole step | {seconds['on_policy']['median']:.2f} | 1 | 1 |")
+    lines.append(f"| SFT step on the same rows | {seconds['sft']['median']:.2f} | | |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""README result tables are rendered from the committed summary JSON (fsdistill.tools.readme_tables)."""
+"""The result tables of README.md and compute.md are rendered from the committed JSON
+(fsdistill.tools.result_tables)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import pytest
 from conftest import REPO
 
 from fsdistill.eval.summary import summary_markdown
-from fsdistill.tools import readme_tables
+from fsdistill.tools import result_tables
 
 
-def test_the_readme_tables_match_their_json(capsys):
-    readme_tables.main(["--check"])
+def test_the_documents_tables_match_their_json(capsys):
+    result_tables.main(["--check"])
     assert "match their JSON" in capsys.readouterr().out
-    text = (REPO / "README.md").read_text()
-    assert text.count("<!-- summary-table: ") == text.count("<!-- end summary-table -->") >= 1
+    for name, kinds in (("README.md", ("summary",)), ("compute.md", ("bench-step", "bench-on-policy"))):
+        text = (REPO / name).read_text()
+        for kind in kinds:
+            assert text.count(f"<!-- {kind}-table: ") == text.count(f"<!-- end {kind}-table -->") >= 1, name
 
 
 def test_a_typed_in_number_is_caught_and_rewritten(tmp_path, capsys):
@@ -25,16 +28,16 @@ def test_a_typed_in_number_is_caught_and_rewritten(tmp_path, capsys):
     shutil.copy(summary, tmp_path / "s" / "summary.json")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- summary-table: s/summary.json -->\n<!-- end summary-table -->\nrest\n")
-    readme_tables.main(["--readme", str(readme)])
+    result_tables.main([str(readme)])
     rendered = readme.read_text()
     assert rendered.startswith("intro\n") and rendered.endswith("rest\n")
-    readme_tables.main(["--check", "--readme", str(readme)])  # current: exit 0
+    result_tables.main(["--check", str(readme)])  # current: exit 0
 
     accuracy = f"{100 * json.loads(summary.read_text())['references'][1]['accuracy']:.1f}%"
     assert accuracy in rendered
     readme.write_text(rendered.replace(accuracy, "47.1%", 1))
     with pytest.raises(SystemExit) as stop:
-        readme_tables.main(["--check", "--readme", str(readme)])
+        result_tables.main(["--check", str(readme)])
     assert stop.value.code == 1 and "stale" in capsys.readouterr().err
 
 

@@ -1,0 +1,86 @@
+"""The result tables of README.md and compute.md, rendered from the committed JSON (never typed in).
+
+A table lives between two markers naming its kind and its file (relative to the document's folder):
+
+    <!-- summary-table: experiments/twostep/summary.json -->
+    ...  rewritten from that file
+    <!-- end summary-table -->
+
+Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
+(scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy).
+
+    python scripts/gen_result_tables.py            # rewrite the tables
+    python scripts/gen_result_tables.py --check    # exit 1 if a table differs from its JSON (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.files import write_text_atomic
+
+# A developer command: the documents of the checkout this package is installed from (pip install -e .).
+REPO = Path(__file__).resolve().parents[3]
+DOCUMENTS = ("README.md", "compute.md")
+BLOCK = re.compile(
+    r"(<!-- (?P<kind>[a-z-]+)-table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end (?P=kind)-table -->)",
+    re.DOTALL,
+)
+
+
+def renderers() -> dict:
+    """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
+    from fsdistill.eval.summary import summary_markdown
+    from fsdistill.tools.bench import bench_markdown
+    from fsdistill.tools.bench_on_policy import on_policy_markdown
+
+    return {"summary": summary_markdown, "bench-step": bench_markdown, "bench-on-policy": on_policy_markdown}
+
+
+def render(text: str, root: Path, where: str) -> str:
+    """The document with every table block rewritten from its JSON (paths relative to root)."""
+    kinds = renderers()
+
+    def table(match: re.Match) -> str:
+        kind, name = match["kind"], match["path"]
+        if kind not in kinds:
+            raise UserError(f"{where}: unknown table kind {kind!r} (known: {', '.join(kinds)})")
+        try:
+            result = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{where}: {kind}-table {name}: cannot read it ({e})") from None
+        return match.group(1) + "\n" + kinds[kind](result) + "\n" + match.group(5)
+
+    return BLOCK.sub(table, text)
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a document is stale")
+    parser.add_argument(
+        "documents", nargs="*", help=f"Markdown files (default: {', '.join(DOCUMENTS)} of this checkout)"
+    )
+    args = parser.parse_args(argv)
+    paths = [Path(d) for d in args.documents] or [REPO / d for d in DOCUMENTS]
+    stale = []
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        new = render(text, path.parent, str(path))
+        if new == text:
+            continue
+        if args.check:
+            stale.append(str(path))
+        else:
+            write_text_atomic(path, new)
+            print(f"wrote {path}")
+    if stale:
+        print(f"stale: {', '.join(stale)}: run python scripts/gen_result_tables.py", file=sys.stderr)
+        sys.exit(1)
+    if args.check:
+        print("the tables match their JSON")
