@@ -817,3 +817,28 @@ def test_summary_aggregates_seeds_and_its_figure_draws_the_json(files, tmp_path)
                 "SFT=sft1",
             ]
         )
+
+
+def test_many_bars_keep_their_labels_apart_and_a_long_title_inside(tmp_path, monkeypatch):
+    """The committed on-policy summary has 7 bars and a long title: no two tick labels overlap and the
+    title stays inside the figure (the figure widens with the bars, the title wraps)."""
+    from conftest import REPO
+
+    from fsdistill.eval import figures
+
+    summary = json.loads((REPO / "experiments" / "on_policy" / "summary.json").read_text())
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out: saved.append(fig))
+    title = "SmolLM2-135M-Instruct on twostep: on-policy vs. off-policy distillation, test accuracy (0-shot answers)"
+    drawn = figures.summary_bars(summary, tmp_path / "s.png", title)
+    assert len(drawn) == 7
+    fig = saved[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = [label.get_window_extent(renderer) for label in ax.get_xticklabels()]
+    assert len(boxes) == 7
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, (left, right)
+    box = ax.title.get_window_extent(renderer)
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1

@@ -60,6 +60,8 @@ MIN_POINTS_FOR_A_LINE = 3  # two checkpoints are two measurements: no line, let 
 FIGSIZE = (8.0, 4.8)
 DPI = 150
 TICK_LABEL_WIDTH = 22  # characters per line of a bar's label, so neighbouring labels do not overlap
+INCHES_PER_BAR = 1.6  # room for TICK_LABEL_WIDTH characters at font size 8, with a gap
+TITLE_CHARS_PER_INCH = 10  # at the default title size (12 pt), with a margin
 
 
 class MetricsError(UserError):
@@ -71,11 +73,16 @@ class MetricsError(UserError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
-    fig = Figure(figsize=FIGSIZE, layout="constrained")
+def _new_axes(title: str, ylabel: str, bars: int = 0) -> tuple[Figure, Any]:
+    """A figure FIGSIZE wide, or wider for many bars (each label gets TICK_LABEL_WIDTH characters); the
+    title wrapped to the width."""
+    width = max(FIGSIZE[0], INCHES_PER_BAR * bars)
+    fig = Figure(figsize=(width, FIGSIZE[1]), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.set_title(title)
+    ax.set_title(
+        "\n".join(textwrap.fill(line, int(TITLE_CHARS_PER_INCH * width)) for line in title.split("\n"))
+    )
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     return fig, ax
@@ -189,7 +196,7 @@ def comparison_bars(
 ) -> list[dict]:
     """One bar per (label, entry); returns [{label, accuracy, lo, hi, n}] in bar order."""
     values = _bar_values(bars)
-    fig, ax = _new_axes(title, ylabel)
+    fig, ax = _new_axes(title, ylabel, len(values))
     _draw_bars(ax, values)
     ax.set_xlabel(f"{CI_NOTE}; {_n_note([v['n'] for v in values])}", fontsize=8)
     _save(fig, out_png)
@@ -215,7 +222,7 @@ def best_accuracy_bars(
         best = best_of(entries)
         values.append({**_bar_values([(label, best)])[0], "step": best["step"]})
     note = SELECTED_ON_TEST if split == "test" else f"best checkpoint, selected on {split}"
-    fig, ax = _new_axes(f"{title}\n({note})", ylabel)
+    fig, ax = _new_axes(f"{title}\n({note})", ylabel, len(values))
     _draw_bars(ax, [{**v, "label": f"{v['label']}\n(step {v['step']})"} for v in values])
     ax.set_xlabel(f"{CI_NOTE}; {_n_note([v['n'] for v in values])}", fontsize=8)
     _save(fig, out_png)
@@ -229,7 +236,9 @@ def summary_bars(summary: Mapping[str, Any], out_png: str | Path, title: str) ->
 
     Returns [{label, accuracy (the bar), runs: [(condition, accuracy, lo, hi)]}] in drawing order.
     """
-    fig, ax = _new_axes(title, accuracy_label({"task": summary.get("task"), "split": summary.get("split")}))
+    bars = len(summary["references"]) + len(summary["groups"])
+    ylabel = accuracy_label({"task": summary.get("task"), "split": summary.get("split")})
+    fig, ax = _new_axes(title, ylabel, bars)
     drawn = []
     for ref in summary["references"]:
         lo, hi = ref["ci95"]
