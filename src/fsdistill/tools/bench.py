@@ -679,3 +679,33 @@ def bench_markdown(result: dict) -> str:
         if m[key] is not None:
             lines.append(f"| peak memory {key} | {m[key]:.3f} | — | — |")
     return "\n".join(lines) + "\n"
+
+
+def repeats_markdown(results: list[dict]) -> str:
+    """Repeated runs of one benchmark (step or on-policy JSON) as one table: each ratio's median and range
+    over the runs, beside its FLOP prediction (the same in every run: the shapes do not change)."""
+    runs = []
+    for r in results:
+        if "predicted_ratios" in r:  # the step benchmark
+            ratios = {k: (v, r["predicted_ratios"].get(k)) for k, v in r["ratios"].items()}
+            if r["amortised"]:
+                a = r["amortised"]
+                ratios["amortised/sft"] = (a["ratio_to_sft"], a["predicted_ratio_to_sft"])
+                if a["ratio_to_original"] is not None:
+                    ratios["amortised/original"] = (a["ratio_to_original"], a["predicted_ratio_to_original"])
+        else:  # the on-policy benchmark
+            ratios = {k: (v["measured"], v["predicted_by_flops"]) for k, v in r["ratios"].items()}
+        runs.append(ratios)
+    lines = [
+        f"| ratio | median of {len(runs)} runs [min, max] | each run | predicted by FLOPs |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key in runs[0]:
+        values = [run[key][0] for run in runs]
+        predicted = runs[0][key][1]
+        floor = f"{predicted:.3f}" if predicted is not None else "—"
+        each = ", ".join(f"{v:.3f}" for v in values)
+        lines.append(
+            f"| {key} | {statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}] | {each} | {floor} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -340,4 +340,7 @@ def on_policy_markdown(result: dict) -> str:
         )
     lines.append(f"| the whole step | {seconds['on_policy']['median']:.2f} | 1 | 1 |")
     lines.append(f"| SFT step on the same rows | {seconds['sft']['median']:.2f} | | |")
+    lines.append(
+        f"| generation throughput: sampled tokens / s | {result['rollout']['tokens_per_s']:.1f} | | |"
+    )
     return "\n".join(lines) + "\n"

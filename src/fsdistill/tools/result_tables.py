@@ -7,7 +7,8 @@ A table lives between two markers naming its kind and its file (relative to the 
     <!-- end summary-table -->
 
 Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
-(scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy).
+(scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
+of one benchmark, their paths separated by spaces: each ratio's median and range).
 
     python scripts/gen_result_tables.py            # rewrite the tables
     python scripts/gen_result_tables.py --check    # exit 1 if a table differs from its JSON (CI)
@@ -28,7 +29,7 @@ from fsdistill.files import write_text_atomic
 REPO = Path(__file__).resolve().parents[3]
 DOCUMENTS = ("README.md", "compute.md")
 BLOCK = re.compile(
-    r"(<!-- (?P<kind>[a-z-]+)-table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end (?P=kind)-table -->)",
+    r"(<!-- (?P<kind>[a-z-]+)-table: (?P<path>[^>]+?) -->\n)(?P<body>.*?)(<!-- end (?P=kind)-table -->)",
     re.DOTALL,
 )
 
@@ -36,10 +37,15 @@ BLOCK = re.compile(
 def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
     from fsdistill.eval.summary import summary_markdown
-    from fsdistill.tools.bench import bench_markdown
+    from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
 
-    return {"summary": summary_markdown, "bench-step": bench_markdown, "bench-on-policy": on_policy_markdown}
+    return {
+        "summary": summary_markdown,
+        "bench-step": bench_markdown,
+        "bench-on-policy": on_policy_markdown,
+        "bench-repeats": repeats_markdown,
+    }
 
 
 def render(text: str, root: Path, where: str) -> str:
@@ -47,14 +53,19 @@ def render(text: str, root: Path, where: str) -> str:
     kinds = renderers()
 
     def table(match: re.Match) -> str:
-        kind, name = match["kind"], match["path"]
+        kind, names = match["kind"], match["path"].split()
         if kind not in kinds:
             raise UserError(f"{where}: unknown table kind {kind!r} (known: {', '.join(kinds)})")
-        try:
-            result = json.loads((root / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{where}: {kind}-table {name}: cannot read it ({e})") from None
-        return match.group(1) + "\n" + kinds[kind](result) + "\n" + match.group(5)
+        if len(names) != 1 and kind != "bench-repeats":
+            raise UserError(f"{where}: a {kind}-table reads one file, got {len(names)}")
+        results = []
+        for name in names:
+            try:
+                results.append(json.loads((root / name).read_text(encoding="utf-8")))
+            except (OSError, ValueError) as e:
+                raise UserError(f"{where}: {kind}-table {name}: cannot read it ({e})") from None
+        table = kinds[kind](results if kind == "bench-repeats" else results[0])
+        return match.group(1) + "\n" + table + "\n" + match.group(5)
 
     return BLOCK.sub(table, text)
 
