@@ -16,7 +16,11 @@ from fsdistill.tools import result_tables
 def test_the_documents_tables_match_their_json(capsys):
     result_tables.main(["--check"])
     assert "match their JSON" in capsys.readouterr().out
-    for name, kinds in (("README.md", ("summary",)), ("compute.md", ("bench-step", "bench-on-policy"))):
+    documents = (
+        ("README.md", ("summary",)),
+        ("compute.md", ("bench-step", "bench-on-policy", "bench-repeats")),
+    )
+    for name, kinds in documents:
         text = (REPO / name).read_text()
         for kind in kinds:
             assert text.count(f"<!-- {kind}-table: ") == text.count(f"<!-- end {kind}-table -->") >= 1, name
@@ -73,3 +77,29 @@ def test_summary_markdown_formats_hand_made_numbers():
         == "| A | a_seed1 / a_seed2 | 50 / 50 | 50.0% [40.0, 60.0] / 70.0% [40.0, 60.0]; mean 60.0% |"
     )
     assert lines[-1] == "| a_seed1 − base 2-shot | −12.3 [−20.0, +3.0] | 3.9e-55 | 1 / 4 |"
+
+
+def test_repeated_runs_show_each_ratios_median_and_range():
+    from fsdistill.tools.bench import repeats_markdown
+
+    def run(first_visit, amortised):
+        return {
+            "ratios": {"first_visit/original": first_visit},
+            "predicted_ratios": {"first_visit/original": 0.857},
+            "amortised": {
+                "ratio_to_sft": amortised,
+                "predicted_ratio_to_sft": 1.7,
+                "ratio_to_original": None,
+                "predicted_ratio_to_original": 0.36,
+            },
+        }
+
+    on_policy = {"ratios": {"prefix_teacher/reencode": {"measured": 0.2, "predicted_by_flops": 0.1}}}
+    lines = repeats_markdown([run(0.9, 1.5), run(0.95, 1.4), run(0.8, 1.6)]).splitlines()
+    assert lines[0].startswith("| ratio | median of 3 runs [min, max]")
+    assert lines[2] == "| first_visit/original | 0.900 [0.800, 0.950] | 0.900, 0.950, 0.800 | 0.857 |"
+    assert lines[3] == "| amortised/sft | 1.500 [1.400, 1.600] | 1.500, 1.400, 1.600 | 1.700 |"
+    assert len(lines) == 4  # no amortised/original without the original's timing
+    assert repeats_markdown([on_policy]).splitlines()[2] == (
+        "| prefix_teacher/reencode | 0.200 [0.200, 0.200] | 0.200 | 0.100 |"
+    )
