@@ -158,7 +158,9 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     out = tmp_path / "bench" / "on_policy.json"
     rng = torch.get_rng_state()
     argv = ["--on_policy", "--config", TINY, *OFFLINE_OVERRIDES, *SMALL, "training.grad_accum_steps=2"]
-    result = bench.main([*argv, "--rounds", "2", "--threads", "1", "--output", str(out)])
+    from fsdistill.tools.bench_cli import main as bench_step  # scripts/bench_step.py
+
+    result = bench_step([*argv, "--rounds", "2", "--threads", "1", "--output", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result)) and torch.equal(torch.get_rng_state(), rng)
 

@@ -364,11 +364,6 @@ def sft_model_flops(shape: FlopShape, stats: list[dict]) -> float:
 
 @exit_on_user_error
 def main(argv=None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--on_policy" in argv:  # the on-policy step's benchmark (its own flags: --on_policy --help)
-        from fsdistill.tools.bench_on_policy import main as on_policy_main
-
-        return on_policy_main([a for a in argv if a != "--on_policy"])
     args = parse_args(argv)
     config = str(REPO / PRESETS[args.preset]["config"]) if args.preset else args.config
     overrides = [*preset_overrides(args.preset), *args.overrides, "teacher.cache=off"]
