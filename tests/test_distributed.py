@@ -48,20 +48,29 @@ def two_process_run(tmp_path_factory, short_gsm8k) -> Path:
     return launch_two_processes(out, settings)
 
 
-def launch_two_processes(out: Path, settings: list[str]) -> Path:
-    """train_online_v1 on the tiny config under `accelerate launch` with 2 CPU processes (gloo)."""
+def accelerate_two_processes(
+    script: Path, args: list[str], expect_ok: bool = True, timeout: int = 540, **extra_env: str
+) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `script` with 2 CPU processes (gloo), one thread each, from the repo root."""
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += [str(SCRIPT), "--config", str(TINY / "online_v1.yaml"), "--output_dir", str(out), *settings]
     proc = subprocess.run(
-        cmd,
-        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
+        [*cmd, str(script), *args],
+        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", **extra_env),
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=timeout,
         cwd=REPO,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (proc.returncode == 0) == expect_ok, proc.stderr[-4000:]
+    return proc
+
+
+def launch_two_processes(out: Path, settings: list[str]) -> Path:
+    """train_online_v1 on the tiny config under `accelerate launch` with 2 CPU processes (gloo)."""
+    accelerate_two_processes(
+        SCRIPT, ["--config", str(TINY / "online_v1.yaml"), "--output_dir", str(out), *settings]
+    )
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TEACHER_OVERRIDES, TINY, common_overrides, metrics, record_checksum
-from test_distributed import ACCELERATE, REPO, SCRIPT, env, free_port
+from test_distributed import SCRIPT, accelerate_two_processes
 from test_safety import WritesAMarker
 
 pytestmark = pytest.mark.slow
@@ -23,20 +23,8 @@ pytestmark = pytest.mark.slow
 
 def launch(config: str, out: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
     """train_online_v1 on a tiny config, 2 CPU processes, G = 2 x 2 x 1 = 4."""
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += [str(SCRIPT), "--config", str(TINY / config), "--output_dir", str(out)]
-    cmd += [*overrides]
-    proc = subprocess.run(
-        cmd,
-        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=540,
-        cwd=REPO,
-    )
-    assert (proc.returncode == 0) == (expect == 0), proc.stderr[-4000:]
-    return proc
+    args = ["--config", str(TINY / config), "--output_dir", str(out), *overrides]
+    return accelerate_two_processes(SCRIPT, args, expect_ok=expect == 0)
 
 
 def settings(short_gsm8k: Path, *extra: str) -> list[str]:

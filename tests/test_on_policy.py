@@ -405,30 +405,15 @@ def test_vllm_sync_under_fsdp_gathers_whole_tensors(tmp_path, short_gsm8k, lora)
     """Under FSDP each process holds half of every tensor; the engine on each GPU must get the whole ones
     (a saved adapter, or full fine-tuning weights in order), equal to the unsharded model's."""
     import os
-    import subprocess
 
-    from test_distributed import ACCELERATE, REPO, env, free_port
+    from test_distributed import REPO, accelerate_two_processes
 
     overrides = [*common_overrides(short_gsm8k), *ON_POLICY, "rollout.backend=vllm"]
     overrides += ["training.distributed=fsdp", f"training.use_lora={str(lora).lower()}"]
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += [
-        str(REPO / "tests" / "vllm_sync_worker.py"),
-        str(TINY / "online_v1.yaml"),
-        str(tmp_path),
-        *overrides,
-    ]
     tests_dir = str(REPO / "tests")
     path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        cmd,
-        env=env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    worker = REPO / "tests" / "vllm_sync_worker.py"
+    args = [str(TINY / "online_v1.yaml"), str(tmp_path), *overrides]
+    accelerate_two_processes(worker, args, timeout=300, PYTHONPATH=path)
     counts = [int((tmp_path / f"rank{r}.ok").read_text()) for r in (0, 1)]
     assert counts[0] == counts[1] > 0
