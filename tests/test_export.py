@@ -47,6 +47,11 @@ def test_export_merges_the_adapter_into_a_plain_model(lora_checkpoint, tmp_path)
         "export.json",
     } <= {p.name for p in out.iterdir()}
     assert not list(out.glob("adapter_*")) and not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
+    first = (out / "model.safetensors").read_bytes()
+    assert (
+        main(["--checkpoint", str(lora_checkpoint), "--out", str(out), "--overwrite"]) == out
+    )  # ours: replaced
+    assert (out / "model.safetensors").read_bytes() == first
 
     ids = torch.tensor([[151644, 872, 198, 14582, 25, 3555, 374, 220, 17, 488, 220, 17, 30, 151645]])
     cfg = saved_config(lora_checkpoint)
@@ -91,6 +96,10 @@ def test_export_refuses_what_it_cannot_do(lora_checkpoint, tmp_path, monkeypatch
     (tmp_path / "taken").mkdir()
     with pytest.raises(UserError, match="exists; pass --overwrite"):
         export_checkpoint(lora_checkpoint, tmp_path / "taken")
+    (tmp_path / "taken" / "notes.txt").write_text("mine")  # a user's folder: --overwrite must not delete it
+    with pytest.raises(UserError, match="not a folder this command exported"):
+        export_checkpoint(lora_checkpoint, tmp_path / "taken", overwrite=True)
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as e:
         main(

@@ -75,6 +75,12 @@ def export_checkpoint(
         )
     if out.exists() and not overwrite:
         raise UserError(f"--out {out} exists; pass --overwrite to replace it (nothing was written)")
+    if out.exists() and not (out.is_dir() and ((out / "export.json").is_file() or not any(out.iterdir()))):
+        # --overwrite replaces only what this command wrote: never a folder of someone else's files.
+        raise UserError(
+            f"--out {out} is not a folder this command exported (no export.json); it is left as it is: "
+            "choose another --out"
+        )
     cfg = saved_config(checkpoint)
     dtype = dtype or cfg.model.dtype
     model = merged_model(checkpoint, cfg).to(getattr(torch, dtype)).eval()
