@@ -141,6 +141,17 @@ def test_prepare_refuses_a_carry_folder_outside_the_repo(tmp_path, capsys):
     assert exc.value.code == 2 and "must be inside the repository" in capsys.readouterr().err
 
 
+def test_prepare_replaces_only_its_own_carry_folder(gsm8k_dir, qwen3_tokenizer_path, carry, capsys):
+    gpu_check.prepare_main(["--carry", str(carry), "--skip-wheels"])
+    gpu_check.prepare_main(["--carry", str(carry), "--skip-wheels"])  # ours (MANIFEST.json): replaced
+    (carry / "MANIFEST.json").unlink()
+    (carry / "notes.txt").write_text("mine")  # now a folder of the user's: refused, untouched
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.prepare_main(["--carry", str(carry), "--skip-wheels"])
+    assert exc.value.code == 2 and "not a carry folder this command filled" in capsys.readouterr().err
+    assert (carry / "notes.txt").read_text() == "mine" and (carry / "shared").is_dir()
+
+
 def test_wheel_requirements_keep_what_applies_without_extras(tmp_path):
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     meta = "Name: pkg\nRequires-Dist: PyYAML>=5.1.0\nRequires-Dist: antlr4-python3-runtime==4.9.*\n"

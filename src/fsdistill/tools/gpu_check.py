@@ -596,7 +596,11 @@ def prepare_main(argv=None) -> dict:
         "wheels (omegaconf), the Qwen3 tokenizer, the Qwen3-1.7B config.json, a GSM8K slice; print the "
         "command to run there."
     )
-    parser.add_argument("--carry", default=str(CARRY), help="The folder to fill (replaced).")
+    parser.add_argument(
+        "--carry",
+        default=str(CARRY),
+        help="The folder to fill (one this command filled before is replaced; any other is refused).",
+    )
     parser.add_argument("--python-version", default="3.12", help="The GPU machine's Python (wheel tags).")
     parser.add_argument("--skip-wheels", action="store_true", help="Leave the wheels out (tests, offline).")
     args = parser.parse_args(argv)
@@ -618,6 +622,13 @@ def prepare_main(argv=None) -> dict:
     except ValueError:
         raise UserError(f"--carry {carry}: must be inside the repository to travel with it") from None
     if carry.exists():
+        # Replaced only when it is a carry folder this command filled (its MANIFEST.json) or empty: never a
+        # folder of the user's (`--carry src` must not delete the sources).
+        if not (carry.is_dir() and ((carry / "MANIFEST.json").is_file() or not any(carry.iterdir()))):
+            raise UserError(
+                f"--carry {carry}: exists and is not a carry folder this command filled (no MANIFEST.json); "
+                "it is left as it is: choose another --carry"
+            )
         shutil.rmtree(carry)
     shared = carry / "shared"
     asked = [] if args.skip_wheels else download_wheels(carry / "wheels", args.python_version)
