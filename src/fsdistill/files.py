@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,14 @@ def fsync_dir(folder: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replaceable_folder(path: Path, is_ours: Callable[[Path], bool]) -> bool:
+    """Whether a command may replace `path` (with --overwrite): it does not exist, is an empty folder, or is a
+    folder `is_ours` recognises as one the project wrote. Never a file, never a folder of someone else's."""
+    if not path.exists():
+        return True
+    return path.is_dir() and (not any(path.iterdir()) or is_ours(path))
 
 
 def sha256_file(path: str | Path) -> str:

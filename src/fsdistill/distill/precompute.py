@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fsdistill.cli import add_config_args, config_from_args
 from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.files import replaceable_folder
 
 
 def parse_args(argv):
@@ -60,7 +61,7 @@ def main(argv=None) -> Path:
         )
     from fsdistill.distill.teacher_cache import is_cache_folder
 
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not is_cache_folder(path):
+    if not replaceable_folder(path, is_cache_folder):
         raise UserError(
             f"teacher.cache_dir {path} is not a teacher cache of this project (no meta.json of ours): "
             "--overwrite replaces only a cache; choose another folder (nothing was touched)"

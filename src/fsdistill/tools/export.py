@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fsdistill.config import to_dict
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.files import git_state, write_json_atomic
+from fsdistill.files import git_state, replaceable_folder, write_json_atomic
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -75,7 +75,7 @@ def export_checkpoint(
         )
     if out.exists() and not overwrite:
         raise UserError(f"--out {out} exists; pass --overwrite to replace it (nothing was written)")
-    if out.exists() and not (out.is_dir() and ((out / "export.json").is_file() or not any(out.iterdir()))):
+    if not replaceable_folder(out, lambda folder: (folder / "export.json").is_file()):
         # --overwrite replaces only what this command wrote: never a folder of someone else's files.
         raise UserError(
             f"--out {out} is not a folder this command exported (no export.json); it is left as it is: "

@@ -604,7 +604,7 @@ def prepare_main(argv=None) -> dict:
     parser.add_argument("--python-version", default="3.12", help="The GPU machine's Python (wheel tags).")
     parser.add_argument("--skip-wheels", action="store_true", help="Leave the wheels out (tests, offline).")
     args = parser.parse_args(argv)
-    from fsdistill.files import git_state, sha256_file, write_json_atomic
+    from fsdistill.files import git_state, replaceable_folder, sha256_file, write_json_atomic
 
     carry = Path(args.carry)
     sources = {
@@ -624,7 +624,7 @@ def prepare_main(argv=None) -> dict:
     if carry.exists():
         # Replaced only when it is a carry folder this command filled (its MANIFEST.json) or empty: never a
         # folder of the user's (`--carry src` must not delete the sources).
-        if not (carry.is_dir() and ((carry / "MANIFEST.json").is_file() or not any(carry.iterdir()))):
+        if not replaceable_folder(carry, lambda folder: (folder / "MANIFEST.json").is_file()):
             raise UserError(
                 f"--carry {carry}: exists and is not a carry folder this command filled (no MANIFEST.json); "
                 "it is left as it is: choose another --carry"
