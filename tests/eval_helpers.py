@@ -9,6 +9,8 @@ import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
+from helpers import VLLMParams
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
 
@@ -60,7 +62,7 @@ def train(entry: str, config: str, out: Path, *overrides: str) -> Path:
     return out
 
 
-class RecordingVLLM:
+class RecordingVLLM(VLLMParams):
     """What `generation.import_vllm()` returns (LLM, SamplingParams, LoRARequest), recording every use.
 
     engines: the keyword arguments of each LLM(...) in creation order.
@@ -94,14 +96,6 @@ class RecordingVLLM:
                 ]
 
         self.LLM = LLM
-
-    @staticmethod
-    def SamplingParams(**kwargs):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(**kwargs)
-
-    @staticmethod
-    def LoRARequest(lora_name, lora_int_id, lora_path):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
 
     def most_open_at_once(self) -> int:
         open_now = peak = 0

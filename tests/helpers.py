@@ -112,7 +112,19 @@ def record_checksum(checkpoint: Path, name: str) -> None:
     (checkpoint / "checkpoint.json").write_text(json.dumps(meta))
 
 
-class RolloutVLLM:
+class VLLMParams:
+    """vLLM's SamplingParams and LoRARequest as plain namespaces (the stand-ins record what they are given)."""
+
+    @staticmethod
+    def SamplingParams(**kwargs):  # noqa: N802 - vLLM's class name
+        return SimpleNamespace(**kwargs)
+
+    @staticmethod
+    def LoRARequest(lora_name, lora_int_id, lora_path):  # noqa: N802 - vLLM's class name
+        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
+
+
+class RolloutVLLM(VLLMParams):
     """A stand-in for vLLM (LLM, SamplingParams, LoRARequest) recording what the sampler asks of it."""
 
     def __init__(self):
@@ -138,11 +150,3 @@ class RolloutVLLM:
                 method(worker, *args)
 
         self.LLM = LLM
-
-    @staticmethod
-    def SamplingParams(**kwargs):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(**kwargs)
-
-    @staticmethod
-    def LoRARequest(lora_name, lora_int_id, lora_path):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
