@@ -9,10 +9,11 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, OFFLINE_OVERRIDES, QWEN3_TOKENIZER
+from conftest import CONFIGS, OFFLINE_OVERRIDES, QWEN3_TOKENIZER, REPO
 
 from fsdistill.config import ConfigError, TaskConfig, from_dict, load_config, to_dict
 from fsdistill.errors import UserError
+from fsdistill.files import sha256_file
 from fsdistill.tasks import ConfiguredTask, Scored, make_task
 from fsdistill.tasks.rows import DataError
 from fsdistill.tasks.scoring import make_scoring, normalize_text
@@ -502,19 +503,56 @@ def test_twostep_data_is_disjoint_deterministic_and_scores_its_own_answers(tmp_p
     questions = [{e.question for e in rows} for rows in splits.values()]
     assert sum(map(len, questions)) == len(set().union(*questions)) == 1200  # disjoint, no duplicates
     for e in random.Random(0).sample(splits["test"], 50):
-        a, b, c = (
-            int(x)
-            for x in e.question.replace("What is (", "")
-            .replace(")", "")
-            .replace("?", "")
-            .replace("+", "*")
-            .split("*")
-        )
+        a, b, c = twostep.operands(e.question)
         assert e.gold == str((a + b) * c)
         assert task.score(e.answer, e.gold) == Scored(e.gold, True)
     user = task.user_turn(splits["test"][0])
     assert user.endswith("? Answer in one short line ending with 'Answer:' and the number.")
     assert twostep.make_splits(seed=1)["test"] != twostep.make_splits(seed=0)["test"]
+    recorded = json.loads((tmp_path / "a" / twostep.VERSION_FILE).read_text())
+    assert recorded["version"] == twostep.VERSION == 2 and recorded["seed"] == 0
+    assert recorded["files"]["test.jsonl"]["sha256"] == sha256_file(paths["test"])
+
+
+def twins_across_files(folder: Path) -> dict[tuple[str, str], int]:
+    """{(split, other): problems of split whose swapped-operand twin (b + a) * c is in other}, read from
+    the written files' questions (what the model sees), not from the generator's own grouping."""
+    problems = {
+        split: {twostep.operands(json.loads(line)["question"]) for line in open(folder / f"{split}.jsonl")}
+        for split in twostep.SPLITS
+    }
+    return {
+        (s, o): sum((b, a, c) in problems[o] for a, b, c in problems[s] if a != b)
+        for s in problems
+        for o in problems
+        if o != s
+    }
+
+
+def test_twostep_twins_never_cross_splits(tmp_path):
+    """Data version 2 keeps each problem and its swapped-operand twin (same answer) in one split, at the
+    same sizes; version 1 (the first results' layout, kept by a flag) leaks them, as the issue counted."""
+    for seed in (0, 1):
+        twostep.main(["--out", str(tmp_path / f"v2_{seed}"), "--seed", str(seed)])
+        assert set(twins_across_files(tmp_path / f"v2_{seed}").values()) == {0}
+    twostep.main(["--out", str(tmp_path / "v1"), "--version", "1"])
+    leaked = twins_across_files(tmp_path / "v1")
+    assert (leaked["test", "train"], leaked["test", "validation"], leaked["validation", "train"]) == (
+        217,
+        86,
+        75,
+    )
+    # Shared by design in both versions: most test problems have a training problem with their (a + b, c).
+    assert twostep.shared_sum_and_multiplier(twostep.make_splits(0)) > 0.5
+
+
+def test_twostep_version_1_is_rewritten_byte_identically_for_the_results_measured_on_it(tmp_path):
+    """--version 1 writes exactly the files the first results were measured on (their provenance hashes)."""
+    recorded = json.loads((REPO / "experiments" / "twostep" / "v1" / "test_eval.json").read_text())
+    hashes = recorded["provenance"]["data_sha256"]
+    paths = twostep.main(["--out", str(tmp_path), "--version", "1"])
+    assert {f"data/twostep/{p.name}": sha256_file(p) for s, p in paths.items() if s != "validation"} == hashes
+    assert json.loads((tmp_path / twostep.VERSION_FILE).read_text())["version"] == 1
 
 
 def test_result_files_name_the_task_and_its_settings():
