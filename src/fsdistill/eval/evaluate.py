@@ -29,7 +29,7 @@ from fsdistill.eval.generation import GenerationSettings, load_generation_config
 from fsdistill.eval.results import collect_provenance, has_entry, load_or_new, record_entry
 from fsdistill.modeling.answer_lm import AnswerLogitsLM
 from fsdistill.tasks import Example, Task
-from fsdistill.tasks.rows import data_files, exemplar_pool, is_file_split, training_rows
+from fsdistill.tasks.rows import data_provenance, data_roles, exemplar_pool, is_file_split, training_rows
 
 SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k]
 
@@ -302,7 +302,7 @@ def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSessi
     prompts = PromptBuilder.from_config(tokenizer, cfg)
     data = load_eval_data(cfg, prompts.task, split)
     provenance = collect_provenance(
-        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]), tokenizer=tokenizer_name
+        data_provenance(cfg.data.source, data_roles(cfg, split)), tokenizer=tokenizer_name
     )
     settings = result_settings(cfg, script, split)
     load_or_new(output, settings, provenance)  # the settings check, before any work

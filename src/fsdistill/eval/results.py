@@ -10,7 +10,8 @@ File layout (``schema_version`` 1)::
       "schema_version": 1,
       "kind": "eval",         # files of earlier versions say "gsm8k_eval" (read, never written)
       "settings": {...},      # free-form; evaluate.result_settings: script, split, the config's identity
-      "provenance": {"git_commit", "git_dirty", "packages", "data_sha256", "tokenizer", "created",
+      "provenance": {"git_commit", "git_dirty", "packages", "data_sha256", "data_files", "data_version",
+                     "tokenizer", "created",
                      optional "resumed": [provenance of each later session that appended entries],
                      optional "merged_from": [{"file", "provenance"} of each merged input]},
       "results": [entry, ...]
@@ -43,7 +44,7 @@ from typing import Any
 
 from fsdistill.errors import UserError
 from fsdistill.eval.stats import bootstrap_mean_ci, wilson_interval
-from fsdistill.files import file_lock, git_state, package_versions, sha256_file, write_json_atomic
+from fsdistill.files import file_lock, git_state, package_versions, write_json_atomic
 from fsdistill.methods import METHODS as TRAINING_METHODS
 
 SCHEMA_VERSION = 1
@@ -59,6 +60,9 @@ RUNTIME_SETTINGS = frozenset(
 
 _TOP_FIELDS = {"schema_version": int, "kind": str, "settings": dict, "provenance": dict, "results": list}
 _PROVENANCE_FIELDS = ("git_commit", "packages", "data_sha256", "tokenizer", "created")
+# The data fields of a provenance (fsdistill.tasks.rows.data_provenance); files written before the last two
+# existed have data_sha256 only.
+DATA_PROVENANCE = ("data_sha256", "data_files", "data_version")
 _ENTRY_FIELDS = {
     "condition": str,
     "method": str,
@@ -443,7 +447,8 @@ def load_or_new(
     """The result file at ``path`` to resume a sweep into, or a new one when it does not exist.
 
     An existing file's settings must equal ``settings`` on every key but ``ignore`` (throughput knobs),
-    so a resumed sweep never mixes entries measured differently. The new session's provenance is
+    and a data file it hashed must still have that hash, so a resumed sweep never mixes entries measured
+    differently or on other data. The new session's provenance is
     appended to ``provenance["resumed"]``: entries may come from different code versions.
     """
     if not Path(path).exists():
@@ -458,6 +463,16 @@ def load_or_new(
             "write to a new file or delete the old one"
         )
     session = _json_normalised(provenance, "provenance")
+    changed = [
+        c
+        for p in (results["provenance"], *results["provenance"].get("resumed", []))
+        for c in data_changes(p, session)
+    ]
+    if changed:
+        raise ResultsError(
+            f"{path}: its entries were measured on other data under the same path, refusing to mix them: "
+            f"{'; '.join(dict.fromkeys(changed))}; write to a new file or delete the old one"
+        )
     first = {k: v for k, v in results["provenance"].items() if k not in ("resumed", "merged_from")}
     resumed = results["provenance"].setdefault("resumed", [])
     if session != first and session not in resumed:  # each session once, however many entries it adds
@@ -536,16 +551,57 @@ def merge_results(
 # --------------------------------------------------------------------------------------------------
 
 
-def collect_provenance(data_files: Iterable[str | Path] = (), tokenizer: str | None = None) -> dict:
-    """What produced a result file: code commit (and whether the tree was dirty), package versions,
-    data file hashes (keyed by the path as given; None when no file is given), tokenizer, UTC time."""
+def collect_provenance(data: Mapping[str, Any] | None = None, tokenizer: str | None = None) -> dict:
+    """What produced a result file: code commit (and whether the tree was dirty), package versions, the data
+    (`data`: fsdistill.tasks.rows.data_provenance, the sha256 of every split file read, which file served
+    as which split and the exemplar pool, and the data's version record; all None without it), tokenizer,
+    UTC time."""
     git = git_state()
-    files = [Path(p) for p in data_files]
+    data = data or {}
     return {
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "packages": package_versions(),
-        "data_sha256": {str(p): sha256_file(p) for p in files} if files else None,
+        **{field: data.get(field) for field in DATA_PROVENANCE},
         "tokenizer": tokenizer,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def data_changes(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Files hashed in both provenances whose sha256 differs: the data changed under the same path."""
+    a, b = recorded.get("data_sha256") or {}, now.get("data_sha256") or {}
+    return [
+        f"{path} (sha256 {a[path][:12]}... then, {b[path][:12]}... now)"
+        for path in sorted(set(a) & set(b))
+        if a[path] != b[path]
+    ]
+
+
+def _sessions(provenance: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    """A provenance and those it holds: later sessions (resumed) and merged files' (merged_from)."""
+    yield provenance
+    for session in provenance.get("resumed", []):
+        yield from _sessions(session)
+    for merged in provenance.get("merged_from", []):
+        yield from _sessions(merged["provenance"])
+
+
+def shared_data(inputs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
+    """The data every session of these result files ((name, results) pairs, pooled ones included) read: the
+    union of their data_sha256, data_files and data_version; a path or role two sessions recorded
+    differently is refused (entries measured on different data). What a summary or a selection states its
+    numbers rest on."""
+    out: dict[str, dict] = {field: {} for field in DATA_PROVENANCE}
+    seen: dict[tuple[str, str], str] = {}
+    for name, results in inputs:
+        for session in _sessions(results["provenance"]):
+            for field in DATA_PROVENANCE:
+                for key, value in (session.get(field) or {}).items():
+                    if out[field].setdefault(key, value) != value:
+                        raise ResultsError(
+                            f"{seen[field, key]} and {name} were measured on different data: provenance "
+                            f"{field} {key!r} is {out[field][key]!r} in one and {value!r} in the other"
+                        )
+                    seen.setdefault((field, key), name)
+    return {field: values or None for field, values in out.items()}

@@ -25,6 +25,7 @@ from fsdistill.eval.results import (
     load_results,
     require_accuracy,
     require_same_examples,
+    shared_data,
 )
 from fsdistill.eval.select import read_selection
 from fsdistill.files import write_json_atomic
@@ -163,16 +164,20 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     icl = load_results(args.icl)
     selection = read_selections(args.selected) if args.selected else None
+    evals = load_pooled(args.evals)
     summary = summarize(
         icl,
         args.icl,
-        load_pooled(args.evals),
+        evals,
         [parse_group(g) for g in args.group],
         [parse_comparison(c) for c in args.compare],
         selection,
         args.n_boot,
     )
     summary["inputs"] = {"icl": args.icl, "evals": list(args.evals), "selected": args.selected}
+    # The data every number rests on (sha256 of each split file and the data's version), checked to be
+    # the same for the base model's file and the trained models' files.
+    summary["data"] = shared_data([(args.icl, icl), (" ".join(args.evals), evals)])
     write_json_atomic(args.output, summary)
     for r in summary["references"]:
         print(

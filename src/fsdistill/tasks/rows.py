@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fsdistill.errors import UserError
+from fsdistill.files import sha256_file
 from fsdistill.tasks.base import Example
 
 # parse(obj, row, where) -> Example; `where` names the file and line (or Hub split and row) for errors.
@@ -27,6 +28,8 @@ class DataError(UserError):
     """A malformed data file or row; the message names the file and line."""
 
 
+# Beside a folder's split files: which version of the data they are (recorded in result files' provenance).
+DATA_VERSION_FILE = "data_version.json"
 MAX_REPORTED = 20  # bad lines named in one error; the count covers them all
 # Local file formats, by extension; a folder source holds {split}{extension}.
 EXTENSIONS = {".jsonl": None, ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -152,13 +155,59 @@ def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> li
     return _load_hub_split(source, hub_config, split, parse)
 
 
-def data_files(source: str, splits: list[str]) -> list[Path]:
-    """The local files behind `source` for these splits (for provenance hashes); [] for a Hub source."""
+def split_file(source: str, split: str) -> Path | None:
+    """The local file behind one split of `source` (a split given as a file path is that file); None for a
+    split of a Hub dataset."""
+    if is_file_split(split):
+        return Path(split).expanduser()
     path = Path(source).expanduser()
-    files = {Path(s).expanduser() for s in splits if is_file_split(s)}
-    if path.exists():
-        files |= {_local_split_file(path, s) for s in splits if not is_file_split(s)}
-    return sorted(files)
+    return _local_split_file(path, split) if path.exists() else None
+
+
+def data_roles(cfg, evaluated: str | None = None) -> dict[str, str]:
+    """{role: split} of every split a config's training (evaluated None) or evaluation of the `evaluated`
+    split reads: train; validation when it is a split of its own (held-out rows are part of train); the
+    test split when it is the one evaluated; exemplar_pool, fewshot.pool or else the training split."""
+    d = cfg.data
+    roles = {"train": d.train_split}
+    if d.validation_split is not None:
+        roles["validation"] = d.validation_split
+    if evaluated == "test":
+        roles["test"] = d.test_split
+    roles["exemplar_pool"] = cfg.fewshot.pool if cfg.fewshot.pool is not None else d.train_split
+    return roles
+
+
+def read_version_record(path: Path) -> dict:
+    """A data folder's DATA_VERSION_FILE: a JSON object saying which version of the data its files are."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: expected a JSON object naming the data's version, got {type(record).__name__}"
+        )
+    return record
+
+
+def data_provenance(source: str, roles: dict[str, str]) -> dict:
+    """What a result file records about its data (fsdistill.eval.results.collect_provenance):
+
+    data_sha256   {file: sha256} of every local file behind `roles`' splits (None for a Hub dataset)
+    data_files    {role: file}: which file served as train, validation, test, exemplar_pool
+    data_version  {record: its content} of each DATA_VERSION_FILE beside those files (a generator's note
+                  of the data version and seed, e.g. fsdistill.tools.twostep's), None when there is none
+    """
+    files = {role: split_file(source, split) for role, split in roles.items()}
+    files = {role: path for role, path in files.items() if path is not None}
+    records = sorted({p.parent / DATA_VERSION_FILE for p in files.values()})
+    versions = {str(r): read_version_record(r) for r in records if r.is_file()}
+    return {
+        "data_sha256": {str(p): sha256_file(p) for p in sorted(set(files.values()))} or None,
+        "data_files": {role: str(p) for role, p in files.items()} or None,
+        "data_version": versions or None,
+    }
 
 
 def split_train_validation(

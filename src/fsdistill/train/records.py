@@ -1,6 +1,7 @@
 """A run's records, written by the main process: run.json, metrics.jsonl and the configured trackers.
 
-run.json        name, method, config, git commit, global batch, checkpoints so far, status
+run.json        name, method, config, git commit, data (the files' sha256 and version), global batch,
+                checkpoints so far, status
 metrics.jsonl   one JSON line per logged optimizer step (what figure scripts read)
 trackers        accelerate's trackers (output.log_with: TensorBoard under tensorboard/ by default;
                 wandb, MLflow, ... when installed), which receive the same values
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from fsdistill.config import Config, flat_config, run_name, to_dict, to_yaml
 from fsdistill.errors import UserError
 from fsdistill.files import git_state, write_json_atomic, write_text_atomic
+from fsdistill.tasks.rows import data_provenance, data_roles
 from fsdistill.train.run_dir import list_checkpoints
 
 TRACKER_MODULES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}
@@ -77,6 +79,9 @@ class RunRecorder:
         accelerator.init_trackers("few-shot-distillation", init_kwargs={"wandb": {"name": run_name(cfg)}})
         if not self.is_main:
             return
+        # The sha256 of every split file training reads (validation and exemplar pool included) and the
+        # data's version record, as evaluation result files have them.
+        self.manifest["data"] = data_provenance(cfg.data.source, data_roles(cfg))
         run_dir.mkdir(parents=True, exist_ok=True)
         old = run_dir / "run.json"
         if start_step > 0 and old.is_file():
