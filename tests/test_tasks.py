@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -503,7 +504,7 @@ def test_twostep_data_is_disjoint_deterministic_and_scores_its_own_answers(tmp_p
     questions = [{e.question for e in rows} for rows in splits.values()]
     assert sum(map(len, questions)) == len(set().union(*questions)) == 1200  # disjoint, no duplicates
     for e in random.Random(0).sample(splits["test"], 50):
-        a, b, c = twostep.operands(e.question)
+        a, b, c = twostep_operands(e.question)
         assert e.gold == str((a + b) * c)
         assert task.score(e.answer, e.gold) == Scored(e.gold, True)
     user = task.user_turn(splits["test"][0])
@@ -514,11 +515,17 @@ def test_twostep_data_is_disjoint_deterministic_and_scores_its_own_answers(tmp_p
     assert recorded["files"]["test.jsonl"]["sha256"] == sha256_file(paths["test"])
 
 
+def twostep_operands(question: str) -> tuple[int, int, int]:
+    """(a, b, c) of a twostep question, read from its text."""
+    a, b, c = re.fullmatch(r"What is \((\d+) \+ (\d+)\) \* (\d+)\?", question).groups()
+    return int(a), int(b), int(c)
+
+
 def twins_across_files(folder: Path) -> dict[tuple[str, str], int]:
     """{(split, other): problems of split whose swapped-operand twin (b + a) * c is in other}, read from
     the written files' questions (what the model sees), not from the generator's own grouping."""
     problems = {
-        split: {twostep.operands(json.loads(line)["question"]) for line in open(folder / f"{split}.jsonl")}
+        split: {twostep_operands(json.loads(line)["question"]) for line in open(folder / f"{split}.jsonl")}
         for split in twostep.SPLITS
     }
     return {
@@ -544,6 +551,16 @@ def test_twostep_twins_never_cross_splits(tmp_path):
     )
     # Shared by design in both versions: most test problems have a training problem with their (a + b, c).
     assert twostep.shared_sum_and_multiplier(twostep.make_splits(0)) > 0.5
+
+
+def test_twostep_answers_are_read_for_their_first_step_and_format():
+    row = twostep.problem(7, 18, 10)
+    assert twostep.first_step_right(row["answer"], row) and twostep.is_two_step(row["answer"])
+    assert twostep.first_step_right("18 + 7 = 25, 25 * 10 = 350. Answer: 350", row)  # a wrong product
+    assert not twostep.first_step_right("7 + 18 = 24, 24 * 10 = 240. Answer: 240", row)
+    assert not twostep.first_step_right("The answer is 250.", row)
+    assert twostep.is_two_step("3 + 4 = 8, 8 * 2 = 16. Answer: 16")  # the format, whatever the numbers
+    assert not twostep.is_two_step("3 + 4 = 7. Answer: 7") and not twostep.is_two_step("(3 + 4) * 2 = 14")
 
 
 def test_twostep_version_1_is_rewritten_byte_identically_for_the_results_measured_on_it(tmp_path):

@@ -53,7 +53,9 @@ VERSIONS = (1, 2)
 VERSION = 2  # what make_splits / the script write unless told otherwise
 DEFAULT_OUT = "data/twostep"
 VERSION_FILE = "data_version.json"  # its name is the one collect_provenance looks for beside data files
-QUESTION = re.compile(r"What is \((\d+) \+ (\d+)\) \* (\d+)\?")
+# Reading a model's answer: its first sum "x + y = s", and the whole answer in the worked format.
+FIRST_SUM = re.compile(r"(\d+)\s*\+\s*(\d+)\s*=\s*(\d+)")
+TWO_STEP = re.compile(r"\s*\d+ \+ \d+ = \d+, \d+ \* \d+ = \d+\. Answer: \d+\s*")
 
 
 def problem(a: int, b: int, c: int) -> dict:
@@ -142,16 +144,16 @@ def write_splits(out_dir: str | Path, seed: int = 0, version: int = VERSION) -> 
     return paths
 
 
+def twin_elsewhere(rows: list[dict], others: list[dict]) -> list[bool]:
+    """For each problem of `rows`: whether its swapped-operand twin (a != b) is among `others`."""
+    keys = {twin_key(r) for r in others}
+    return [r["a"] != r["b"] and twin_key(r) in keys for r in rows]
+
+
 def twins_across(splits: dict[str, list[dict]]) -> dict[tuple[str, str], int]:
     """{(split, other split): how many problems of split have their swapped-operand twin in the other}.
     Version 2 has none; version 1 has 217 test problems with a twin in train."""
-    keys = {s: {twin_key(r) for r in rows} for s, rows in splits.items()}
-    return {
-        (s, o): sum(twin_key(r) in keys[o] for r in rows if r["a"] != r["b"])
-        for s, rows in splits.items()
-        for o in splits
-        if o != s
-    }
+    return {(s, o): sum(twin_elsewhere(splits[s], splits[o])) for s in splits for o in splits if o != s}
 
 
 def shared_sum_and_multiplier(splits: dict[str, list[dict]], split: str = "test") -> float:
@@ -174,13 +176,16 @@ def rows_of_file(sha256: str, version_record: dict | None = None) -> list[dict]:
     raise UserError(f"sha256 {sha256[:12]}...: no twostep split of version {version}, seed {seed} has it")
 
 
-def operands(question: str) -> tuple[int, int, int]:
-    """(a, b, c) of a twostep question."""
-    match = QUESTION.search(question)
-    if match is None:
-        raise UserError(f"not a twostep question: {question!r}")
-    a, b, c = map(int, match.groups())
-    return a, b, c
+def first_step_right(prediction: str, row: dict) -> bool:
+    """Whether an answer's first sum written, "x + y = s", has the question's a + b as s."""
+    match = FIRST_SUM.search(prediction)
+    return match is not None and int(match[3]) == row["a"] + row["b"]
+
+
+def is_two_step(prediction: str) -> bool:
+    """Whether an answer is written as the worked answers are: "a + b = s, s * c = p. Answer: p" (any
+    numbers, right or wrong)."""
+    return TWO_STEP.fullmatch(prediction) is not None
 
 
 @exit_on_user_error
