@@ -20,13 +20,15 @@ def test_the_documents_tables_match_their_json(capsys):
     result_tables.main(["--check"])
     assert "match their JSON" in capsys.readouterr().out
     documents = (
-        ("README.md", ("summary",)),
+        ("README.md", ("summary", "before-after")),
         ("compute.md", ("bench-step", "bench-on-policy", "bench-repeats")),
     )
     for name, kinds in documents:
         text = (REPO / name).read_text()
         for kind in kinds:
             assert text.count(f"<!-- {kind}-table: ") == text.count(f"<!-- end {kind}-table -->") >= 1, name
+    readme = (REPO / "README.md").read_text()
+    assert readme.count("<!-- value: ") == readme.count("<!-- end value -->") >= 50  # the readings' figures
 
 
 def test_a_typed_in_number_is_caught_and_rewritten(tmp_path, capsys):
@@ -163,6 +165,7 @@ def test_prose_figures_read_summaries_predictions_and_run_logs():
             "first-step v1/test_eval.json sft_seed1,sft_seed2 pct:0",
             "two-step-format v1/icl_eval.json base@2 pct:0",
             "twins v1/test_eval.json train",
+            "distinct test_eval.json train",
             "twin-accuracy v1/test_eval.json sft_seed1 train with",
             "twin-accuracy v1/test_eval.json sft_seed1 train without",
             "field v1/timing.json total_seconds",
@@ -185,6 +188,10 @@ def test_prose_figures_read_summaries_predictions_and_run_logs():
     # 462 and 466 of 500 SFT answers start with the right sum; the base model writes the format on 95%
     assert figures[9:11] == ["92–93%", "95%"]
     assert figures[11] == "217"  # the issue's count of test problems with their twin in train
+    # version 2's training split keeps twins together: 500 problems, each pair counted once
+    assert figures.pop(12) == str(
+        500 - sum(twostep.twin_elsewhere(*[twostep.make_splits(0)["train"]] * 2)) // 2
+    )
     twin = twostep.twin_elsewhere(twostep.make_splits(0, 1)["test"], twostep.make_splits(0, 1)["train"])
     sft = next(
         e for e in json.loads((V1 / "test_eval.json").read_text())["results"] if e["condition"] == "sft_seed1"

@@ -23,6 +23,7 @@ exemplars; A:B a paired test of a summary; FORMAT optional, last):
                                           same (a + b, c), hence the same answer
     twins EVAL ROLE [FORMAT]              twostep: EVAL's problems whose swapped-operand twin is in ROLE's
                                           split (train, validation, test)
+    distinct EVAL ROLE [FORMAT]           twostep: distinct problems up to operand order in ROLE's split
     twin-accuracy EVAL RUNS ROLE with|without [FORMAT]
                                           twostep: accuracy on EVAL's problems whose twin is / is not in
                                           ROLE's split
@@ -202,6 +203,11 @@ def two_step_format(results: dict, runs: str, fmt: str = "pct:1") -> str:
     return _answer_shares(results, runs, lambda e, row: twostep.is_two_step(e["prediction"] or ""), fmt)
 
 
+def distinct(results: dict, role: str, fmt: str = "int") -> str:
+    """How many distinct problems up to operand order ({a, b}, c) role's split holds."""
+    return formatted(len({twostep.twin_key(r) for r in _split_rows(results, role)}), fmt)
+
+
 def twin_accuracy(results: dict, runs: str, role: str, which: str, fmt: str = "pct:1") -> str:
     """Accuracy on the evaluated problems whose twin is (with) or is not (without) in role's split."""
     if which not in ("with", "without"):
@@ -285,6 +291,7 @@ FROM_EVAL = {
     "shared-answer": shared_answer,
     "twins": twins,
     "twin-accuracy": twin_accuracy,
+    "distinct": distinct,
 }
 QUANTITIES = (*FROM_JSON, *FROM_EVAL, "metric")
 
