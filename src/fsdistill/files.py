@@ -228,6 +228,9 @@ def _opened_parent(folder: Path, parts: list[str]) -> Iterator[int | None]:
                 )
             try:
                 inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:  # removed since the check above (another process's cleanup)
+                yield None
+                return
             except OSError as e:  # swapped for a link (ELOOP, ENOTDIR) since the check above
                 raise _link_refused(folder, parts, i) from e
             os.close(fd)
