@@ -45,8 +45,6 @@ LOCK = ".fsdistill.lock"
 RUN_RECORDS = ("run.json", "config.yaml", "metrics.jsonl", "samples.jsonl")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TEMP_RE = re.compile(r"^\.checkpoint-(\d+)\.tmp(-[\w.-]+)?$")
-# The names of the files a checkpoint holds, of this version and earlier ones (which did not list their
-# files in checkpoint.json; nor does a crashed save's incomplete temporary folder).
 # A transformers model folder's files (weights, config, tokenizer): also what an export or a converted
 # model of earlier versions holds (tools/export.py, tools/smollm2.py).
 MODEL_FILES = (
@@ -54,6 +52,8 @@ MODEL_FILES = (
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model",
 )  # fmt: skip
+# The names of the files a checkpoint holds, of this version and earlier ones (which did not list their
+# files in checkpoint.json; nor does a crashed save's incomplete temporary folder).
 CHECKPOINT_FILES = (
     "checkpoint.json", "config.yaml", "training_state.pt", "rng_state_*.pt", "README.md",
     "adapter_model.safetensors", "adapter_config.json", *MODEL_FILES, "training_state.safetensors",
