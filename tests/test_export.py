@@ -108,3 +108,68 @@ def test_export_refuses_what_it_cannot_do(lora_checkpoint, tmp_path, monkeypatch
     assert e.value.code == 2
     assert "--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def export_main(*argv: str) -> int:
+    from fsdistill.tools.export import main
+
+    return run_cli(main, list(argv))
+
+
+def test_overwrite_replaces_exactly_the_files_the_export_wrote(lora_checkpoint, tmp_path, capsys):
+    """export.json lists every file the export wrote with its size and sha256; --overwrite deletes exactly
+    those, unchanged, and leaves a user's file where it is, saying so. An export of an earlier version (no
+    list) stands for the names an export writes. Anything else refused, nothing deleted."""
+    from helpers import snapshot
+
+    out = tmp_path / "exported"
+    args = ("--checkpoint", str(lora_checkpoint), "--out", str(out), "--overwrite")
+    assert export_main(*args) == 0
+    listed = json.loads((out / "export.json").read_text())["files"]
+    assert set(listed) == {p.name for p in out.iterdir()} - {"export.json"}
+    assert listed["config.json"]["bytes"] == (out / "config.json").stat().st_size
+    (out / "thesis.tex").write_text("a user's file")
+    capsys.readouterr()
+    assert export_main(*args) == 0
+    assert (out / "thesis.tex").read_text() == "a user's file"
+    assert "not written by the export and left where they are: thesis.tex" in capsys.readouterr().out
+    assert set(json.loads((out / "export.json").read_text())["files"]) == set(listed)
+
+    record = json.loads((out / "export.json").read_text())
+    (out / "export.json").write_text(json.dumps({k: v for k, v in record.items() if k != "files"}))
+    assert export_main(*args) == 0  # an earlier version's export: replaced by name, the user's file kept
+    assert (out / "thesis.tex").read_text() == "a user's file" and "files" in json.loads(
+        (out / "export.json").read_text()
+    )
+
+    config = (out / "config.json").read_text()
+    for edit, message in (
+        (lambda: (out / "config.json").write_text(config + " "), "differs from what"),  # changed since
+        (lambda: (out / "export.json").write_text("{}"), "does not list the files the export wrote"),
+    ):
+        edit()
+        before = snapshot(tmp_path)
+        assert export_main(*args) == 2
+        assert message in capsys.readouterr().err
+        assert snapshot(tmp_path) == before
+
+
+def test_a_symlinked_out_and_a_users_temporary_folder_are_never_touched(lora_checkpoint, tmp_path, capsys):
+    from helpers import snapshot
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "export.json").write_text("{}")
+    (target / "thesis.tex").write_text("a user's file")
+    (tmp_path / "link").symlink_to(target)
+    (tmp_path / ".exported.tmp").mkdir()  # the temporary name earlier versions used, now a user's folder
+    (tmp_path / ".exported.tmp" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    argv = ("--checkpoint", str(lora_checkpoint), "--out", str(tmp_path / "link"), "--overwrite")
+    assert export_main(*argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'link'} is a symbolic link" in err and "Traceback" not in err
+    assert export_main("--checkpoint", str(lora_checkpoint), "--out", str(tmp_path / "exported")) == 0
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("exported/")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".exported.tmp", "elsewhere", "exported", "link"]

@@ -184,6 +184,11 @@ def test_load_names_example_field_and_type(tmp_path):
     res["results"][0]["step"] = "100"
     with pytest.raises(ResultsError, match=r"results\[0\]: field 'step' must be int or null"):
         load_results(write_raw(tmp_path, res))
+    res["results"][0]["step"] = -1
+    with pytest.raises(
+        ResultsError, match=r"results\[0\]: field 'step' must be >= 0 \(optimizer steps\), got -1"
+    ):
+        load_results(write_raw(tmp_path, res))
 
 
 def test_load_refuses_other_version_kind_and_bad_json(tmp_path):
@@ -266,6 +271,36 @@ def test_two_sweeps_into_one_file_keep_every_entry(tmp_path):
     )
     sessions = [res["provenance"]["created"], *(p["created"] for p in res["provenance"]["resumed"])]
     assert sorted(sessions) == ["a", "b"]  # each session's provenance once
+
+
+def test_kill_9_during_a_merge_leaves_the_old_file_whole(tmp_path):
+    """merge_evals.py killed (SIGKILL) with the merged file written to its temporary name but not yet
+    renamed: the output keeps its old, complete content; the merge run again gives both entries."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fsdistill.eval.compare import merge_main
+
+    inputs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, step in zip(inputs, (100, 200)):
+        save_results(path, a_file(entry(step=step)))
+    out = tmp_path / "merged.json"
+    save_results(out, a_file(entry(step=100)))
+    old = out.read_bytes()
+    code = (
+        "import os, signal, sys\n"
+        "from fsdistill.eval.compare import merge_main\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # dies once the new bytes are written\n"
+        "merge_main(sys.argv[1:])\n"
+    )
+    argv = ["--inputs", *map(str, inputs), "--output", str(out)]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=os.environ)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert out.read_bytes() == old and len(load_results(out)["results"]) == 1
+    merge_main(argv)
+    assert [e["step"] for e in load_results(out)["results"]] == [100, 200]
 
 
 def test_find_entry_distinguishes_base_shots_and_steps():

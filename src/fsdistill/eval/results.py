@@ -272,6 +272,8 @@ def validate_entry(entry: Any, where: str = "entry") -> None:
         raise ResultsError(f"{where}: field 'step' must be null for the base model, got {entry['step']}")
     if entry["shots"] < 0:
         raise ResultsError(f"{where}: field 'shots' must be >= 0, got {entry['shots']}")
+    if entry["step"] is not None and entry["step"] < 0:
+        raise ResultsError(f"{where}: field 'step' must be >= 0 (optimizer steps), got {entry['step']}")
     _check_examples(entry, where)
     _check_counts(entry, where)
     for name, summary in (entry["teacher_forced"] or {}).items():

@@ -16,16 +16,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
+import json
 import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fsdistill.config import to_dict
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.files import git_state, replaceable_folder, write_json_atomic
+from fsdistill.files import (
+    contained,
+    describe_files,
+    git_state,
+    install_folder,
+    listed_unchanged,
+    new_folder_beside,
+    remove_made_folder,
+    replaceable_folder,
+    write_json_atomic,
+)
+from fsdistill.train.run_dir import MODEL_FILES
 
 DTYPES = ("float32", "bfloat16", "float16")
+EXPORT_RECORD = "export.json"
+# The fields of an export.json written before exports listed their files.
+EARLIER_EXPORT_FIELDS = {"checkpoint", "step", "merged_lora", "dtype", "base_model"}
 
 
 def parse(argv):
@@ -73,14 +88,7 @@ def export_checkpoint(
         raise UserError(
             f"--checkpoint {checkpoint}: not a checkpoint folder of this project (no checkpoint.json)"
         )
-    if out.exists() and not overwrite:
-        raise UserError(f"--out {out} exists; pass --overwrite to replace it (nothing was written)")
-    if not replaceable_folder(out, lambda folder: (folder / "export.json").is_file()):
-        # --overwrite replaces only what this command wrote: never a folder of someone else's files.
-        raise UserError(
-            f"--out {out} is not a folder this command exported (no export.json); it is left as it is: "
-            "choose another --out"
-        )
+    ours = exported_files(out, overwrite)
     cfg = saved_config(checkpoint)
     dtype = dtype or cfg.model.dtype
     model = merged_model(checkpoint, cfg).to(getattr(torch, dtype)).eval()
@@ -98,14 +106,12 @@ def export_checkpoint(
     generation.pad_token_id = tokenizer.pad_token_id
     model.generation_config = generation
 
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = new_folder_beside(out)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         write_json_atomic(
-            tmp / "export.json",
+            tmp / EXPORT_RECORD,
             {
                 "checkpoint": str(checkpoint.resolve()),
                 "step": checkpoint_step(checkpoint),
@@ -115,15 +121,56 @@ def export_checkpoint(
                 "run_config": to_dict(cfg),
                 "exported_with": git_state(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                # What makes a later --overwrite delete exactly these files, unchanged, and nothing else.
+                "files": describe_files(tmp),
             },
         )
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        install_export(tmp, out, ours)
+    finally:
+        remove_made_folder(tmp.parent, tmp.name)  # already gone once installed
     return out
+
+
+def exported_files(out: Path, overwrite: bool) -> list[str]:
+    """The files of an existing --out that this command wrote, which the new export replaces; UserError
+    (nothing deleted) for a folder it cannot show to be an export. Ownership is not taken from a name: the
+    folder's export.json must list its files with their sizes and sha256, and each must be unchanged; an
+    export.json of an earlier version (which listed no files) stands for the names an export writes."""
+    if os.path.lexists(out) and not overwrite:
+        raise UserError(f"--out {out} exists; pass --overwrite to replace it (nothing was written)")
+    if not replaceable_folder(out, lambda folder: (folder / EXPORT_RECORD).is_file()):
+        # --overwrite replaces only what this command wrote: never a folder of someone else's files.
+        raise UserError(
+            f"--out {out} is not a folder this command exported (no export.json); it is left as it is: "
+            "choose another --out"
+        )
+    if not (out / EXPORT_RECORD).is_file():
+        return []  # absent or empty
+    record = out / EXPORT_RECORD
+    try:
+        manifest = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{record}: not the record this command writes ({e}); nothing was deleted") from None
+    if isinstance(manifest, dict) and "files" in manifest:
+        ours = listed_unchanged(out, manifest["files"], record)
+    elif isinstance(manifest, dict) and EARLIER_EXPORT_FIELDS <= manifest.keys():
+        ours = [p.name for p in out.iterdir() if any(fnmatch.fnmatch(p.name, pat) for pat in MODEL_FILES)]
+    else:
+        raise UserError(
+            f"{record}: does not list the files the export wrote (their sizes and sha256), so nothing in "
+            f"{out} can be shown to be this command's: it is left as it is; choose another --out"
+        )
+    for name in (*ours, EXPORT_RECORD):  # a link among them is refused now, before the export's work
+        contained(out, name)
+    return [*ours, EXPORT_RECORD]
+
+
+def install_export(tmp: Path, out: Path, ours: list[str]) -> None:
+    """The finished export in the place of --out: the old export's own files replaced, any other file left
+    where it is, and said so."""
+    kept = install_folder(tmp, out, ours, last=EXPORT_RECORD)
+    if kept:
+        print(f"kept in {out}, not written by the export and left where they are: {', '.join(kept)}")
 
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:

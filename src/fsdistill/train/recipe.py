@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from fsdistill.cli import check_launcher_precision
+from fsdistill.cli import check_distributed_launch, check_launcher_precision
 from fsdistill.config import Config, run_name
 from fsdistill.data.batch import TrainingBatches, build_training_batches
 from fsdistill.data.prompts import load_tokenizer
@@ -48,7 +48,7 @@ from fsdistill.train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from fsdistill.train.records import RunRecorder, make_trackers
+from fsdistill.train.records import RunRecorder, make_trackers, resume_sources
 from fsdistill.train.rollouts import Rollouts, rollout_metrics
 from fsdistill.train.run_dir import (
     check_output_dir,
@@ -75,6 +75,7 @@ def make_accelerator(cfg: Config, log_with: Optional[list] = None):
     from accelerate import Accelerator
 
     check_launcher_precision(cfg)
+    check_distributed_launch(cfg)
     return Accelerator(mixed_precision=cfg.training.mixed_precision, log_with=log_with or None)
 
 
@@ -265,7 +266,11 @@ def setup(
     else:
         set_seed(cfg.training.seed + rank)  # per-process dropout streams
     end = min(cfg.training.max_steps, cfg.training.stop_after or cfg.training.max_steps)
+    resumes = resume_sources(run_dir, resume_from, start) if resume_from is not None else None
     recorder = RunRecorder(run_dir, cfg, method.name, identity, accelerator, global_batch, start)
+    if resumes is not None:  # where the weights came from, this run's own checkpoint or another run's
+        recorder.manifest["resumed_from"] = resumes
+        recorder.save()
     meta = {
         "name": run_name(cfg),
         "method": method.name,
@@ -362,6 +367,7 @@ def stop_on_signal(state: TrainState, step: int, received: str) -> None:
         f"resume with: {shlex.join(['python', *command, '--resume'])} (launched as before, e.g. under "
         "accelerate launch)",
         state.stop.exit_status(),
+        quiet=not state.accelerator.is_main_process,
     )
 
 

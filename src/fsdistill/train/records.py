@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from fsdistill.config import Config, flat_config, run_name, to_dict, to_yaml
 from fsdistill.errors import UserError
-from fsdistill.files import git_state, write_json_atomic, write_text_atomic
+from fsdistill.files import git_state, sha256_file, write_json_atomic, write_text_atomic
 from fsdistill.tasks.rows import data_provenance, data_roles
 from fsdistill.train.run_dir import list_checkpoints
 
@@ -45,6 +45,24 @@ def make_trackers(cfg: Config, run_dir: Path, start_step: int) -> list:
         else:
             trackers.append(name)
     return trackers
+
+
+def resume_sources(run_dir: Path, checkpoint: Path, step: int) -> list[dict]:
+    """run.json's "resumed_from" once this launch continues from `checkpoint`: the run's earlier resumes (read
+    from its run.json before it is rewritten) and this one, with the checkpoint's absolute path, its step
+    and the sha256 of its checkpoint.json (which holds the sha256 of every file of it). A run resumed from
+    another run's checkpoint (--resume OTHER/checkpoint-N into a new folder) so says where it came from."""
+    try:
+        earlier = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("resumed_from", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    source = {
+        "checkpoint": str(checkpoint.resolve()),
+        "step": step,
+        "checkpoint_json_sha256": sha256_file(checkpoint / "checkpoint.json"),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return [*(earlier if isinstance(earlier, list) else []), source]
 
 
 class RunRecorder:
