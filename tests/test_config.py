@@ -336,7 +336,9 @@ def test_inherit_a_list_later_entries_winning_and_a_shared_base_applied_once(tmp
     assert cfg.training.max_steps == 3 and source["training.max_steps"].endswith("mine.yaml")
     assert source["task.name"].endswith("task.yaml") and source["training.lr"].endswith("model.yaml")
     # The same composition from the command line: --base_config, then --config.
-    again, _ = load_config(str(tmp_path / "task.yaml"), str(tmp_path / "model.yaml"), ["training.max_steps=3"])
+    again, _ = load_config(
+        str(tmp_path / "task.yaml"), str(tmp_path / "model.yaml"), ["training.max_steps=3"]
+    )
     assert again == cfg
     bad = write(tmp_path / "bad.yaml", "inherit: {a: 1}\n")
     with pytest.raises(ConfigError, match="'inherit' must be a path or a list of paths"):

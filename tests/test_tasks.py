@@ -164,7 +164,11 @@ def test_a_template_field_the_rows_lack_is_named_with_file_line_and_key(tmp_path
         ({}, "task.question_field"),
         ({"question_field": "problem", "gold_field": "final", "scoring": "last_number"}, "task.gold_field"),
         (
-            {"question_template": "{question} ({subject})", "question_field": "problem", "answer_field": "solution"},
+            {
+                "question_template": "{question} ({subject})",
+                "question_field": "problem",
+                "answer_field": "solution",
+            },
             "task.question_template",
         ),
         ({"row_format": "messages"}, "task.messages_field"),
@@ -180,7 +184,9 @@ def test_a_field_no_row_has_is_one_error_naming_the_key_and_the_rows_fields(tmp_
         task.load(str(path), "t", "main", ("gold",))
     message = str(e.value)
     assert message.startswith(f"{path}: no row has the field ") and key in message, message
-    assert "(all 30 rows lack it)" in message and "the first row's fields are ['problem', 'solution']" in message
+    assert (
+        "(all 30 rows lack it)" in message and "the first row's fields are ['problem', 'solution']" in message
+    )
     assert message.count("\n") == 0 and ":2:" not in message  # once, not per line
     records = tmp_path / "t.json"  # the same through datasets (JSON, CSV, Parquet)
     records.write_text(json.dumps(rows))

@@ -679,12 +679,17 @@ def test_a_run_reports_how_it_ended_and_writes_files_with_the_umask(tmp_path, sh
     assert column(run_dir, "train/lr") == [0.0, 1e-3]  # the schedule itself is unchanged
 
     manifest = json.loads((run_dir / "run.json").read_text())
-    started, ended = (datetime.fromisoformat(manifest[k].replace("Z", "+00:00")) for k in ("started", "ended"))
+    started, ended = (
+        datetime.fromisoformat(manifest[k].replace("Z", "+00:00")) for k in ("started", "ended")
+    )
     assert 0 <= manifest["duration_s"] and started <= ended
     (line,) = [x for x in captured.out.splitlines() if x.startswith("run finished:")]
     last = run_dir / "checkpoint-2"
     assert line.startswith("run finished: step 2 of 2 in ")
-    assert f"last checkpoint {last}; evaluate it with: fsdistill-eval-checkpoints --path {last} --output " in line
+    assert (
+        f"last checkpoint {last}; evaluate it with: fsdistill-eval-checkpoints --path {last} --output "
+        in line
+    )
 
     for name in ("run.json", "config.yaml", "metrics.jsonl", "checkpoint-2/checkpoint.json"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o664, name

@@ -273,7 +273,9 @@ def recorded_evaluation_config(
         ):
             key = line.split(":", 1)[0]
             defining = key in config_identity(cfg, TRAINING_DEFINING_MAY_DIFFER)
-            (training_diffs if defining else eval_diffs).append(line)
+            found = training_diffs if defining else eval_diffs
+            if line not in found:  # each run's checkpoints share its config: name a difference once
+                found.append(line)
     if training_diffs:
         raise UserError(
             "the targets were trained with different tasks, templates, data or base models, so their scores do "
