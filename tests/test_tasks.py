@@ -151,12 +151,49 @@ def test_json_csv_and_parquet_files_through_datasets(tmp_path, fmt):
 
 def test_a_template_field_the_rows_lack_is_named_with_file_line_and_key(tmp_path):
     task = task_of(question_template="{question} ({subject})")
-    path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "#### 1"}])
+    rows = [{"question": "q", "answer": "#### 1"}, {"question": "q2", "answer": "#### 2", "subject": "maths"}]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
     with pytest.raises(
         DataError,
         match=rf"{path}:1: task.question_template uses {{subject}}, but the row has no field 'subject'",
     ):
         task.load(str(path), "t", "main")
+
+
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({}, "task.question_field"),
+        ({"question_field": "problem", "gold_field": "final", "scoring": "last_number"}, "task.gold_field"),
+        (
+            {
+                "question_template": "{question} ({subject})",
+                "question_field": "problem",
+                "answer_field": "solution",
+            },
+            "task.question_template",
+        ),
+        ({"row_format": "messages"}, "task.messages_field"),
+    ],
+)
+def test_a_field_no_row_has_is_one_error_naming_the_key_and_the_rows_fields(tmp_path, settings, key):
+    """A wrong task.*_field makes every row lack the field: one error naming the key to change and the
+    fields the first row has, not one line per row."""
+    task = task_of(**settings)
+    rows = [{"problem": f"What is {i} + 1?", "solution": f"#### {i + 1}"} for i in range(30)]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        task.load(str(path), "t", "main", ("gold",))
+    message = str(e.value)
+    assert message.startswith(f"{path}: no row has the field ") and key in message, message
+    assert (
+        "(all 30 rows lack it)" in message and "the first row's fields are ['problem', 'solution']" in message
+    )
+    assert message.count("\n") == 0 and ":2:" not in message  # once, not per line
+    records = tmp_path / "t.json"  # the same through datasets (JSON, CSV, Parquet)
+    records.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=rf"{records}: no row has the field .*{key}"):
+        task.load(str(records), "t", "main", ("gold",))
 
 
 def test_what_a_use_needs_is_refused_by_line_when_missing(tmp_path):

@@ -16,8 +16,14 @@ from fsdistill.methods import CONDITIONS
 
 
 def add_config_args(parser: argparse.ArgumentParser, need_output_dir: bool = False) -> None:
-    parser.add_argument("--config", help="YAML config (may say 'inherit: BASE.yaml').")
-    parser.add_argument("--base_config", help="A YAML config loaded before --config (the original's flag).")
+    parser.add_argument(
+        "--config", help="YAML config (may say 'inherit: BASE.yaml' or 'inherit: [MODEL.yaml, TASK.yaml]')."
+    )
+    parser.add_argument(
+        "--base_config",
+        help="A YAML config loaded before --config (the original's flag): the same as --config saying "
+        "'inherit: [BASE_CONFIG, CONFIG]'.",
+    )
     parser.add_argument("--output_dir", required=need_output_dir, help="Run folder (sets output.dir).")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.sub=value", help="Config overrides, applied last."

@@ -20,10 +20,10 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,12 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "vllm")
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` so that a crash leaves either the old or the complete new file.
 
-    The temporary name is unique per call (mkstemp), so two processes writing the same path never
-    share a temporary file; the last rename wins.
+    The temporary name is unique per call, so two processes writing the same path never share a
+    temporary file; the last rename wins. The file gets the mode any new file gets (0666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_temporary_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -52,6 +52,35 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def create_temporary_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """(fd, path) of a new file with a unique name in `folder`, opened for writing.
+
+    Not tempfile.mkstemp: it creates files readable by their owner only (0600), whatever the umask, so
+    every record a run wrote would be unreadable to the rest of a shared group folder. Here the mode is
+    0666 less the umask, as for any file a program creates.
+    """
+    for _ in range(100):
+        tmp = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name {prefix}*{suffix}")
+
+
+def create_temporary_folder(parent: Path, prefix: str) -> Path:
+    """A new folder with a unique name in `parent`, of mode 0777 less the umask (tempfile.mkdtemp's is
+    0700: a model folder renamed from it would be private in a shared group folder)."""
+    for _ in range(100):
+        folder = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            folder.mkdir(mode=0o777)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free temporary name {prefix}*")
 
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> None:

@@ -9,7 +9,7 @@ File layout (``schema_version`` 1)::
     {
       "schema_version": 1,
       "kind": "eval",         # files of earlier versions say "gsm8k_eval" (read, never written)
-      "settings": {...},      # free-form; evaluate.result_settings: script, split, the config's identity
+      "settings": {...},      # free-form; result_settings: script, split, the config's identity
       "provenance": {"git_commit", "git_dirty", "packages", "data_sha256", "data_files", "data_version",
                      "tokenizer", "created",
                      optional "resumed": [provenance of each later session that appended entries],
@@ -25,6 +25,9 @@ File layout (``schema_version`` 1)::
       "accuracy": float, "n": int, "n_correct": int, "ci95": [lo, hi],     # Wilson interval
       "examples": [{"index", "prediction", "extracted", "gold", "correct", ...per-example metrics}],
       "teacher_forced": None | {metric: {"mean": float, "ci95": [lo, hi], "n": int}},
+      optional "run_overrides": {key: {"run": value, "evaluated": value}},   # settings that defined the
+                               # model's training (task, template, data source) which this evaluation
+                               # changed, by eval_checkpoints.py --override_run_settings
     }
 
 An entry is identified by (condition, step, shots): a file holds at most one entry per key.
@@ -42,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fsdistill.config import Config, config_identity
 from fsdistill.errors import UserError
 from fsdistill.eval.stats import bootstrap_mean_ci, wilson_interval
 from fsdistill.files import file_lock, git_state, package_versions, write_json_atomic
@@ -57,6 +61,8 @@ METHODS = (BASE, *TRAINING_METHODS)
 RUNTIME_SETTINGS = frozenset(
     {"batch_size", "tensor_parallel_size", "gpu_memory_utilization", "teacher_forced_batch_size"}
 )
+
+SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k] (evaluate.subset_indices)
 
 _TOP_FIELDS = {"schema_version": int, "kind": str, "settings": dict, "provenance": dict, "results": list}
 _PROVENANCE_FIELDS = ("git_commit", "packages", "data_sha256", "tokenizer", "created")
@@ -89,6 +95,49 @@ _MISSING = object()
 
 class ResultsError(UserError):
     """A result file (or an entry about to be written) that breaks the schema or another file's settings."""
+
+
+# What a result file's numbers do not depend on (config_identity patterns): training and distillation
+# settings, throughput knobs and where runs are written. The rest of the config (model, tokenizer, chat
+# template, task, data, the exemplar protocol of k-shot prompts and of the teacher-forced teacher, the
+# evaluation settings) is the file's identity: a resumed sweep must match it (load_or_new).
+RESULT_MAY_DIFFER = (
+    "training.*",
+    "!training.seed",  # draws the validation rows
+    "lora.*",
+    "distill.*",
+    "teacher.*",
+    "output.*",
+    "fewshot.selection",
+    "fewshot.shuffle_answers",
+    "fewshot.shuffle_mode",
+    "data.num_workers",
+    "data.group_by_length",
+    "data.max_student_len",
+    "data.max_teacher_len",
+    "model.gradient_checkpointing",
+    "eval.batch_size",
+    "eval.tensor_parallel_size",
+    "eval.gpu_memory_utilization",
+    "eval.teacher_forced_batch_size",
+    "eval.icl_shots",  # each entry records its shot count
+)
+
+
+def result_settings(cfg: Config, script: str, split: str) -> dict:
+    """What a result file's numbers depend on: the script, the split, and the config's identity."""
+    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher); where exemplars
+    # come from (fewshot.pool) matters to k-shot prompts too. training.seed only draws validation rows.
+    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*", "!fewshot.pool"))
+    if cfg.data.validation_size == 0:
+        may_differ += ("training.seed",)
+    return {
+        "script": script,
+        "split": split,
+        "task": cfg.task.name,
+        "subset_seed": SUBSET_SEED,
+        **config_identity(cfg, may_differ),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,8 +186,12 @@ def make_entry(
     examples: Sequence[Mapping[str, Any]],
     checkpoint: str | None = None,
     teacher_forced_metrics: Mapping[str, Sequence[float]] | None = None,
+    run_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict:
     """One evaluated (condition, step, shots): accuracy, Wilson ci95 and per-example records.
+
+    ``run_overrides`` ({key: {"run": ..., "evaluated": ...}}): training-defining settings this evaluation
+    changed on purpose; recorded in the entry when given.
 
     Each teacher-forced metric is a list aligned with ``examples``; its mean and bootstrap ci95 go in
     ``teacher_forced`` and each value is copied into its example under the metric's name. The input
@@ -177,6 +230,8 @@ def make_entry(
         "examples": rows,
         "teacher_forced": teacher_forced,
     }
+    if run_overrides:
+        entry["run_overrides"] = {key: dict(change) for key, change in run_overrides.items()}
     validate_entry(entry, f"make_entry({condition!r}, step={step}, shots={shots})")
     return _json_normalised(entry, f"entry {condition!r}")
 
@@ -276,6 +331,10 @@ def validate_entry(entry: Any, where: str = "entry") -> None:
         raise ResultsError(f"{where}: field 'step' must be >= 0 (optimizer steps), got {entry['step']}")
     _check_examples(entry, where)
     _check_counts(entry, where)
+    if not isinstance(entry.get("run_overrides", {}), dict):
+        raise ResultsError(
+            f"{where}: field 'run_overrides' must be an object, got {entry['run_overrides']!r:.60}"
+        )
     for name, summary in (entry["teacher_forced"] or {}).items():
         _check_fields(summary, _METRIC_FIELDS, f"{where}, teacher_forced[{name!r}]")
         _check_interval(summary["ci95"], f"{where}, teacher_forced[{name!r}]")

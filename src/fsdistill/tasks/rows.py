@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fsdistill.errors import UserError
@@ -30,13 +30,30 @@ class DataError(UserError):
 
 # Beside a folder's split files: which version of the data they are (recorded in result files' provenance).
 DATA_VERSION_FILE = "data_version.json"
+
+
+class MissingField(DataError):
+    """A row without a field the task reads (`field`, which the config key `key` names). When no row of a
+    file has it, the config most likely names the wrong field: raise_problems then says so once, naming
+    the key, the fields the first row has and `fix`, instead of once per row."""
+
+    def __init__(self, message: str, field: str, key: str, fix: str, have: Collection[str]):
+        super().__init__(message)
+        self.field, self.key, self.fix, self.have = field, key, fix, sorted(have)
+
+
 MAX_REPORTED = 20  # bad lines named in one error; the count covers them all
 # Local file formats, by extension; a folder source holds {split}{extension}.
 EXTENSIONS = {".jsonl": None, ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def raise_problems(path, problems: list[str], unit: str = "lines") -> None:
-    """One DataError for every problem found in a file (up to MAX_REPORTED named), or nothing."""
+def raise_problems(path, problems: list[str | DataError], unit: str = "lines", rows: int = 0) -> None:
+    """One DataError for every problem found in a file of `rows` rows (up to MAX_REPORTED named), or
+    nothing; a field that every row lacks is one error (missing_everywhere)."""
+    missing = missing_everywhere(path, problems, rows)
+    if missing is not None:
+        raise missing
+    problems = [str(p) for p in problems]
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
@@ -45,11 +62,24 @@ def raise_problems(path, problems: list[str], unit: str = "lines") -> None:
         raise DataError(f"{path}: {len(problems)} malformed {unit}:\n  {shown}{more}")
 
 
+def missing_everywhere(path, problems: list[str | DataError], rows: int) -> DataError | None:
+    """The error for a field that no row of the file has (every one of its `rows` rows failed on it), or
+    None: a wrong task.*_field, reported once with the fields the first row has, not once per row."""
+    missing = [p for p in problems if isinstance(p, MissingField)]
+    if not rows or len(missing) < rows or len({(p.field, p.key) for p in missing}) != 1:
+        return None
+    first = missing[0]
+    return DataError(
+        f"{path}: no row has the field '{first.field}' that {first.key} names (all {rows} rows lack it); "
+        f"the first row's fields are {first.have}: {first.fix}"
+    )
+
+
 def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
     """Every non-empty line of a JSONL file as an Example. Every bad line (bytes that are not UTF-8, not
     JSON, a row the task refuses) is found before anything fails, and reported together naming
     file:line, so a damaged file is mended in one pass."""
-    examples, problems = [], []
+    examples, problems, rows = [], [], 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -60,13 +90,14 @@ def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
                 continue
             if not line.strip():
                 continue
+            rows += 1
             try:
                 examples.append(parse(json.loads(line), lineno - 1, where))
             except json.JSONDecodeError as e:
                 problems.append(f"{where}: not valid JSON ({e.msg})")
             except DataError as e:
-                problems.append(str(e))
-    raise_problems(path, problems)
+                problems.append(e)
+    raise_problems(path, problems, rows=rows)
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples
@@ -74,13 +105,14 @@ def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
 
 def parse_records(records, parse: RowParser, where: Callable[[int], str], name: str) -> list[Example]:
     """Every record (a dict) through `parse`, all problems reported together; `where(i)` names record i."""
-    examples, problems = [], []
+    examples, problems, rows = [], [], 0
     for i, obj in enumerate(records):
+        rows += 1
         try:
             examples.append(parse(obj, i, where(i)))
         except DataError as e:
-            problems.append(str(e))
-    raise_problems(name, problems, "rows")
+            problems.append(e)
+    raise_problems(name, problems, "rows", rows)
     if not examples:
         raise DataError(f"{name}: no rows")
     return examples

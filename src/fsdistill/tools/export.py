@@ -1,6 +1,15 @@
 """Export a trained checkpoint as a plain transformers model folder: LoRA merged into the weights, the
-tokenizer (with the chat template the run trained with), a generation config that stops where evaluation
-stops. The folder loads with AutoModelForCausalLM / AutoTokenizer alone: no peft, no fsdistill.
+tokenizer with the chat template the run trained with, a generation config that decodes as evaluation
+does. The folder loads with AutoModelForCausalLM / AutoTokenizer alone: no peft, no fsdistill.
+
+The prompt travels with it: the saved chat template holds the run's template variables
+(model.chat_template_kwargs, e.g. Qwen3's enable_thinking=false) as defaults and its system prompt
+(task.system_prompt) as the default system turn, so `apply_chat_template([{"role": "user", "content":
+TURN}], add_generation_prompt=True)` gives the very prompt ids evaluation builds, when TURN is the task's
+user turn (task.question_template filled with the row; a chat template cannot hold it, export.json records
+it). generation_config.json decodes greedily (do_sample false, the sampling fields unset), stops at eos
+and the template's end-of-turn token (eos_token_id: plain generate() needs a tokenizer for stop strings)
+and generates at most task.max_new_tokens; export.json lists each change made to the base model's.
 
     python scripts/export_model.py --checkpoint experiments/twostep/runs/distill_seed1/checkpoint-100 \
         --out exported/twostep-distill [--dtype bfloat16] [--overwrite] [--push_to_hub USER/NAME [--private]]
@@ -78,8 +87,6 @@ def export_checkpoint(
     """Write the plain model folder `out` for `checkpoint` (see the module docstring); returns `out`."""
     import torch
 
-    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
-    from fsdistill.eval.generation import load_generation_config, stop_token_ids_for
     from fsdistill.train.checkpoint import saved_config
     from fsdistill.train.run_dir import checkpoint_step
 
@@ -93,18 +100,9 @@ def export_checkpoint(
     dtype = dtype or cfg.model.dtype
     model = merged_model(checkpoint, cfg).to(getattr(torch, dtype)).eval()
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    prompts = PromptBuilder.for_template(tokenizer, cfg)
-    tokenizer.chat_template = prompts.template_text()  # what the run trained with travels with the weights
-    generation = load_generation_config(cfg.model.tokenizer, cfg.model.name)
-    if generation is None:
-        from transformers import GenerationConfig
-
-        generation = GenerationConfig.from_model_config(model.config)
-    # Stop where evaluation stops: eos, the template's end-of-turn token, the model's own eos ids.
-    generation.eos_token_id = list(stop_token_ids_for(tokenizer, prompts.end_of_turn_ids(), generation))
-    generation.pad_token_id = tokenizer.pad_token_id
-    model.generation_config = generation
+    tokenizer, prompts = exported_tokenizer(cfg)
+    model.generation_config, generation_changes = evaluation_generation_config(cfg, model, tokenizer, prompts)
+    meta = json.loads((checkpoint / "checkpoint.json").read_text())
 
     tmp = new_folder_beside(out)
     try:
@@ -115,9 +113,13 @@ def export_checkpoint(
             {
                 "checkpoint": str(checkpoint.resolve()),
                 "step": checkpoint_step(checkpoint),
+                "run_name": meta.get("name"),
+                "method": meta.get("method"),
                 "merged_lora": cfg.training.use_lora,
                 "dtype": dtype,
                 "base_model": cfg.model.name,
+                "prompt": prompt_record(cfg, prompts),
+                "generation_config_changes": generation_changes,
                 "run_config": to_dict(cfg),
                 "exported_with": git_state(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -173,6 +175,101 @@ def install_export(tmp: Path, out: Path, ours: list[str]) -> None:
         print(f"kept in {out}, not written by the export and left where they are: {', '.join(kept)}")
 
 
+# Fields only sampling reads: a greedy GenerationConfig must leave them unset (transformers refuses to save
+# do_sample=False beside a temperature, top_p, ...).
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+
+
+def exported_tokenizer(cfg):
+    """(tokenizer, prompt builder) of an export: the run's tokenizer whose chat template carries what the
+    run trained with (its template, template variables and system prompt: template_with_defaults)."""
+    from fsdistill.data.prompts import PromptBuilder, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    prompts = PromptBuilder.for_template(tokenizer, cfg)
+    tokenizer.chat_template = template_with_defaults(
+        prompts.template_text(), prompts.template_kwargs, cfg.task.system_prompt
+    )
+    return tokenizer, prompts
+
+
+def template_with_defaults(template: str, variables: dict, system_prompt: str | None) -> str:
+    """The Jinja chat template with the run's template variables set as defaults (a caller may still pass
+    its own) and, when the task has one, its system prompt as the system turn of a conversation that opens
+    without one: rendered with no extra arguments, it gives the prompt the run trained and evaluated on."""
+    lines = []
+    for name, value in sorted(variables.items()):
+        if not name.isidentifier():
+            raise UserError(f"model.chat_template_kwargs: {name!r} is not a template variable name")
+        lines.append(
+            f"{{%- if {name} is not defined %}}{{%- set {name} = {jinja_literal(name, value)} %}}{{%- endif %}}"
+        )
+    if system_prompt is not None:
+        system = jinja_literal("task.system_prompt", system_prompt)
+        lines.append(
+            "{%- if not messages or messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {system}}}] + messages %}}{{%- endif %}}"
+        )
+    return "".join(lines) + template
+
+
+def jinja_literal(name: str, value) -> str:
+    """A bool, number or string as a Jinja literal (Jinja reads a string's escapes as Python does)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    raise UserError(
+        f"{name}: cannot write {value!r} into the exported chat template (only text, numbers, true/false)"
+    )
+
+
+def evaluation_generation_config(cfg, model, tokenizer, prompts):
+    """(GenerationConfig, {field: [before, after]}): the base model's generation config (or one from its
+    model config) made to decode as evaluation does: greedy, at most task.max_new_tokens, stopping at eos,
+    the template's end-of-turn token and the model's own eos ids."""
+    from fsdistill.eval.generation import load_generation_config, stop_token_ids_for
+
+    generation = load_generation_config(cfg.model.tokenizer, cfg.model.name)
+    if generation is None:
+        from transformers import GenerationConfig
+
+        generation = GenerationConfig.from_model_config(model.config)
+    wanted = {
+        "do_sample": False,
+        **{name: None for name in SAMPLING_FIELDS if getattr(generation, name, None) is not None},
+        "max_new_tokens": cfg.task.max_new_tokens,
+        "eos_token_id": list(stop_token_ids_for(tokenizer, prompts.end_of_turn_ids(), generation)),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if getattr(generation, "num_beams", None) not in (None, 1):
+        wanted["num_beams"] = 1
+    changes = {}
+    for name, value in wanted.items():
+        before = getattr(generation, name, None)
+        if before != value:
+            changes[name] = [before, value]
+        setattr(generation, name, value)
+    return generation, changes
+
+
+def prompt_record(cfg, prompts) -> dict:
+    """What export.json says about the prompt: what a user must put in the user turn (the chat template
+    cannot), what the saved template now holds, and the stop strings generate() cannot apply alone."""
+    return {
+        "user_turn": cfg.task.question_template,
+        "system_prompt": cfg.task.system_prompt,
+        "template_variables": dict(prompts.template_kwargs),
+        "stop_strings": list(cfg.task.stop_strings),
+        "note": "apply_chat_template([{'role': 'user', 'content': user_turn filled with the row}], "
+        "add_generation_prompt=True) gives the prompt the model was trained and evaluated on; the template "
+        "variables and system prompt are the saved chat template's defaults; stop_strings, if any, must be "
+        "applied by the caller (generate(stop_strings=..., tokenizer=...))",
+    }
+
+
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:
     """Upload the exported folder to a Hub model repo (created if needed); returns the repo URL."""
     from huggingface_hub import HfApi
@@ -190,6 +287,12 @@ def main(argv=None) -> Path:
         raise UserError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set (nothing was written)")
     out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
     print(f"wrote {out}: loads with AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer")
+    prompt = json.loads((out / "export.json").read_text())["prompt"]
+    print(
+        f"its prompt: apply_chat_template([{{'role': 'user', 'content': TURN}}], add_generation_prompt=True) with "
+        f"TURN = {prompt['user_turn']!r} filled with the row (export.json 'prompt'); evaluate it with: "
+        f"fsdistill-eval-checkpoints --path {out} --output {out}_eval.json"
+    )
     if args.push_to_hub:
         print(f"uploaded to {push_folder(out, args.push_to_hub, args.private)}")
     return out

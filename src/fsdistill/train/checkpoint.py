@@ -36,7 +36,7 @@ from torch import nn
 from fsdistill.config import Config, config_identity, from_dict, identity_differences, to_yaml
 from fsdistill.errors import UserError
 from fsdistill.files import contained, replace_path, sha256_file, write_json_atomic
-from fsdistill.modeling.loading import DTYPES, load_causal_lm
+from fsdistill.modeling.loading import load_causal_lm, load_pretrained_folder
 from fsdistill.modeling.sharding import is_sharded
 from fsdistill.train.run_dir import list_checkpoints, remove_checkpoint
 from fsdistill.train.sharded_state import consolidate, load_shards, save_shards
@@ -186,11 +186,7 @@ def load_checkpoint_model(checkpoint_dir: Path, cfg: Config) -> nn.Module:
 
             base = load_causal_lm(cfg.model)
             return peft.PeftModel.from_pretrained(base, str(folder))
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=DTYPES[cfg.model.dtype], use_safetensors=True
-        )
+        return load_pretrained_folder(folder, cfg.model.dtype)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{checkpoint_dir}: its weights cannot be read ({e})") from None
 
