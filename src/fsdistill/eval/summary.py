@@ -201,7 +201,7 @@ def main(argv=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Markdown: the README's result tables are rendered from summary JSON (fsdistill.tools.result_tables)
+# Markdown: the result tables of the README and docs/ are rendered from summary JSON (fsdistill.tools.result_tables)
 # ------------------------------------------------------------------------------------------------
 
 

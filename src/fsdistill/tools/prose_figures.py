@@ -1,4 +1,4 @@
-"""The figures quoted in the README's prose, rendered from the committed JSON like the tables (never typed in).
+"""The figures quoted in the prose of README.md and docs/, rendered from the committed JSON like the tables (never typed in).
 
 A figure sits between two inline markers that say what it is and which file it comes from (paths relative
 to the document's folder); the Markdown shows only the figure:

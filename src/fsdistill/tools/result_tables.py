@@ -1,4 +1,5 @@
-"""The result tables of README.md and compute.md, rendered from the committed JSON (never typed in).
+"""The result tables of README.md, compute.md and the docs/ pages, rendered from the committed JSON (never
+typed in).
 
 A table lives between two markers naming its kind and its file (relative to the document's folder):
 
@@ -33,7 +34,7 @@ from fsdistill.tools.prose_figures import render_figures
 
 # A developer command: the documents of the checkout this package is installed from (pip install -e .).
 REPO = Path(__file__).resolve().parents[3]
-DOCUMENTS = ("README.md", "compute.md")
+DOCUMENTS = ("README.md", "compute.md", "docs/*.md")  # the patterns documents() expands
 BLOCK = re.compile(
     r"(<!-- (?P<kind>[a-z-]+)-table: (?P<path>[^>]+?) -->\n)(?P<body>.*?)(<!-- end (?P=kind)-table -->)",
     re.DOTALL,
@@ -81,6 +82,12 @@ def render(text: str, root: Path, where: str) -> str:
     return render_figures(BLOCK.sub(table, text), root, where)
 
 
+def documents(repo: Path) -> list[Path]:
+    """The Markdown files a checkout's tables and figures live in: README.md, compute.md and every docs/
+    page (a page without markers renders to itself), so a table moved to a new page stays checked."""
+    return [path for pattern in DOCUMENTS for path in sorted(repo.glob(pattern))]
+
+
 def stale_lines(text: str, new: str, most: int = 10) -> list[str]:
     """'LINE: as written' of the first lines that differ from their rendering (for --check's message)."""
     old_lines, new_lines = text.splitlines(), new.splitlines()
@@ -100,7 +107,7 @@ def main(argv=None) -> None:
         "documents", nargs="*", help=f"Markdown files (default: {', '.join(DOCUMENTS)} of this checkout)"
     )
     args = parser.parse_args(argv)
-    paths = [Path(d) for d in args.documents] or [REPO / d for d in DOCUMENTS]
+    paths = [Path(d) for d in args.documents] or documents(REPO)
     stale = []
     for path in paths:
         text = path.read_text(encoding="utf-8")
