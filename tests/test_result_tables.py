@@ -19,16 +19,45 @@ from fsdistill.tools.prose_figures import FigureError, render_figures
 def test_the_documents_tables_match_their_json(capsys):
     result_tables.main(["--check"])
     assert "match their JSON" in capsys.readouterr().out
+    checked = result_tables.documents(REPO)
     documents = (
-        ("README.md", ("summary", "before-after")),
+        ("docs/results.md", ("summary", "before-after")),
         ("compute.md", ("bench-step", "bench-on-policy", "bench-repeats")),
     )
     for name, kinds in documents:
+        assert REPO / name in checked
         text = (REPO / name).read_text()
         for kind in kinds:
             assert text.count(f"<!-- {kind}-table: ") == text.count(f"<!-- end {kind}-table -->") >= 1, name
+    results = (REPO / "docs" / "results.md").read_text()
+    assert results.count("<!-- value: ") == results.count("<!-- end value -->") >= 50  # the readings' figures
     readme = (REPO / "README.md").read_text()
-    assert readme.count("<!-- value: ") == readme.count("<!-- end value -->") >= 50  # the readings' figures
+    assert REPO / "README.md" in checked
+    assert readme.count("<!-- value: ") == readme.count("<!-- end value -->") >= 5  # its summary's figures
+
+
+def test_check_finds_the_docs_pages_and_fails_on_an_edited_figure_in_one(tmp_path, monkeypatch, capsys):
+    """Without arguments --check reads README.md, compute.md and every docs/*.md page of the checkout; a
+    figure edited in a page that did not exist when the list was written is caught and its line named."""
+    (tmp_path / "s").mkdir()
+    shutil.copy(REPO / "experiments" / "twostep" / "summary.json", tmp_path / "s" / "summary.json")
+    (tmp_path / "README.md").write_text("readme\n")
+    (tmp_path / "compute.md").write_text("compute\n")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "new_page.md"
+    page.write_text(f"# A new page\n2-shot: {value('accuracy ../s/summary.json base@2')}\n")
+    monkeypatch.setattr(result_tables, "REPO", tmp_path)
+    assert result_tables.documents(tmp_path) == [tmp_path / "README.md", tmp_path / "compute.md", page]
+    result_tables.main([])  # renders the page's figure from the JSON, relative to the page's folder
+    rendered = page.read_text()
+    result_tables.main(["--check"])
+    figure = rendered_values(rendered)[0]
+    assert re.fullmatch(r"\d+\.\d%", figure)
+    page.write_text(rendered.replace(f"-->{figure}<", "-->99.9%<"))
+    with pytest.raises(SystemExit) as stop:
+        result_tables.main(["--check"])
+    assert stop.value.code == 1
+    assert f"{page}:2: 2-shot" in capsys.readouterr().err
 
 
 def test_a_typed_in_number_is_caught_and_rewritten(tmp_path, capsys):
