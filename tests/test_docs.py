@@ -48,7 +48,9 @@ def broken_links(page: Path) -> list[str]:
         if path and (not file.exists() or REPO not in (file, *file.parents)):
             problems.append(f"{page.name}: {target}: no such file in the checkout")
         elif fragment and fragment not in anchors(file.read_text(encoding="utf-8") if path else text):
-            problems.append(f"{page.name}: {target}: no heading #{fragment} in {file.name if path else page.name}")
+            problems.append(
+                f"{page.name}: {target}: no heading #{fragment} in {file.name if path else page.name}"
+            )
     return problems
 
 
@@ -92,7 +94,13 @@ def _reading(fake: dict[Path, str]):
 
 
 def test_anchors_follow_github():
-    assert anchor("A real model on a CPU: SmolLM2-135M-Instruct") == "a-real-model-on-a-cpu-smollm2-135m-instruct"
-    assert anchor("The original's command, and what a run writes") == "the-originals-command-and-what-a-run-writes"
+    assert (
+        anchor("A real model on a CPU: SmolLM2-135M-Instruct")
+        == "a-real-model-on-a-cpu-smollm2-135m-instruct"
+    )
+    assert (
+        anchor("The original's command, and what a run writes")
+        == "the-originals-command-and-what-a-run-writes"
+    )
     assert anchor("`rollout.source` and *more*") == "rolloutsource-and-more"
     assert anchors("# Same\n## Same\n```\n# not a heading\n```\n") == {"same", "same-1"}

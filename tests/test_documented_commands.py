@@ -42,7 +42,11 @@ from fsdistill.methods import check_entry_point
 DOCUMENTS = ("README.md", "docs/*.md")
 SHELL = ("bash", "sh", "shell", "console")
 RUN = {"scripts/show_config.py": (), "scripts/show_batch.py": (SHARED,)}  # script -> paths it needs
-TRAIN = ("src/training/train_baseline.py", "src/training/train_online_v1.py", "src/training/train_ablation.py")
+TRAIN = (
+    "src/training/train_baseline.py",
+    "src/training/train_online_v1.py",
+    "src/training/train_ablation.py",
+)
 LAUNCHER_FLAGS = {  # accelerate launch options the docs use: name -> takes a value
     "--num_processes": True,
     "--num_machines": True,
@@ -225,7 +229,9 @@ class Checker:
         args = [self.path(a) if a.startswith("configs/") else a for a in args]
         try:
             with contextlib.redirect_stderr(io.StringIO()) as err:
-                parsed, cfg, source = parse_training_cli("", args, with_condition=script.endswith("ablation.py"))
+                parsed, cfg, source = parse_training_cli(
+                    "", args, with_condition=script.endswith("ablation.py")
+                )
                 check_entry_point(Path(script).name, cfg, source, getattr(parsed, "condition", None))
             from fsdistill.train.recipe import check_global_batch
 
@@ -254,7 +260,9 @@ class Checker:
         if not (REPO / script).is_file():
             return [f"{script}: no such script"]
         listed = set(re.findall(r"(?<![\w-])(--\w[\w-]*)", self.script_help(script)))
-        problems = [f"{script}: no option {a}" for a in args if a.startswith("--") and a.split("=")[0] not in listed]
+        problems = [
+            f"{script}: no option {a}" for a in args if a.startswith("--") and a.split("=")[0] not in listed
+        ]
         config = {flag: args[args.index(flag) + 1] for flag in ("--config", "--base_config") if flag in args}
         if config:
             from fsdistill.config import load_config
