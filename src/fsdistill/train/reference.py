@@ -2,8 +2,9 @@
 
 What the original computes per micro-batch (its defects in alignment aside, see docs/differences.md):
 the teacher's forward over the whole k-shot sequence and the student's over its own, each returning
-full-vocabulary logits at every position, (B, T, V) and (B, S, V), then indexed at the answer positions. Nothing is cached, nothing is chunked. Equivalence tests compare this with
-`step.micro_batch_losses` (losses and gradients), and scripts/bench_step.py times it as variant (b).
+full-vocabulary logits at every position, (B, T, V) and (B, S, V), then indexed at the answer positions.
+Nothing is cached, nothing is chunked. Equivalence tests compare this with `step.micro_batch_losses`
+(losses and gradients), and scripts/bench_step.py times it as variant (b).
 """
 
 from __future__ import annotations
