@@ -169,10 +169,18 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     assert check["dist_sum"]["prefix_teacher"] == pytest.approx(check["dist_sum"]["reencode"], rel=1e-4)
     assert len(saved["rounds_detail"]) == 2
     stages = {"sft", "generation", "teacher", "student", "prefix_teacher", "reencode", "on_policy"}
+    stages |= {"generation_generate", "weights_read", "generation_floor"}
+    floor = saved["decode_floor"]
     for r in saved["rounds_detail"]:
         s = r["seconds"]
         assert set(s) == stages
         assert s["on_policy"] == pytest.approx(s["generation"] + s["teacher"] + s["student"])
+        bandwidth = floor["weight_bytes"] / s["weights_read"]
+        per_pass = s["weights_read"]
+        assert s["generation_floor"] == pytest.approx(
+            floor["forward_passes"] * per_pass + floor["kv_bytes"] / bandwidth
+        )
+    assert saved["same_samples_as_generate_alone"] is True
 
     tokens, flops = saved["tokens"], saved["flops"]
     assert 0 < tokens["shared_prefix"] and tokens["teacher_suffix"] < tokens["teacher"]
@@ -186,7 +194,41 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     assert "prefix_teacher/reencode" in capsys.readouterr().out
     from fsdistill.tools.bench_on_policy import on_policy_markdown
 
-    row = next(
-        ln for ln in on_policy_markdown(saved).splitlines() if ln.startswith("| prefix_teacher/reencode")
-    )
-    assert row.endswith(f"| {predicted:.3f} |")
+    table = on_policy_markdown(saved).splitlines()
+    row = next(ln for ln in table if ln.startswith("| prefix_teacher/reencode"))
+    assert row.endswith(f"| {predicted:.3f} | <= 0.35 |")
+    assert any(ln.startswith("| generation's decode floor") for ln in table)
+
+
+def test_decode_floor_counts_the_weights_and_the_kv_cache_by_hand():
+    """The floor's bytes on a tiny random Llama: every weight as stored, except an untied input embedding
+    (a step reads one row of it), and the KV cache entries each decode step reads."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fsdistill.tools.bench_on_policy import decode_floor, decode_weights
+
+    for tied in (True, False):
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tied,
+        )
+        lm = LlamaForCausalLM(config)
+        weights = decode_weights(SimpleNamespace(model=lm))
+        total = sum(p.numel() for p in lm.parameters())
+        assert sum(w.numel() for w in weights) == (total if tied else total - 64 * 32)
+        batch = SimpleNamespace(size=2, student_answer_start=torch.tensor([5, 7]))
+        floor = decode_floor(
+            SimpleNamespace(model=lm), [batch, batch], weights, forward_passes=4, cache_bytes=2
+        )
+        per_entry = 3 * 2 * 2 * 8 * 4 * 2  # layers x (k, v) x kv heads x head dim x rows x bytes
+        assert floor["kv_bytes_per_cache_entry"] == per_entry
+        assert floor["kv_bytes"] == per_entry * (8 + 9 + 10)  # 3 decode steps after the prefill, width 7
+        assert floor["weight_bytes"] == 4 * sum(w.numel() for w in weights)

@@ -689,7 +689,7 @@ def repeats_markdown(results: list[dict]) -> str:
                 if a["ratio_to_original"] is not None:
                     ratios["amortised/original"] = (a["ratio_to_original"], a["predicted_ratio_to_original"])
         else:  # the on-policy benchmark
-            ratios = {k: (v["measured"], v["predicted_by_flops"]) for k, v in r["ratios"].items()}
+            ratios = {k: (v["measured"], v.get("predicted_by_flops")) for k, v in r["ratios"].items()}
         runs.append(ratios)
     lines = [
         f"| ratio | median of {len(runs)} runs [min, max] | each run | predicted by FLOPs |",
