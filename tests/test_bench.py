@@ -232,3 +232,29 @@ def test_decode_floor_counts_the_weights_and_the_kv_cache_by_hand():
         assert floor["kv_bytes_per_cache_entry"] == per_entry
         assert floor["kv_bytes"] == per_entry * (8 + 9 + 10)  # 3 decode steps after the prefill, width 7
         assert floor["weight_bytes"] == 4 * sum(w.numel() for w in weights)
+
+
+def test_bench_compare_evals_small(tmp_path, capsys):
+    """scripts/bench_compare_evals.py at 3,000 examples: it runs compare_evals.py on its synthetic file in
+    a child process, records the child's time and peak memory, and its statistics are those of the drawn
+    table (no timing is asserted)."""
+    from fsdistill.eval.stats import mcnemar_exact_from_counts
+    from fsdistill.tools.bench_compare import compare_bench_markdown, synthetic_results
+    from fsdistill.tools.bench_compare import main as bench_compare
+
+    out = tmp_path / "compare.json"
+    result = bench_compare(["--n", "3000", "--runs", "2", "--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["seconds"]["n"] == 2 and result["peak_mib"]["min"] > 0
+    entries = synthetic_results(3000, 0)["results"]
+    a = [ex["correct"] for ex in entries[0]["examples"]]
+    b = [ex["correct"] for ex in entries[1]["examples"]]
+    a_only = sum(x and not y for x, y in zip(a, b))
+    b_only = sum(y and not x for x, y in zip(a, b))
+    c = result["comparison"]
+    assert (c["n"], c["a_only_correct"], c["b_only_correct"]) == (3000, a_only, b_only)
+    assert c["diff_pp"] == pytest.approx(100 * (a_only - b_only) / 3000)
+    assert c["mcnemar_p"] == pytest.approx(mcnemar_exact_from_counts(a_only, b_only), rel=1e-12)
+    assert "McNemar p" in result["printed"][1]
+    table = compare_bench_markdown(result)
+    assert "| 3,000 |" in table and f"{c['mcnemar_p']:.3g}" in table

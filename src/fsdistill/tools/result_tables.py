@@ -8,7 +8,8 @@ A table lives between two markers naming its kind and its file (relative to the 
 
 Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
 (scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
-of one benchmark, their paths separated by spaces: each ratio's median and range).
+of one benchmark, their paths separated by spaces: each ratio's median and range), `bench-compare`
+(scripts/bench_compare_evals.py: compare_evals.py on a million paired examples).
 
     python scripts/gen_result_tables.py            # rewrite the tables
     python scripts/gen_result_tables.py --check    # exit 1 if a table differs from its JSON (CI)
@@ -38,6 +39,7 @@ def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
     from fsdistill.eval.summary import summary_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
+    from fsdistill.tools.bench_compare import compare_bench_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
 
     return {
@@ -45,6 +47,7 @@ def renderers() -> dict:
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
         "bench-repeats": repeats_markdown,
+        "bench-compare": compare_bench_markdown,
     }
 
 
