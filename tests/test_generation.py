@@ -557,12 +557,34 @@ def test_a_prepared_layer_that_is_not_bit_identical_is_not_used(monkeypatch):
     from fsdistill.modeling import generation
 
     real = generation._PreparedLinears.outputs
+    monkeypatch.setattr(generation, "_VERDICTS", {})  # this process's verdicts on these shapes: start over
     monkeypatch.setattr(
         generation._PreparedLinears, "outputs", lambda self, x: tuple(y * (1 + 1e-6) for y in real(self, x))
     )
     model = lora_student(torch.float32)
     report = prepared_report(model, 3, None)
     assert (report.layers, report.fallback) == (0, 15)
+    assert prepared_report(model, 3, None).fallback == 15  # the verdict holds for the next call
     settings = sampling_cases()[0].values[2]
     alone = generation.sample_hf(model, SAMPLING_PROMPTS, settings, 0, 3, prepare_linears=False)
     assert generation.sample_hf(model, SAMPLING_PROMPTS, settings, 0, 3) == alone
+
+
+def test_each_group_is_probed_once_per_process(monkeypatch):
+    """The bit-identity verdict depends on shapes and dtypes only: a later sampling call (the next optimizer
+    step's) prepares the weights again but does not probe again."""
+    from fsdistill.modeling import generation
+
+    monkeypatch.setattr(generation, "_VERDICTS", {})
+    probes = []
+    real = generation._PreparedLinears.matches_own_forwards
+    monkeypatch.setattr(
+        generation._PreparedLinears, "matches_own_forwards", lambda self, p: probes.append(1) or real(self, p)
+    )
+    model = lora_student(torch.float32)
+    assert prepared_report(model, 3, None).layers == 15
+    # q/k/v, o, gate/up and down have the same shapes in both decoder layers; and the head
+    assert len(probes) == 4 + 1
+    assert prepared_report(model, 3, None).layers == 15
+    assert len(probes) == 5
+    assert prepared_report(model, 2, None).layers == 15 and len(probes) == 10  # another decode shape

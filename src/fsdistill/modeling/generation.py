@@ -437,13 +437,45 @@ def prepared_linears(model: torch.nn.Module, rows: int):
             del module.forward
 
 
+# Whether a prepared form reproduced its layers' own forwards: the kernels either side runs are chosen by
+# shapes and dtypes alone, so a verdict holds for the process (later sampling calls skip the probe).
+_VERDICTS: dict[tuple, bool] = {}
+
+
 def _prepared_if_identical(parts, dtype, rows: int, device, probes) -> _PreparedLinears | None:
     """The group prepared (packed where oneDNN takes it), if it reproduces the layers' own forwards bit for
     bit on a probe of the decode shape; else unpacked if that does; else None."""
     compute = dtype or parts[0].weight.dtype
-    probe = torch.randn(rows, 1, parts[0].weight.shape[1], dtype=compute, device=device, generator=probes)
     for pack in (True, False) if _can_pack(device, compute) else (False,):
+        key = (_shape_key(parts), dtype, rows, pack, device.type)
+        if _VERDICTS.get(key) is False:
+            continue
         prepared = _PreparedLinears(parts, dtype, rows, pack)
-        if prepared.matches_own_forwards(probe):
+        if key not in _VERDICTS:
+            probe = torch.randn(
+                rows, 1, parts[0].weight.shape[1], dtype=compute, device=device, generator=probes
+            )
+            _VERDICTS[key] = prepared.matches_own_forwards(probe)
+        if _VERDICTS[key]:
             return prepared
     return None
+
+
+def _shape_key(parts: list[_LinearPart]) -> tuple:
+    """Everything about a group that chooses the kernels: shapes, dtypes, the adapter's scaling and cast."""
+
+    def described(t: torch.Tensor | None):
+        return None if t is None else (tuple(t.shape), t.dtype)
+
+    return tuple(
+        (
+            type(p.module).__name__,
+            described(p.weight),
+            described(p.bias),
+            described(p.lora_a),
+            described(p.lora_b),
+            p.scaling,
+            p.lora_input_dtype,
+        )
+        for p in parts
+    )
