@@ -169,12 +169,14 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     assert check["dist_sum"]["prefix_teacher"] == pytest.approx(check["dist_sum"]["reencode"], rel=1e-4)
     assert len(saved["rounds_detail"]) == 2
     stages = {"sft", "generation", "teacher", "student", "prefix_teacher", "reencode", "on_policy"}
-    stages |= {"generation_generate", "weights_read", "generation_floor"}
+    stages |= {"generation_generate", "weights_read", "generation_floor", "on_policy_generate_alone"}
     floor = saved["decode_floor"]
     for r in saved["rounds_detail"]:
         s = r["seconds"]
         assert set(s) == stages
         assert s["on_policy"] == pytest.approx(s["generation"] + s["teacher"] + s["student"])
+        alone = s["generation_generate"] + s["teacher"] + s["student"]
+        assert s["on_policy_generate_alone"] == pytest.approx(alone)
         bandwidth = floor["weight_bytes"] / s["weights_read"]
         per_pass = s["weights_read"]
         assert s["generation_floor"] == pytest.approx(

@@ -15,7 +15,8 @@ On one model, the same rows and the same rollouts, in one process:
         student         the student's forward + backward on the sampled answers, every micro-batch;
       against sft: the SFT step's forward + backward on the same rows' gold answers.
   (3) the decode floor: generate alone (generation_generate: the same call without the prepared layers,
-      which must sample the same ids), and the time streaming the weights and the KV cache once per
+      which must sample the same ids; on_policy_generate_alone/sft is the step sampled that way, in the
+      same rounds: what the step cost before the prepared layers, on the machine as it was), and the time streaming the weights and the KV cache once per
       forward pass would take at this machine's read bandwidth, measured in the same rounds
       (weights_read: the fastest of 3 passes of a max-reduction over every weight tensor, as stored).
       floor = forward passes x weights_read + KV-cache bytes read / bandwidth, where the forward passes
@@ -254,8 +255,13 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             for k, v in row["seconds"].items():
                 times[k].append(v)
             row["seconds"]["on_policy"] = sum(row["seconds"][k] for k in ("generation", "teacher", "student"))
+            # the same step sampled by generate alone (what it cost before the prepared layers), same round
+            row["seconds"]["on_policy_generate_alone"] = sum(
+                row["seconds"][k] for k in ("generation_generate", "teacher", "student")
+            )
             rounds.append(row)
-    times["on_policy"] = [row["seconds"]["on_policy"] for row in rounds]
+    for k in ("on_policy", "on_policy_generate_alone"):
+        times[k] = [row["seconds"][k] for row in rounds]
 
     # --- predicted FLOP ratios -----------------------------------------------------------------------
     decoder, head = matmul_parameters(student)
@@ -312,6 +318,11 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
         "measured": med["generation"] / med["generation_floor"],
         "paired": summary([r["seconds"]["generation"] / r["seconds"]["generation_floor"] for r in rounds]),
         "target": "<= 3",
+    }
+    ratios["on_policy_generate_alone/sft"] = {
+        "measured": med["on_policy_generate_alone"] / med["sft"],
+        "predicted_by_flops": ratios["on_policy/sft"]["predicted_by_flops"],
+        "paired": summary([r["seconds"]["on_policy_generate_alone"] / r["seconds"]["sft"] for r in rounds]),
     }
     ratios["generation/generation_generate"] = {
         "measured": med["generation"] / med["generation_generate"],
