@@ -245,6 +245,12 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (runnable processes, all users): on a shared machine it says how
+    busy the cores were while a benchmark ran, beside ratios that interleaving keeps fair."""
+    return os.getloadavg()[0]
+
+
 def device_description(device) -> str:
     import torch
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from fsdistill.errors import exit_on_user_error
-from fsdistill.tools.bench import REPO, summary
+from fsdistill.tools.bench import REPO, load_average, summary
 
 # The paired table the synthetic entries are drawn from: P(both right), P(only a), P(only b), P(neither).
 CELLS = (0.60, 0.10, 0.08, 0.22)
@@ -110,6 +110,7 @@ def timed_compare(evals: Path, output: Path) -> dict:
         "--output",
         str(output),
     ]
+    load = load_average()
     tick = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # wait4 reports this child's own peak RSS (getrusage(RUSAGE_CHILDREN) would keep the largest of all).
@@ -119,7 +120,12 @@ def timed_compare(evals: Path, output: Path) -> dict:
     child.stdout.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"compare_evals.py failed ({status}):\n{printed}")
-    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024, "printed": printed.splitlines()}
+    return {
+        "seconds": seconds,
+        "peak_mib": usage.ru_maxrss / 1024,
+        "load_average_1min": load,
+        "printed": printed.splitlines(),
+    }
 
 
 @exit_on_user_error
@@ -152,6 +158,7 @@ def main(argv=None) -> dict:
         "runs": args.runs,
         "seconds": summary(seconds),
         "peak_mib": summary(peaks),
+        "load_average_1min": summary([r["load_average_1min"] for r in runs]),
         "limits": LIMITS,
         "within_limits": max(seconds) < LIMITS["seconds"] and max(peaks) < LIMITS["peak_mib"],
         "comparison": {k: comparison[k] for k in ("n", "diff_pp", "diff_ci95_pp", "mcnemar_p")}
@@ -178,6 +185,8 @@ def compare_bench_markdown(result: dict) -> str:
     """The comparison benchmark's JSON as Markdown (compute.md renders it, never typed in)."""
     s, m, c = result["seconds"], result["peak_mib"], result["comparison"]
     lo, hi = c["diff_ci95_pp"]
+    # a p-value below the smallest positive double is written 0.0 in the JSON
+    p_text = f"{c['mcnemar_p']:.3g}" if c["mcnemar_p"] > 0 else "0 (below the smallest positive double)"
     return (
         "\n".join(
             [
@@ -187,8 +196,12 @@ def compare_bench_markdown(result: dict) -> str:
                 f"[{s['min']:.1f}, {s['max']:.1f}] | {m['median']:.0f} [{m['min']:.0f}, {m['max']:.0f}] | "
                 f"< {result['limits']['seconds']:.0f} s, < {result['limits']['peak_mib']:.0f} MiB |",
                 "",
+                f"Machine load when each run started (1-minute load average, {result['machine']['cpus']} "
+                f"cores, shared): median {result['load_average_1min']['median']:.2f} "
+                f"[{result['load_average_1min']['min']:.2f}, {result['load_average_1min']['max']:.2f}].",
+                "",
                 f"What it computed: a − b = {c['diff_pp']:+.3f} pp [{lo:+.3f}, {hi:+.3f}] (paired bootstrap, "
-                f"{c['a_only_correct']:,} vs {c['b_only_correct']:,} discordant), McNemar p = {c['mcnemar_p']:.3g}.",
+                f"{c['a_only_correct']:,} vs {c['b_only_correct']:,} discordant), McNemar p = {p_text}.",
             ]
         )
         + "\n"

@@ -44,7 +44,15 @@ from pathlib import Path
 
 from fsdistill.config import load_config, to_dict
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.tools.bench import PRESETS, REPO, device_description, isolated, preset_overrides, summary
+from fsdistill.tools.bench import (
+    PRESETS,
+    REPO,
+    device_description,
+    isolated,
+    load_average,
+    preset_overrides,
+    summary,
+)
 
 TEACHER_VARIANTS = ("prefix_teacher", "reencode")
 READ_PASSES = 3  # weights_read: the fastest of this many passes per round
@@ -224,7 +232,7 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
     rounds, sampled_tokens, ended, forward_passes, same_samples = [], [], [], [], []
     student.train()
     for r in tqdm(range(args.warmup + args.rounds), desc="bench rounds", unit="round", file=sys.stderr):
-        row = {"round": r - args.warmup, "seconds": {}}
+        row = {"round": r - args.warmup, "load_average_1min": load_average(), "seconds": {}}
         # (2): sft and the on-policy stages; (1): the two teachers on this round's rollouts
         order = ["sft", "on_policy"] if r % 2 == 0 else ["on_policy", "sft"]
         sampled = None
@@ -350,6 +358,7 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             "tokens_per_s": statistics.median(sampled_tokens[args.warmup :]) / med["generation"],
         },
         "seconds": {k: summary(v) for k, v in times.items() if v},
+        "load_average_1min": summary([row["load_average_1min"] for row in rounds]),
         "decode_floor": floor,
         "same_samples_as_generate_alone": all(same_samples),
         "flops": flops,
@@ -489,4 +498,11 @@ def on_policy_markdown(result: dict) -> str:
             f"{floor['weight_bytes'] / 1e6:.0f} MB of weights + {floor['kv_bytes'] / 1e6:.0f} MB of KV cache, "
             f"read at {floor['bandwidth_gb_per_s']:.1f} GB/s | {seconds['generation_floor']['median']:.2f} | | |"
         )
+    load = result.get("load_average_1min")
+    if load:  # written since the load was recorded
+        lines += [
+            "",
+            f"Machine load during the rounds (1-minute load average, {result['device']['name']}): "
+            f"median {load['median']:.2f} [{load['min']:.2f}, {load['max']:.2f}].",
+        ]
     return "\n".join(lines) + "\n"
