@@ -169,10 +169,20 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     assert check["dist_sum"]["prefix_teacher"] == pytest.approx(check["dist_sum"]["reencode"], rel=1e-4)
     assert len(saved["rounds_detail"]) == 2
     stages = {"sft", "generation", "teacher", "student", "prefix_teacher", "reencode", "on_policy"}
+    stages |= {"generation_generate", "weights_read", "generation_floor", "on_policy_generate_alone"}
+    floor = saved["decode_floor"]
     for r in saved["rounds_detail"]:
         s = r["seconds"]
         assert set(s) == stages
         assert s["on_policy"] == pytest.approx(s["generation"] + s["teacher"] + s["student"])
+        alone = s["generation_generate"] + s["teacher"] + s["student"]
+        assert s["on_policy_generate_alone"] == pytest.approx(alone)
+        bandwidth = floor["weight_bytes"] / s["weights_read"]
+        per_pass = s["weights_read"]
+        assert s["generation_floor"] == pytest.approx(
+            floor["forward_passes"] * per_pass + floor["kv_bytes"] / bandwidth
+        )
+    assert saved["same_samples_as_generate_alone"] is True
 
     tokens, flops = saved["tokens"], saved["flops"]
     assert 0 < tokens["shared_prefix"] and tokens["teacher_suffix"] < tokens["teacher"]
@@ -186,7 +196,67 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     assert "prefix_teacher/reencode" in capsys.readouterr().out
     from fsdistill.tools.bench_on_policy import on_policy_markdown
 
-    row = next(
-        ln for ln in on_policy_markdown(saved).splitlines() if ln.startswith("| prefix_teacher/reencode")
-    )
-    assert row.endswith(f"| {predicted:.3f} |")
+    table = on_policy_markdown(saved).splitlines()
+    row = next(ln for ln in table if ln.startswith("| prefix_teacher/reencode"))
+    assert row.endswith(f"| {predicted:.3f} | <= 0.35 |")
+    assert any(ln.startswith("| generation's decode floor") for ln in table)
+
+
+def test_decode_floor_counts_the_weights_and_the_kv_cache_by_hand():
+    """The floor's bytes on a tiny random Llama: every weight as stored, except an untied input embedding
+    (a step reads one row of it), and the KV cache entries each decode step reads."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fsdistill.tools.bench_on_policy import decode_floor, decode_weights
+
+    for tied in (True, False):
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tied,
+        )
+        lm = LlamaForCausalLM(config)
+        weights = decode_weights(SimpleNamespace(model=lm))
+        total = sum(p.numel() for p in lm.parameters())
+        assert sum(w.numel() for w in weights) == (total if tied else total - 64 * 32)
+        batch = SimpleNamespace(size=2, student_answer_start=torch.tensor([5, 7]))
+        floor = decode_floor(
+            SimpleNamespace(model=lm), [batch, batch], weights, forward_passes=4, cache_bytes=2
+        )
+        per_entry = 3 * 2 * 2 * 8 * 4 * 2  # layers x (k, v) x kv heads x head dim x rows x bytes
+        assert floor["kv_bytes_per_cache_entry"] == per_entry
+        assert floor["kv_bytes"] == per_entry * (8 + 9 + 10)  # 3 decode steps after the prefill, width 7
+        assert floor["weight_bytes"] == 4 * sum(w.numel() for w in weights)
+
+
+def test_bench_compare_evals_small(tmp_path, capsys):
+    """scripts/bench_compare_evals.py at 3,000 examples: it runs compare_evals.py on its synthetic file in
+    a child process, records the child's time and peak memory, and its statistics are those of the drawn
+    table (no timing is asserted)."""
+    from fsdistill.eval.stats import mcnemar_exact_from_counts
+    from fsdistill.tools.bench_compare import compare_bench_markdown, synthetic_results
+    from fsdistill.tools.bench_compare import main as bench_compare
+
+    out = tmp_path / "compare.json"
+    result = bench_compare(["--n", "3000", "--runs", "2", "--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["seconds"]["n"] == 2 and result["peak_mib"]["min"] > 0
+    entries = synthetic_results(3000, 0)["results"]
+    a = [ex["correct"] for ex in entries[0]["examples"]]
+    b = [ex["correct"] for ex in entries[1]["examples"]]
+    a_only = sum(x and not y for x, y in zip(a, b))
+    b_only = sum(y and not x for x, y in zip(a, b))
+    c = result["comparison"]
+    assert (c["n"], c["a_only_correct"], c["b_only_correct"]) == (3000, a_only, b_only)
+    assert c["diff_pp"] == pytest.approx(100 * (a_only - b_only) / 3000)
+    assert c["mcnemar_p"] == pytest.approx(mcnemar_exact_from_counts(a_only, b_only), rel=1e-12)
+    assert "McNemar p" in result["printed"][1]
+    table = compare_bench_markdown(result)
+    assert "| 3,000 |" in table and f"{c['mcnemar_p']:.3g}" in table

@@ -8,6 +8,7 @@ rounding (no near-ties for batching to flip).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import subprocess
@@ -466,3 +467,124 @@ def test_real_vllm_matches_hf_on_a_tiny_model(qwen3_tokenizer, prompt_ids, setti
         assert generator.generate(prompt_ids) == expected
     finally:
         generator.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling (rollouts) with the linear layers prepared for decoding
+# --------------------------------------------------------------------------------------------------
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_student(dtype: torch.dtype):
+    """The tiny Qwen3 in `dtype` with a LoRA adapter on every linear layer (B random, so it matters; the
+    adapter in float32, as peft keeps it beside bf16 weights), in eval mode."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_qwen3().to(dtype), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=LORA_TARGETS)
+    )
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    return model.eval()
+
+
+SAMPLING_PROMPTS = [[9707, 11, 1879, 13, 220, 17], [40, 1079], [785, 4226, 374, 1447, 16, 15, 23, 9]]
+
+
+def sampling_cases():
+    from fsdistill.modeling.generation import SamplingSettings
+
+    plain = SamplingSettings(1.0, 1.0, 0, 12, stop_token_ids=(IM_END,))
+    nucleus = SamplingSettings(0.7, 0.9, 50, 12, stop_token_ids=(IM_END, 13))
+    return [
+        pytest.param(torch.float32, None, plain, id="float32"),
+        pytest.param(torch.float32, None, nucleus, id="float32-top_p-top_k"),
+        pytest.param(torch.bfloat16, torch.bfloat16, plain, id="bf16-autocast"),
+    ]
+
+
+def prepared_report(model, rows: int, autocast_dtype):
+    """What prepared_linears prepares for this model, in sample_hf's contexts."""
+    from fsdistill.modeling.generation import prepared_linears
+
+    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with torch.inference_mode(), autocast, prepared_linears(model, rows) as report:
+        return report
+
+
+@pytest.mark.parametrize("dtype, autocast_dtype, sampling", sampling_cases())
+def test_prepared_linears_sample_the_ids_generate_alone_samples(dtype, autocast_dtype, sampling):
+    """Every linear layer (7 adapted per decoder layer, and the output head) decodes from prepared weights,
+    and the samples are exactly those of transformers generate alone, for several seeds."""
+    from fsdistill.modeling.generation import _can_pack, sample_hf
+
+    model = lora_student(dtype)
+    autocast = (lambda: torch.autocast("cpu", dtype=autocast_dtype)) if autocast_dtype else None
+    report = prepared_report(model, len(SAMPLING_PROMPTS), autocast_dtype)
+    assert (report.layers, report.fallback) == (7 * 2 + 1, 0)
+    assert report.packed == (report.layers if _can_pack(torch.device("cpu"), autocast_dtype or dtype) else 0)
+    if dtype == torch.bfloat16 and not _can_pack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("this CPU's oneDNN has no bf16: the packed layers are not exercised")
+    for seed in (0, 1, 2):
+        alone = sample_hf(model, SAMPLING_PROMPTS, sampling, 0, seed, autocast, prepare_linears=False)
+        prepared = sample_hf(model, SAMPLING_PROMPTS, sampling, 0, seed, autocast)
+        assert prepared == alone
+        assert sum(len(ids) for ids in alone) > 3 * 6  # the rows sampled something to compare
+    assert all("forward" not in m.__dict__ for m in model.modules())  # every layer's own forward is back
+
+
+def test_teacher_samples_decode_from_the_prepared_base_weights():
+    """With the adapter switched off (the LoRA teacher's samples), the prepared layers hold the base
+    weights alone and sample what generate alone does."""
+    from fsdistill.modeling.generation import sample_hf
+
+    model = lora_student(torch.float32)
+    settings = sampling_cases()[0].values[2]
+    with model.disable_adapter():
+        assert prepared_report(model, 3, None).layers == 15
+        alone = sample_hf(model, SAMPLING_PROMPTS, settings, 0, 5, prepare_linears=False)
+        assert sample_hf(model, SAMPLING_PROMPTS, settings, 0, 5) == alone
+    assert sample_hf(model, SAMPLING_PROMPTS, settings, 0, 5) != alone  # the adapter matters
+
+
+def test_a_prepared_layer_that_is_not_bit_identical_is_not_used(monkeypatch):
+    """The check against each layer's own forward: a prepared form off by one part in 10^6 is refused
+    (every layer keeps its own forward, and the samples are generate's)."""
+    from fsdistill.modeling import generation
+
+    real = generation._PreparedLinears.outputs
+    monkeypatch.setattr(generation, "_VERDICTS", {})  # this process's verdicts on these shapes: start over
+    monkeypatch.setattr(
+        generation._PreparedLinears, "outputs", lambda self, x: tuple(y * (1 + 1e-6) for y in real(self, x))
+    )
+    model = lora_student(torch.float32)
+    report = prepared_report(model, 3, None)
+    assert (report.layers, report.fallback) == (0, 15)
+    assert prepared_report(model, 3, None).fallback == 15  # the verdict holds for the next call
+    settings = sampling_cases()[0].values[2]
+    alone = generation.sample_hf(model, SAMPLING_PROMPTS, settings, 0, 3, prepare_linears=False)
+    assert generation.sample_hf(model, SAMPLING_PROMPTS, settings, 0, 3) == alone
+
+
+def test_each_group_is_probed_once_per_process(monkeypatch):
+    """The bit-identity verdict depends on shapes and dtypes only: a later sampling call (the next optimizer
+    step's) prepares the weights again but does not probe again."""
+    from fsdistill.modeling import generation
+
+    monkeypatch.setattr(generation, "_VERDICTS", {})
+    probes = []
+    real = generation._PreparedLinears.matches_own_forwards
+    monkeypatch.setattr(
+        generation._PreparedLinears, "matches_own_forwards", lambda self, p: probes.append(1) or real(self, p)
+    )
+    model = lora_student(torch.float32)
+    assert prepared_report(model, 3, None).layers == 15
+    # q/k/v, o, gate/up and down have the same shapes in both decoder layers; and the head
+    assert len(probes) == 4 + 1
+    assert prepared_report(model, 3, None).layers == 15
+    assert len(probes) == 5
+    assert prepared_report(model, 2, None).layers == 15 and len(probes) == 10  # another decode shape

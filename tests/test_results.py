@@ -224,6 +224,30 @@ def test_load_refuses_inconsistent_counts_and_duplicate_keys(tmp_path):
         load_results(write_raw(tmp_path, res))
 
 
+def test_every_example_is_checked_column_by_column_with_the_same_messages(tmp_path):
+    """Examples are checked a field at a time over the whole entry (fast for millions of them); the first
+    bad example is still named with its field, however deep in the entry it sits."""
+    flags = [True, False] * 5000
+    for field, value, message in [
+        ("correct", "yes", "field 'correct' must be bool or null"),
+        ("index", True, "field 'index' must be int"),
+        ("gold", None, "field 'gold' must be str"),
+        ("extracted", 3, "field 'extracted' must be str or null"),
+    ]:
+        res = a_file(make_entry("run", "sft", 100, 0, examples(flags)))
+        res["results"][0]["examples"][7654][field] = value
+        with pytest.raises(ResultsError, match=rf"results\[0\], examples\[7654\]: {re.escape(message)}"):
+            load_results(write_raw(tmp_path, res))
+    res = a_file(make_entry("run", "sft", 100, 0, examples(flags)))
+    res["results"][0]["examples"][9000]["index"] = 12
+    with pytest.raises(ResultsError, match=r"examples\[9000\]: duplicate example index 12"):
+        load_results(write_raw(tmp_path, res))
+    res["results"][0]["examples"][9000] = ["not", "an", "object"]
+    with pytest.raises(ResultsError, match=r"examples\[9000\]: expected an object, got list"):
+        load_results(write_raw(tmp_path, res))
+    assert load_results(write_raw(tmp_path, a_file(make_entry("run", "sft", 100, 0, examples(flags)))))
+
+
 # --------------------------------------------------------------------------------------------------
 # Lookup and update
 # --------------------------------------------------------------------------------------------------

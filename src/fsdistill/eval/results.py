@@ -266,7 +266,33 @@ def _check_interval(ci: list, where: str) -> None:
         raise ResultsError(f"{where}: 'ci95' lo > hi: {ci!r}")
 
 
+# _EXAMPLE_FIELDS as exact types, for the fast check of every example (JSON yields exactly these types, and
+# bool is not an int here, as in _check_fields).
+_EXAMPLE_TYPES = tuple(
+    (name, frozenset(t if isinstance(t, tuple) else (t,))) for name, t in _EXAMPLE_FIELDS.items()
+)
+
+
+def _examples_are_valid(examples: list) -> bool:
+    """True when every example has every field with its type: the check _check_fields makes, a column at
+    a time (a result file may hold millions of examples; one Python call per field per example is most of
+    the time it takes to read them)."""
+    if set(map(type, examples)) - {dict}:
+        return False
+    return all(
+        set(map(type, [ex.get(name, _MISSING) for ex in examples])) <= types for name, types in _EXAMPLE_TYPES
+    )
+
+
 def _check_examples(entry: dict, where: str) -> None:
+    examples = entry["examples"]
+    if _examples_are_valid(examples) and len({ex["index"] for ex in examples}) == len(examples):
+        return
+    _explain_examples(entry, where)
+
+
+def _explain_examples(entry: dict, where: str) -> None:
+    """Raise the ResultsError of the first bad example (field by field), or of the first repeated index."""
     seen: set[int] = set()
     for i, ex in enumerate(entry["examples"]):
         _check_fields(ex, _EXAMPLE_FIELDS, f"{where}, examples[{i}]")
@@ -499,7 +525,9 @@ def load_pooled(paths: Sequence[str | Path]) -> dict:
         differ = settings_mismatch(first["settings"], results["settings"])
         if differ:
             print(f"note: settings of {name} differ from {first_name} on {differ}", file=sys.stderr)
-    return merge_results(inputs, check_settings=False)
+    # The inputs were read here and nothing else holds them: the pooled file may share their entries
+    # (a copy of a million examples would double the memory and take longer than the statistics).
+    return merge_results(inputs, check_settings=False, copy_entries=False)
 
 
 def load_or_new(
@@ -570,14 +598,19 @@ def has_entry(path: str | Path, key: tuple) -> bool:
 
 
 def merge_results(
-    inputs: Sequence[tuple[str, dict]], ignore: Iterable[str] = RUNTIME_SETTINGS, check_settings: bool = True
+    inputs: Sequence[tuple[str, dict]],
+    ignore: Iterable[str] = RUNTIME_SETTINGS,
+    check_settings: bool = True,
+    copy_entries: bool = True,
 ) -> dict:
     """One result file holding every entry of ``inputs`` ((name, results) pairs, names for errors).
 
     All inputs must have equal settings (except ``ignore``) unless ``check_settings`` is False (a
     figure pooling files that evaluated different runs); the first input's settings are kept. An
     entry key present in several inputs must have identical content there (then it is kept once).
-    The merged provenance is the first input's, plus every input's under ``merged_from``.
+    The merged provenance is the first input's, plus every input's under ``merged_from``. With
+    ``copy_entries`` False the merged file holds the inputs' entry objects themselves (for a caller that
+    only reads it and keeps no other reference to the inputs).
     """
     if not inputs:
         raise ResultsError("merge_results: no inputs")
@@ -598,7 +631,7 @@ def merge_results(
             key = entry_key(entry)
             existing = find_entry(merged, *key)
             if existing is None:
-                merged["results"].append(copy.deepcopy(entry))
+                merged["results"].append(copy.deepcopy(entry) if copy_entries else entry)
                 origin[key] = name
             elif existing != entry:
                 raise ResultsError(

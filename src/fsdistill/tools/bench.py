@@ -245,6 +245,12 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (runnable processes, all users): on a shared machine it says how
+    busy the cores were while a benchmark ran, beside ratios that interleaving keeps fair."""
+    return os.getloadavg()[0]
+
+
 def device_description(device) -> str:
     import torch
 
@@ -689,7 +695,7 @@ def repeats_markdown(results: list[dict]) -> str:
                 if a["ratio_to_original"] is not None:
                     ratios["amortised/original"] = (a["ratio_to_original"], a["predicted_ratio_to_original"])
         else:  # the on-policy benchmark
-            ratios = {k: (v["measured"], v["predicted_by_flops"]) for k, v in r["ratios"].items()}
+            ratios = {k: (v["measured"], v.get("predicted_by_flops")) for k, v in r["ratios"].items()}
         runs.append(ratios)
     lines = [
         f"| ratio | median of {len(runs)} runs [min, max] | each run | predicted by FLOPs |",

@@ -8,11 +8,21 @@ On one model, the same rows and the same rollouts, in one process:
                         only question + sampled answer run (this repository);
         reencode        the whole k-shot context run at every call (what OPCD, OPSD and TRL do).
   (2) the on-policy step, stage by stage, for one optimizer step's rows (per-device batch x accumulation):
-        generation      one batched sampling call (transformers generate, eval mode), at most the task's
+        generation      one batched sampling call (transformers generate, eval mode, on a CPU with the
+                        linear layers prepared for decoding: modeling/generation.py), at most the task's
                         median gold-answer length new tokens;
         teacher         the prefix teacher's targets at every sampled token, every micro-batch;
         student         the student's forward + backward on the sampled answers, every micro-batch;
       against sft: the SFT step's forward + backward on the same rows' gold answers.
+  (3) the decode floor: generate alone (generation_generate: the same call without the prepared layers,
+      which must sample the same ids; on_policy_generate_alone/sft is the step sampled that way, in the
+      same rounds: what the step cost before the prepared layers, on the machine as it was), and the time streaming the weights and the KV cache once per
+      forward pass would take at this machine's read bandwidth, measured in the same rounds
+      (weights_read: the fastest of 3 passes of a max-reduction over every weight tensor, as stored).
+      floor = forward passes x weights_read + KV-cache bytes read / bandwidth, where the forward passes
+      are the prefill and one decode step per further token of the longest sample, and decode step t reads
+      layers x 2 x kv_heads x head_dim x rows x (prompt width + t) cache entries. Beside FLOPs, this is the
+      floor of a decode step at a few rows: each sampled token reads every weight once.
 
 Variants are interleaved round by round, order rotated; ratios of medians, per-round paired ratios, and
 beside each the ratio a FLOP count predicts (2 x matmul parameters x tokens per forward, x2 more for the
@@ -34,9 +44,18 @@ from pathlib import Path
 
 from fsdistill.config import load_config, to_dict
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.tools.bench import PRESETS, REPO, device_description, isolated, preset_overrides, summary
+from fsdistill.tools.bench import (
+    PRESETS,
+    REPO,
+    device_description,
+    isolated,
+    load_average,
+    preset_overrides,
+    summary,
+)
 
 TEACHER_VARIANTS = ("prefix_teacher", "reencode")
+READ_PASSES = 3  # weights_read: the fastest of this many passes per round
 STEP_VARIANTS = ("sft", "on_policy")
 
 
@@ -141,6 +160,19 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
         data, _, stats = rollouts.step_batches(1, gold, student, teacher)
         return [mb.batch.to(device) for mb in data.micro_batches], stats
 
+    def sample_with_generate_alone():
+        rollouts.sampler.prepare_linears = False
+        try:
+            return sample()
+        finally:
+            rollouts.sampler.prepare_linears = True
+
+    weights = decode_weights(student)
+
+    def read_weights():
+        """The fastest of READ_PASSES passes reading every weight once (seconds)."""
+        return min(timed(read_once, weights)[0] for _ in range(READ_PASSES))
+
     def targets(t, sampled):
         """A teacher's targets for every micro-batch of the rollouts (no grad: Teacher.targets is)."""
         return [teacher_targets(t, b, answer_positions(b), autocast) for b in sampled]
@@ -185,11 +217,22 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
     if not check["allclose"]:
         raise RuntimeError(f"the teachers disagree, the comparison would not be apples to apples: {check}")
 
-    times = {k: [] for k in (*TEACHER_VARIANTS, "generation", "teacher", "student", "sft")}
-    rounds, sampled_tokens, ended = [], [], []
+    times = {
+        k: []
+        for k in (
+            *TEACHER_VARIANTS,
+            "generation",
+            "teacher",
+            "student",
+            "sft",
+            "generation_generate",
+            "weights_read",
+        )
+    }
+    rounds, sampled_tokens, ended, forward_passes, same_samples = [], [], [], [], []
     student.train()
     for r in tqdm(range(args.warmup + args.rounds), desc="bench rounds", unit="round", file=sys.stderr):
-        row = {"round": r - args.warmup, "seconds": {}}
+        row = {"round": r - args.warmup, "load_average_1min": load_average(), "seconds": {}}
         # (2): sft and the on-policy stages; (1): the two teachers on this round's rollouts
         order = ["sft", "on_policy"] if r % 2 == 0 else ["on_policy", "sft"]
         sampled = None
@@ -202,16 +245,31 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             row["seconds"]["student"], _ = timed(student_step, sampled, targets_of)
             sampled_tokens.append(stats.sampled_tokens)
             ended.append(stats.ended / max(stats.samples, 1))
+            forward_passes.append(max(int(b.answer_len.max()) for b in sampled))
         teachers = list(TEACHER_VARIANTS) if r % 2 == 0 else list(reversed(TEACHER_VARIANTS))
         for name in teachers:
             t = teacher if name == "prefix_teacher" else reencode
             row["seconds"][name], _ = timed(targets, t, sampled)
+        # (3): generate alone on the same rows and seed, and the weights' read time, order alternated
+        for name in ("generation_generate", "weights_read")[:: 1 if r % 2 == 0 else -1]:
+            if name == "weights_read":
+                row["seconds"][name] = read_weights()
+                continue
+            row["seconds"][name], (alone, _) = timed(sample_with_generate_alone)
+            same_samples.append(
+                all(torch.equal(a.student_ids, b.student_ids) for a, b in zip(alone, sampled))
+            )
         if r >= args.warmup:
             for k, v in row["seconds"].items():
                 times[k].append(v)
             row["seconds"]["on_policy"] = sum(row["seconds"][k] for k in ("generation", "teacher", "student"))
+            # the same step sampled by generate alone (what it cost before the prepared layers), same round
+            row["seconds"]["on_policy_generate_alone"] = sum(
+                row["seconds"][k] for k in ("generation_generate", "teacher", "student")
+            )
             rounds.append(row)
-    times["on_policy"] = [row["seconds"]["on_policy"] for row in rounds]
+    for k in ("on_policy", "on_policy_generate_alone"):
+        times[k] = [row["seconds"][k] for row in rounds]
 
     # --- predicted FLOP ratios -----------------------------------------------------------------------
     decoder, head = matmul_parameters(student)
@@ -251,6 +309,35 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             "paired": summary([r["seconds"]["on_policy"] / r["seconds"]["sft"] for r in rounds]),
         },
     }
+    if not all(same_samples):
+        raise RuntimeError("generate alone sampled other ids than the prepared layers: they are not the same")
+    from fsdistill.modeling.loading import DTYPES
+
+    cache_bytes = {"bf16": 2, "fp16": 2}.get(cfg.training.mixed_precision, DTYPES[cfg.model.dtype].itemsize)
+    floor = decode_floor(student, last, weights, forward_passes[-1], cache_bytes)
+    for row in rounds:
+        sec = row["seconds"]
+        sec["generation_floor"] = floor["forward_passes"] * sec["weights_read"] + floor["kv_bytes"] / (
+            floor["weight_bytes"] / sec["weights_read"]
+        )
+    times["generation_floor"] = [row["seconds"]["generation_floor"] for row in rounds]
+    med["generation_floor"] = statistics.median(times["generation_floor"])
+    ratios["generation/generation_floor"] = {
+        "measured": med["generation"] / med["generation_floor"],
+        "paired": summary([r["seconds"]["generation"] / r["seconds"]["generation_floor"] for r in rounds]),
+        "target": "<= 3",
+    }
+    ratios["on_policy_generate_alone/sft"] = {
+        "measured": med["on_policy_generate_alone"] / med["sft"],
+        "predicted_by_flops": ratios["on_policy/sft"]["predicted_by_flops"],
+        "paired": summary([r["seconds"]["on_policy_generate_alone"] / r["seconds"]["sft"] for r in rounds]),
+    }
+    ratios["generation/generation_generate"] = {
+        "measured": med["generation"] / med["generation_generate"],
+        "paired": summary([r["seconds"]["generation"] / r["seconds"]["generation_generate"] for r in rounds]),
+    }
+    ratios["on_policy/sft"]["target"] = "<= 3.5 (stretch <= 3.0)"
+    floor["bandwidth_gb_per_s"] = floor["weight_bytes"] / med["weights_read"] / 1e9
     shares = {k: med[k] / med["on_policy"] for k in ("generation", "teacher", "student")}
     predicted_shares = {k: flops[k] / flops["on_policy"] for k in ("generation", "teacher", "student")}
     result = {
@@ -271,6 +358,9 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             "tokens_per_s": statistics.median(sampled_tokens[args.warmup :]) / med["generation"],
         },
         "seconds": {k: summary(v) for k, v in times.items() if v},
+        "load_average_1min": summary([row["load_average_1min"] for row in rounds]),
+        "decode_floor": floor,
+        "same_samples_as_generate_alone": all(same_samples),
         "flops": flops,
         "tokens": {
             "teacher": teacher_tokens,
@@ -296,7 +386,16 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
     out = Path(args.output)
     write_json_atomic(out, result)
     for name, r in ratios.items():
-        print(f"{name:<26} measured {r['measured']:.3f}  predicted by FLOPs {r['predicted_by_flops']:.3f}")
+        predicted = r.get("predicted_by_flops")
+        print(
+            f"{name:<32} measured {r['measured']:.3f}"
+            + (f"  predicted by FLOPs {predicted:.3f}" if predicted else "")
+        )
+    print(
+        f"generation {med['generation']:.2f} s, generate alone {med['generation_generate']:.2f} s, decode floor "
+        f"{med['generation_floor']:.2f} s ({floor['weight_bytes'] / 1e6:.0f} MB of weights read in "
+        f"{1e3 * med['weights_read']:.1f} ms: {floor['bandwidth_gb_per_s']:.1f} GB/s)"
+    )
     for k in shares:
         print(
             f"  {k:<12} share of the on-policy step {shares[k]:.2f} (FLOPs predict {predicted_shares[k]:.2f})"
@@ -304,6 +403,50 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
     print(f"rollout tokens/s {result['rollout']['tokens_per_s']:.1f}")
     print(f"wrote {out}")
     return result
+
+
+def decode_weights(student) -> list:
+    """The tensors a decode step reads, as stored: every parameter of the causal LM except the input
+    embedding (a step reads one row of it per sequence) unless the output head is tied to it."""
+    from fsdistill.modeling.answer_lm import base_causal_lm
+
+    lm = base_causal_lm(student.model)
+    embedding = lm.get_input_embeddings().weight
+    head = lm.get_output_embeddings().weight
+    return [p.detach() for p in lm.parameters() if p is not embedding or head is embedding]
+
+
+def read_once(weights) -> None:
+    """Read every byte of the weights once: a max over each tensor's bytes seen as int16 (no NaN or
+    denormal arithmetic, vectorised; measured here as fast as any read-only reduction torch offers)."""
+    import torch
+
+    for w in weights:
+        w.reshape(-1).view(torch.int16).amax()
+
+
+def decode_floor(student, sampled, weights, forward_passes: int, cache_bytes: int) -> dict:
+    """The bytes the decode floor counts: the weights once per forward pass, and the KV cache each decode
+    step reads (the cache holds the left-padded prompts and the tokens sampled so far)."""
+    from fsdistill.modeling.answer_lm import base_causal_lm
+
+    config = base_causal_lm(student.model).config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads  # config attributes
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    rows = sum(b.size for b in sampled)
+    prompt_width = max(int(b.student_answer_start.max()) for b in sampled)
+    per_entry = config.num_hidden_layers * 2 * kv_heads * head_dim * rows * cache_bytes
+    entries = sum(prompt_width + t for t in range(1, forward_passes))  # decode steps after the prefill
+    return {
+        "weight_bytes": sum(w.numel() * w.element_size() for w in weights),
+        "weight_tensors": len(weights),
+        "forward_passes": forward_passes,
+        "kv_bytes": per_entry * entries,
+        "kv_bytes_per_cache_entry": per_entry,
+        "prompt_width": prompt_width,
+        "rows": rows,
+    }
 
 
 def shared_prefix_length(batches) -> int:
@@ -321,14 +464,15 @@ def on_policy_markdown(result: dict) -> str:
     """The on-policy benchmark's JSON as Markdown (compute.md renders it, never typed in)."""
     seconds = result["seconds"]
     lines = [
-        "| ratio | measured (ratio of medians) | per-round paired median [min, max] | predicted by FLOPs |",
-        "| --- | --- | --- | --- |",
+        "| ratio | measured (ratio of medians) | per-round paired median [min, max] | predicted by FLOPs | target |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for key, r in result["ratios"].items():
         p = r["paired"]
+        predicted = r.get("predicted_by_flops")
         lines.append(
             f"| {key} | {r['measured']:.3f} | {p['median']:.3f} [{p['min']:.3f}, {p['max']:.3f}] | "
-            f"{r['predicted_by_flops']:.3f} |"
+            f"{'—' if predicted is None else f'{predicted:.3f}'} | {r.get('target', '')} |"
         )
     shares = result["on_policy_step_shares"]
     lines += ["", "| stage of the on-policy step | median s | share | share predicted by FLOPs |"]
@@ -343,4 +487,22 @@ def on_policy_markdown(result: dict) -> str:
     lines.append(
         f"| generation throughput: sampled tokens / s | {result['rollout']['tokens_per_s']:.1f} | | |"
     )
+    floor = result.get("decode_floor")
+    if floor:  # written since the decode floor was measured
+        lines.append(
+            f"| generation by transformers generate alone (the same ids) | "
+            f"{seconds['generation_generate']['median']:.2f} | | |"
+        )
+        lines.append(
+            f"| generation's decode floor: {floor['forward_passes']} forward passes x "
+            f"{floor['weight_bytes'] / 1e6:.0f} MB of weights + {floor['kv_bytes'] / 1e6:.0f} MB of KV cache, "
+            f"read at {floor['bandwidth_gb_per_s']:.1f} GB/s | {seconds['generation_floor']['median']:.2f} | | |"
+        )
+    load = result.get("load_average_1min")
+    if load:  # written since the load was recorded
+        lines += [
+            "",
+            f"Machine load during the rounds (1-minute load average, {result['device']['name']}): "
+            f"median {load['median']:.2f} [{load['min']:.2f}, {load['max']:.2f}].",
+        ]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ A table lives between two markers naming its kind and its file (relative to the 
 Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `before-after` (pairs of
 summaries, before and after, their paths separated by spaces: the same runs' accuracy in both), `bench-step`
 (scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
-of one benchmark, their paths separated by spaces: each ratio's median and range).
+of one benchmark, their paths separated by spaces: each ratio's median and range), `bench-compare`
+(scripts/bench_compare_evals.py: compare_evals.py on a million paired examples).
 
 The figures quoted in the prose are rendered the same way, from inline markers
 (`<!-- value: first-step experiments/twostep/icl_eval.json base@2 -->62.0%<!-- end value -->`;
@@ -48,6 +49,7 @@ def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
     from fsdistill.eval.summary import before_after_markdown, summary_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
+    from fsdistill.tools.bench_compare import compare_bench_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
 
     return {
@@ -56,6 +58,7 @@ def renderers() -> dict:
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
         "bench-repeats": repeats_markdown,
+        "bench-compare": compare_bench_markdown,
     }
 
 

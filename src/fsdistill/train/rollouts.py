@@ -91,12 +91,16 @@ def sampling_seed(seed: int, step: int, rank: int) -> int:
 class HFSampler:
     """transformers generate, on the model the step samples from (tested on CPU; the default)."""
 
+    prepare_linears = True  # sample_hf's prepared linear layers (the on-policy benchmark times both)
+
     def __init__(self, settings: SamplingSettings, pad_token_id: int, autocast):
         self.settings, self.pad_token_id, self.autocast = settings, pad_token_id, autocast
 
     def sample(self, model, prompt_ids: list[list[int]], seed: int, max_new_tokens: int) -> list[list[int]]:
         settings = SamplingSettings(**{**self.settings.__dict__, "max_new_tokens": max_new_tokens})
-        return sample_hf(model, prompt_ids, settings, self.pad_token_id, seed, self.autocast)
+        return sample_hf(
+            model, prompt_ids, settings, self.pad_token_id, seed, self.autocast, self.prepare_linears
+        )
 
     def sync(self, student_model, step: int) -> None:
         """Nothing to do: generate runs on the training weights themselves."""
