@@ -654,6 +654,21 @@ class RolloutConfig:
 
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+# The teacher settings its targets depend on (which model, what it sees): part of every identity that
+# holds teacher targets (the teacher cache's key; result files with teacher-forced metrics), where the
+# rest of teacher.* (its fast paths) may differ.
+TEACHER_INPUT_KEYS = (
+    "teacher.model",
+    "teacher.tokenizer",
+    "teacher.dtype",
+    "teacher.system",
+    "teacher.system_file",
+    "teacher.context_files",
+    "teacher.context_seed",
+    "teacher.context_field",
+    "teacher.template",
+    "teacher.shuffle_context",
+)
 
 
 @dataclass

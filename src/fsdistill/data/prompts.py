@@ -131,6 +131,12 @@ class PromptBuilder:
         """The messages before an answer: the system turn (if any), the exemplars, the question."""
         return [*self.opening, *self.exemplar_turns(shots), self.user_turn(example)]
 
+    def without_teacher_context(self) -> PromptBuilder:
+        """This builder with no teacher context: its 'teacher' sees the exemplars only (k-shot ICL)."""
+        return PromptBuilder(
+            self.tokenizer, self.task, self.template_kwargs, self.chat_template, teacher_settings=None
+        )
+
     def teacher_conversation(
         self, shots: list[Example], example: Example, donor: Example | None = None
     ) -> list[Message]:

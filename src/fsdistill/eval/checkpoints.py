@@ -205,6 +205,10 @@ class CheckpointEvaluator:
         # checkpoints of the same base model follow; a full fine-tuning checkpoint needs its own.
         self.engines: dict[tuple, object] = {}
         self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
+        # teacher.model: the configured teacher of teacher-forced KL (loaded once), and the shared ids.
+        self.teacher_model, self.vocab_size = None, None
+        if teacher_seq is not None:
+            self.teacher_model, self.vocab_size = ev.teacher_forced_teacher(cfg, self.tokenizer, self.device)
 
     def generate_vllm(self, run_cfg, path: Path) -> list[str]:
         from fsdistill.eval.generation import VLLMGenerator
@@ -248,7 +252,9 @@ class CheckpointEvaluator:
             )
         metrics = None
         if self.teacher_seq is not None:
-            if run_cfg.training.use_lora:
+            if self.teacher_model is not None:
+                teacher = ev.hf_teacher_logits(self.teacher_model, self.device)
+            elif run_cfg.training.use_lora:
                 teacher = ev.hf_teacher_logits(model, self.device, adapter_off=model.disable_adapter)
             else:
                 self.frozen_base = self.frozen_base or load_causal_lm(run_cfg.model).to(self.device).eval()
@@ -261,6 +267,7 @@ class CheckpointEvaluator:
                 self.cfg.eval.teacher_forced_batch_size,
                 self.device,
                 f"teacher-forced {path.name}",
+                self.vocab_size,
             )
         del model
         if self.cfg.eval.backend == "vllm":
