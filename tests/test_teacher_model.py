@@ -268,3 +268,23 @@ def test_answer_logits_lm_of_the_teacher_keeps_its_rows(teacher_folder):
 
     model = AutoModelForCausalLM.from_pretrained(teacher_folder)
     assert AnswerLogitsLM(model).head(torch.zeros(1, 96)).shape == (1, TEACHER_ROWS)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_teacher_model_and_equals_ddp(teacher_folder, tmp_path, short_gsm8k):
+    """Full fine-tuning under FSDP on 2 processes with teacher.model (sharded like the student, as the
+    frozen copy is): the same losses as DDP."""
+    from test_fsdp import launch, rank_records, settings
+
+    extra = [f"teacher.model={teacher_folder}", "training.max_steps=2", "training.save_every=2"]
+    for mode in ("fsdp", "ddp"):
+        launch(
+            "full_ft_distill.yaml",
+            tmp_path / mode,
+            *settings(short_gsm8k, f"training.distributed={mode}", *extra),
+        )
+    sharded, replicated = metrics(tmp_path / "fsdp"), metrics(tmp_path / "ddp")
+    for a, b in zip(sharded, replicated, strict=True):
+        for key in ("train/ce_loss", "train/dist_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    assert all(r["sharded"] for r in rank_records(tmp_path / "fsdp"))
