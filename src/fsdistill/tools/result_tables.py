@@ -7,8 +7,9 @@ A table lives between two markers naming its kind and its file (relative to the 
     <!-- end summary-table -->
 
 Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
-(scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
-of one benchmark, their paths separated by spaces: each ratio's median and range).
+(scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-shared-context`
+(scripts/bench_step.py --shared_context), `bench-repeats` (several runs of one benchmark, their paths
+separated by spaces: each ratio's median and range).
 
     python scripts/gen_result_tables.py            # rewrite the tables
     python scripts/gen_result_tables.py --check    # exit 1 if a table differs from its JSON (CI)
@@ -39,11 +40,13 @@ def renderers() -> dict:
     from fsdistill.eval.summary import summary_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
+    from fsdistill.tools.bench_shared_context import shared_context_markdown
 
     return {
         "summary": summary_markdown,
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
+        "bench-shared-context": shared_context_markdown,
         "bench-repeats": repeats_markdown,
     }
 
