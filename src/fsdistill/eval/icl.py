@@ -22,6 +22,12 @@ def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_eval_args(parser)
     parser.add_argument("--shots", type=int, nargs="+", help="Shot counts (default: eval.icl_shots).")
+    parser.add_argument(
+        "--condition",
+        default="base",
+        help="The entries' condition name (default base): another name keeps, e.g., the base model with a "
+        "candidate task.system_prompt apart from the plain base model in pooled comparisons.",
+    )
     return parse_eval_args(parser, argv)
 
 
@@ -35,7 +41,7 @@ def main(argv=None) -> None:
 
     session = ev.open_session(cfg, "eval_icl", args.split, args.output)
     tokenizer, prompts, data = session.tokenizer, session.prompts, session.data
-    todo = [k for k in cfg.eval.icl_shots if not session.has("base", None, k)]
+    todo = [k for k in cfg.eval.icl_shots if not session.has(args.condition, None, k)]
     if not todo:
         print(f"{args.output}: every shot count is already evaluated")
     model = None
@@ -74,7 +80,7 @@ def main(argv=None) -> None:
             if cfg.eval.teacher_forced:
                 metrics = base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device)
             entry = make_entry(
-                "base",
+                args.condition,
                 "base",
                 None,
                 k,
@@ -82,7 +88,7 @@ def main(argv=None) -> None:
                 teacher_forced_metrics=metrics,
             )
             session.record(entry)
-            print(ev.describe_entry(f"base {k}-shot", entry))
+            print(ev.describe_entry(f"{args.condition} {k}-shot", entry))
     finally:
         if generator is not None:
             generator.close()

@@ -6,7 +6,9 @@ A table lives between two markers naming its kind and its file (relative to the 
     ...  rewritten from that file
     <!-- end summary-table -->
 
-Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
+Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `summary-reading` (the same
+JSON's paired tests as sentences with their verdict), `system-prompts` (scripts/select_system_prompt.py's
+choice on validation), `bench-step`
 (scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-shared-context`
 (scripts/bench_step.py --shared_context), `bench-repeats` (several runs of one benchmark, their paths
 separated by spaces: each ratio's median and range).
@@ -37,13 +39,16 @@ BLOCK = re.compile(
 
 def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
-    from fsdistill.eval.summary import summary_markdown
+    from fsdistill.eval.summary import summary_markdown, summary_reading
+    from fsdistill.eval.system_prompts import system_prompts_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
     from fsdistill.tools.bench_shared_context import shared_context_markdown
 
     return {
         "summary": summary_markdown,
+        "summary-reading": summary_reading,
+        "system-prompts": system_prompts_markdown,
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
         "bench-shared-context": shared_context_markdown,
