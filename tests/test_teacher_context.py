@@ -8,13 +8,14 @@ present, the real SmolLM2 tokenizer (whose template inserts a default system tur
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONFIGS, OFFLINE_OVERRIDES, qwen_cfg
-from helpers import TEACHER_OVERRIDES, cli_argv, common_overrides, run_cli, student_and_teacher
+from helpers import metrics, student_and_teacher, train_online
 
 from fsdistill.config import ConfigError, load_config
 from fsdistill.data.batch import build_training_batches, collate
@@ -262,27 +263,21 @@ def test_cache_key_holds_the_context_texts(tmp_path):
 
 
 def test_run_records_the_teacher_context(tmp_path, short_gsm8k):
-    from fsdistill.train.entry import train_online_v1
-
     system = tmp_path / "system.txt"
     system.write_text("Show your work.")
-    out = tmp_path / "run"
-    argv = cli_argv(
-        "online_v1.yaml",
-        out,
-        *common_overrides(short_gsm8k),
-        *TEACHER_OVERRIDES,
+    out = train_online(
+        tmp_path / "run",
+        short_gsm8k,
         "fewshot.k=0",
         f"teacher.system_file={system}",
         "teacher.context_field=answer",
         "training.max_steps=1",
         "training.save_every=1",
     )
-    assert run_cli(train_online_v1, argv) == 0
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["method"] == "context_distillation"
     recorded = manifest["identity"]["teacher_context"]
-    assert recorded["system"] == {str(system): __import__("hashlib").sha256(b"Show your work.").hexdigest()}
+    assert recorded["system"] == {str(system): hashlib.sha256(b"Show your work.").hexdigest()}
     assert recorded["template"] == "{question}\n\n{context}" and recorded["context_field"] == "answer"
 
 
@@ -339,22 +334,14 @@ def test_no_prefix_cache_without_a_shared_prefix():
 def test_context_distillation_trains_end_to_end(tmp_path, short_gsm8k):
     """k = 0 with a teacher-only system text runs through train_online_v1 (not refused as the 0-shot
     control), with a non-zero distillation term from the first step (the teacher's input differs)."""
-    from helpers import metrics
-
-    from fsdistill.train.entry import train_online_v1
-
-    out = tmp_path / "run"
-    argv = cli_argv(
-        "online_v1.yaml",
-        out,
-        *common_overrides(short_gsm8k),
-        *TEACHER_OVERRIDES,
+    out = train_online(
+        tmp_path / "run",
+        short_gsm8k,
         "fewshot.k=0",
         f"teacher.system={LONG_SYSTEM}",
         "training.max_steps=2",
         "training.save_every=2",
     )
-    assert run_cli(train_online_v1, argv) == 0
     first = metrics(out)[0]
     assert first["train/dist_loss"] > 0
     assert Path(out / "checkpoint-2").is_dir()

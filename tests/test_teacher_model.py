@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import CONFIGS, OFFLINE_OVERRIDES
-from helpers import TEACHER_OVERRIDES, cli_argv, common_overrides, metrics, run_cli, student_and_teacher
+from helpers import cli_argv, common_overrides, metrics, run_cli, student_and_teacher, train_online
 
 from fsdistill.config import load_config
 from fsdistill.data.batch import build_training_batches
@@ -201,21 +201,15 @@ def test_teacher_samples_come_from_the_teacher_model(teacher_folder):
 
 
 def test_training_with_the_teacher_cache_records_the_teacher(teacher_folder, tmp_path, short_gsm8k):
-    from fsdistill.train.entry import train_online_v1
-
-    out = tmp_path / "run"
-    argv = cli_argv(
-        "online_v1.yaml",
-        out,
-        *common_overrides(short_gsm8k),
-        *TEACHER_OVERRIDES,
+    out = train_online(
+        tmp_path / "run",
+        short_gsm8k,
         f"teacher.model={teacher_folder}",
         "teacher.dtype=float32",
         "teacher.cache=memory",
         "training.max_steps=2",
         "training.save_every=2",
     )
-    assert run_cli(train_online_v1, argv) == 0
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["method"] == "few_shot_distillation" and manifest["status"] == "finished"
     assert set(manifest["identity"]["teacher_weights"]["files"]) == {"model.safetensors"}
@@ -224,21 +218,15 @@ def test_training_with_the_teacher_cache_records_the_teacher(teacher_folder, tmp
 
 
 def test_teacher_samples_run(teacher_folder, tmp_path, short_gsm8k):
-    from fsdistill.train.entry import train_online_v1
-
-    out = tmp_path / "run"
-    argv = cli_argv(
-        "online_v1.yaml",
-        out,
-        *common_overrides(short_gsm8k),
-        *TEACHER_OVERRIDES,
+    out = train_online(
+        tmp_path / "run",
+        short_gsm8k,
         f"teacher.model={teacher_folder}",
         "rollout.source=teacher",
         "rollout.max_new_tokens=6",
         "training.max_steps=1",
         "training.save_every=1",
     )
-    assert run_cli(train_online_v1, argv) == 0
     assert metrics(out)[0]["rollout/samples"] == 4
 
 

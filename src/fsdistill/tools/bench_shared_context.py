@@ -32,14 +32,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from fsdistill.config import load_config, to_dict
+from fsdistill.config import load_config
 from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.files import sha256_file
 from fsdistill.tools.bench import (
     PRESETS,
     REPO,
     SHARED,
     FlopShape,
-    device_description,
+    environment_record,
     first_micro_batches,
     forward_flops,
     isolated,
@@ -107,13 +108,12 @@ def main(argv=None) -> dict:
 
 def _run(args, cfg, reencode_cfg, tokenizer, argv) -> dict:
     import torch
-    import transformers
     from tqdm.auto import tqdm
 
     from fsdistill.data.batch import build_training_batches
     from fsdistill.distill.alignment import answer_positions
     from fsdistill.distill.teacher import make_live_teacher, make_teacher
-    from fsdistill.files import git_state, write_json_atomic
+    from fsdistill.files import write_json_atomic
     from fsdistill.modeling.answer_lm import eval_mode
     from fsdistill.modeling.loading import load_student, make_autocast
     from fsdistill.train.step import micro_batch_losses
@@ -215,21 +215,13 @@ def _run(args, cfg, reencode_cfg, tokenizer, argv) -> dict:
         "context": {
             "source": str(CONTEXT_SOURCE.relative_to(SHARED.parent)),
             "tokens": args.context_tokens,
-            "sha256": prefix_sha256(context_file),
+            "sha256": sha256_file(context_file),
         },
         "flops": {"what": "FLOPs per timed call, fsdistill/tools/bench.py's count", **flops},
         "micro_batches": shapes,
         "check": check,
         "rounds_detail": rounds,
-        "device": {
-            "type": device.type,
-            "name": device_description(device),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "git_commit": git_state()["commit"],
-        "config": to_dict(cfg),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **environment_record(device, cfg),
     }
     result["config"]["teacher"]["context_files"] = ["<temporary file: see context>"]
     out = Path(args.output)
@@ -241,12 +233,6 @@ def _run(args, cfg, reencode_cfg, tokenizer, argv) -> dict:
     )
     print(f"wrote {out}")
     return result
-
-
-def prefix_sha256(path: Path) -> str:
-    from fsdistill.files import sha256_file
-
-    return sha256_file(path)
 
 
 def shape_of(batch, min_tokens: int) -> dict:
