@@ -216,6 +216,24 @@ def test_training_with_the_teacher_cache_records_the_teacher(teacher_folder, tmp
     values = metrics(out)
     assert all(v["train/dist_loss"] > 0 for v in values) and "train/teacher_cache_hit_rate" in values[-1]
 
+    # Teacher-forced evaluation of the checkpoint: the KL is to teacher.model (the shared ids), recorded.
+    from fsdistill.eval.checkpoints import main as eval_checkpoints
+
+    evaluated = tmp_path / "eval.json"
+    argv = [
+        "--config", str(CONFIGS / "tiny" / "online_v1.yaml"), *OFFLINE_OVERRIDES, f"data.source={short_gsm8k}",
+        f"teacher.model={teacher_folder}", "eval.generate=false", "eval.n_samples=4", "--teacher_forced",
+        "--conditions", "run", "--base_dir", str(tmp_path), "--output", str(evaluated),
+    ]  # fmt: skip
+    assert run_cli(eval_checkpoints, argv) == 0
+    plain = [a for a in argv if not a.startswith("teacher.model=")]
+    assert run_cli(eval_checkpoints, [*plain[:-1], str(tmp_path / "eval_base.json")]) == 0
+    result = json.loads(evaluated.read_text())
+    base = json.loads((tmp_path / "eval_base.json").read_text())
+    kl = [r["results"][0]["teacher_forced"]["kl"]["mean"] for r in (base, result)]
+    assert kl[1] > 5 * kl[0] > 0  # the other model, not the run's own base with its adapter off
+    assert set(result["settings"]["teacher"]["teacher_weights"]["files"]) == {"model.safetensors"}
+
 
 def test_teacher_samples_run(teacher_folder, tmp_path, short_gsm8k):
     out = train_online(
