@@ -17,7 +17,7 @@ print(','.join(sorted({e['condition'] for e in r if e['condition'].startswith(sy
 SFT=$(runs_like "$REUSED/test_eval.json" sft_seed)
 DISTILL=$(runs_like "$REUSED/test_eval.json" distill_seed)
 EVALS=("$REUSED/test_eval.json" "$OUT/test_eval.json")
-GROUPS=(--group "LoRA SFT=$SFT" --group "SFT + 2-shot distillation (same model)=$DISTILL"
+GROUP_ARGS=(--group "LoRA SFT=$SFT" --group "SFT + 2-shot distillation (same model)=$DISTILL"
         --group "privileged context, on-policy, no gold=privileged_on_policy_seed1"
         --group "privileged context, on-policy + gold CE=privileged_on_policy_ce_seed1"
         --group "other row's context (control), on-policy=other_row_context_seed1"
@@ -28,12 +28,12 @@ COMPARE=(--compare privileged_on_policy_seed1:sft_seed1 --compare privileged_on_
          --compare sft_teacher_seed1:sft_seed1 --compare sft_teacher_seed1:distill_seed1)
 if [ -f "$OUT/system_prompt_test.json" ]; then
   EVALS+=("$OUT/system_prompt_test.json")
-  GROUPS+=(--group "system prompt distilled, on-policy=system_prompt_seed1")
+  GROUP_ARGS+=(--group "system prompt distilled, on-policy=system_prompt_seed1")
   COMPARE+=(--compare system_prompt_seed1:base_system_prompt@0 --compare system_prompt_seed1:base@0
             --compare base_system_prompt@0:base@0 --compare system_prompt_seed1:sft_seed1)
 fi
 python scripts/summarize_evals.py --icl "$REUSED/icl_eval.json" --evals "${EVALS[@]}" \
-    --selected "$REUSED/selected.json" "$OUT/selected.json" "${GROUPS[@]}" "${COMPARE[@]}" \
+    --selected "$REUSED/selected.json" "$OUT/selected.json" "${GROUP_ARGS[@]}" "${COMPARE[@]}" \
     --output "$OUT/summary.json"
 python scripts/gen_summary_fig.py --summary "$OUT/summary.json" --out "$FIGS/accuracy.png" \
     --title "$MODEL: what the teacher sees, test accuracy (0-shot answers)"
