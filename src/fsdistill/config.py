@@ -343,7 +343,8 @@ class DataConfig:
 class FewShotConfig:
     k: int = opt(
         8,
-        "Exemplars in the teacher's prompt. 0 gives the zero-shot-teacher control.",
+        "Exemplars in the teacher's prompt. 0 with no teacher context (teacher.*) gives the zero-shot-teacher "
+        "control; 0 with one is context distillation without exemplars.",
         ge=0,
         unit="a shot count",
     )
