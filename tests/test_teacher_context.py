@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, OFFLINE_OVERRIDES, qwen_cfg
-from helpers import metrics, student_and_teacher, train_online
+from helpers import (
+    TEACHER_OVERRIDES,
+    cli_argv,
+    common_overrides,
+    metrics,
+    run_cli,
+    student_and_teacher,
+    train_online,
+)
 
 from fsdistill.config import ConfigError, load_config
 from fsdistill.data.batch import build_training_batches, collate
@@ -279,6 +287,84 @@ def test_run_records_the_teacher_context(tmp_path, short_gsm8k):
     recorded = manifest["identity"]["teacher_context"]
     assert recorded["system"] == {str(system): hashlib.sha256(b"Show your work.").hexdigest()}
     assert recorded["template"] == "{question}\n\n{context}" and recorded["context_field"] == "answer"
+
+
+def test_show_batch_shows_the_teacher_context_and_where_each_part_comes_from(capsys):
+    from fsdistill.tools.inspect import show_batch
+
+    argv = [
+        "--config", str(CONFIGS / "tiny" / "online_v1.yaml"), *OFFLINE_OVERRIDES, "fewshot.k=0",
+        "teacher.system=TEACHER RULES", "teacher.context_field=answer", "teacher.template={question} REF: {context}",
+    ]  # fmt: skip
+    show_batch(argv)
+    out = capsys.readouterr().out
+    assert "# teacher context: system text: inline (teacher.system), sha256 " in out
+    assert "# teacher context: per-row context: field 'answer' of this row" in out
+    assert "# teacher context: user-turn template: '{question} REF: {context}'" in out
+    student, teacher = out.split("===== TEACHER")
+    student = student.split("===== STUDENT")[1]
+    assert "TEACHER RULES" not in student and "REF: " not in student
+    assert "<|im_start|>system\nTEACHER RULES<|im_end|>" in teacher and " REF: " in teacher
+    # The other-row control names the row whose context the teacher reads.
+    show_batch([*argv, "teacher.shuffle_context=true"])
+    assert "(teacher.shuffle_context)" in capsys.readouterr().out
+
+
+def test_the_plain_template_places_the_teacher_context_too(qwen3_tokenizer):
+    """model.chat_template=plain: the teacher's system text is the first paragraph and its template the
+    question line; the student's prompt is the bare question."""
+    cfg = tiny(
+        "model.chat_template=plain",
+        "fewshot.k=0",
+        "teacher.system=TEACHER RULES",
+        "teacher.context_field=answer",
+        "teacher.template={question} REF: {context}",
+    )
+    b = batches_of(cfg, qwen3_tokenizer)
+    row = b.order.rows[0]
+    example, pair = b.by_row[row], encoded(b, row)
+    student = qwen3_tokenizer.decode(pair.student_ids[: pair.student_answer_start])
+    teacher = qwen3_tokenizer.decode(pair.teacher_ids[: pair.teacher_answer_start])
+    assert student == f"Question: {example.question}\nAnswer:"
+    assert teacher == f"TEACHER RULES\n\nQuestion: {example.question} REF: {example.answer}\nAnswer:"
+    assert pair.teacher_ids[pair.teacher_answer_start :] == pair.student_ids[pair.student_answer_start :]
+
+
+def test_result_files_record_the_teacher_context_and_refuse_an_edited_file(tmp_path, short_gsm8k):
+    """Teacher-forced metrics depend on what the teacher reads: a result file records its template and each
+    text's sha256, and refuses to take entries measured under an edited file."""
+    from fsdistill.eval.icl import main
+
+    system = tmp_path / "system.txt"
+    system.write_text("Show your work.")
+    out = tmp_path / "eval.json"
+    argv = [
+        "--config", str(CONFIGS / "tiny" / "online_v1.yaml"), *OFFLINE_OVERRIDES, f"data.source={short_gsm8k}",
+        "eval.generate=false", "eval.teacher_forced=true", "eval.n_samples=2", f"teacher.system_file={system}",
+        "--output", str(out),
+    ]  # fmt: skip
+    assert run_cli(main, [*argv, "--shots", "0"]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    recorded = settings["teacher"]["teacher_context"]
+    assert recorded["system"] == {str(system): hashlib.sha256(b"Show your work.").hexdigest()}
+    assert settings["teacher.system_file"] == str(system)
+    system.write_text("Show your work twice.")
+    assert run_cli(main, [*argv, "--shots", "2"]) == 2  # another teacher: refused, exit 2
+
+
+def test_resume_under_an_edited_context_file_is_refused(tmp_path, short_gsm8k, capsys):
+    from fsdistill.train.entry import train_online_v1
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text(LONG_SYSTEM)
+    overrides = [*common_overrides(short_gsm8k), *TEACHER_OVERRIDES, f"teacher.context_files=[{notes}]"]
+    run = tmp_path / "run"
+    assert run_cli(train_online_v1, cli_argv("online_v1.yaml", run, *overrides, "training.stop_after=2")) == 0
+    notes.write_text(LONG_SYSTEM + " One more rule.")
+    capsys.readouterr()
+    assert run_cli(train_online_v1, cli_argv("online_v1.yaml", run, *overrides, flags=("--resume",))) == 2
+    err = capsys.readouterr().err
+    assert "is not this run" in err and "teacher_context" in err
 
 
 # --------------------------------------------------------------------------------------------------

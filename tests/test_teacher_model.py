@@ -172,6 +172,35 @@ def test_losses_compare_the_shared_ids_and_train_the_student(teacher_folder, los
     assert all(p.grad is None for p in pair.teacher.answer_lm.parameters())  # the teacher is frozen
 
 
+def test_the_other_models_shared_prefix_is_reused_exactly(teacher_folder):
+    """A teacher system text is a prefix of every teacher sequence: the other model runs it once and
+    reuses its keys/values, with the same targets as its plain forward."""
+    system = "teacher.system=" + " ".join(f"Rule {i}: check every step twice." for i in range(20))
+    cfg = tiny(f"teacher.model={teacher_folder}", "fewshot.k=0", "distill.top_k=16", system)
+    pair = student_and_teacher(cfg)
+    plain = student_and_teacher(
+        tiny(
+            f"teacher.model={teacher_folder}",
+            "fewshot.k=0",
+            "distill.top_k=16",
+            system,
+            "teacher.prefix_cache=false",
+        )
+    )
+    assert pair.teacher.prefix is not None and plain.teacher.prefix is None
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    b = build_training_batches(cfg, tokenizer, with_teacher=True, num_processes=1)
+    for step in range(2):
+        batch = b.micro_batch(step, 0, 0, 1, 2).batch
+        pos = answer_positions(batch)
+        got, want = pair.teacher.targets(batch, pos), plain.teacher.targets(batch, pos)
+        assert torch.allclose(got.topk_values, want.topk_values, atol=1e-5, rtol=1e-5)
+        # The same ids, but where two logits of this random model tie to float32 rounding at the K-th place.
+        differ = got.topk_indices != want.topk_indices
+        assert differ.float().mean() < 0.01 and bool((differ.nonzero()[:, 1] > 0).all())
+    assert pair.teacher.prefix.computed == 1 and pair.teacher.prefix.reused == 1
+
+
 def test_teacher_that_cannot_read_the_students_ids_is_refused(tmp_path, qwen3_tokenizer_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
