@@ -110,7 +110,7 @@ def test_bench_shared_context_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, ca
     argv = [
         "--shared_context", "--config", str(CONFIGS / "tiny" / "online_v1.yaml"), *OFFLINE_OVERRIDES,
         "data.max_train_examples=16", "distill.top_k=8", "--rounds", "2", "--micro-batches", "2",
-        "--context-tokens", "120", "--threads", "1", "--output", str(out),
+        "--context-tokens", "120", "--threads", "1", "--profile", "--output", str(out),
     ]  # fmt: skip
     result = bench_step(argv)
     saved = json.loads(out.read_text())
@@ -119,12 +119,26 @@ def test_bench_shared_context_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, ca
     assert check["allclose"] is True and check["rtol"] == 1e-4
     once = saved["prefix_once"]
     assert once["computed"] == 1 and once["tokens"] >= 120
-    assert (
-        once["reused"] == 2 * (1 + 1 + 2) - 1
-    )  # 2 micro-batches x (check + warm-up + 2 rounds), less the first
+    # 2 micro-batches x (check + warm-up + 2 rounds + the profiled call), less the first
+    assert once["reused"] == 2 * (1 + 1 + 2 + 1) - 1
     assert all(s["shared_prefix_tokens"] == once["tokens"] for s in saved["micro_batches"])
     ratio = saved["ratios"]["prefix/reencode"]
     assert ratio["predicted_by_flops"] == pytest.approx(saved["flops"]["prefix"] / saved["flops"]["reencode"])
     assert 0 < ratio["predicted_by_flops"] < 1 and saved["context"]["tokens"] == 120
-    assert f"| {ratio['predicted_by_flops']:.3f} | <= 0.15 |" in shared_context_markdown(saved)
+    table = shared_context_markdown(saved)
+    assert f"| {ratio['predicted_by_flops']:.3f} | <= 0.15 |" in table
+    # --profile: one call of each variant split into parts that add up, and the FLOPs they stand for.
+    profiled = saved["profile"]
+    for variant in ("prefix", "reencode"):
+        seconds = profiled["seconds"][variant]
+        assert seconds["attention kernel"] > 0 and seconds["matrix products (body, head)"] > 0
+        assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(seconds["total"])
+        flops = profiled["flops"][variant]
+        assert flops["matrix products"] + flops["attention"] == pytest.approx(saved["flops"][variant])
+    counted = profiled["flops"]["prefix"]["attention"] / profiled["flops"]["reencode"]["attention"]
+    as_run = (
+        profiled["flops"]["prefix"]["attention as run"] / profiled["flops"]["reencode"]["attention as run"]
+    )
+    assert as_run < counted  # the padded square runs whole: re-encoding does more than causal pairs
+    assert "| attention kernel | " in table and f"{counted:.3f} counted, {as_run:.3f} as run" in table
     assert "prefix/reencode measured" in capsys.readouterr().out

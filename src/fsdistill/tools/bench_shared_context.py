@@ -16,6 +16,12 @@ body, causal attention, a suffix of S tokens over a cached prefix of P costing 2
 the head at the answer positions). The prefix's one-time cost (computed in the first, untimed round) is
 reported apart. Before timing both must give the same distillation sum (bf16: within 2%).
 
+With --profile (CPU), one more call of each variant after the timed rounds runs under torch.profiler and
+its operators' own time is split into parts (the attention kernel, matrix products, top-K, copies, the rest),
+beside each part's FLOP ratio: where the time above the FLOP prediction goes. The attention part has two FLOP
+ratios: counted as above (causal pairs only) and as the kernel runs it: with a padding mask the CPU kernel
+computes every block of the W x W square (and of the S x (P + S) block over the prefix), masked or not.
+
 The context: the first 2,000 tokens (the model's tokenizer) of the original work's README, read from
 ../shared/reference (or $FSDISTILL_SHARED), written to a temporary file for the run; its sha256 is recorded.
 
@@ -66,6 +72,11 @@ def parse_args(argv):
     p.add_argument("--context-tokens", type=int, default=2000, help="Length of the shared context (tokens).")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also split one untimed call of each variant into parts with torch.profiler (CPU only).",
+    )
     p.add_argument("--output", default=None, help="default experiments/bench/shared_context_<preset>.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, applied last")
     args = p.parse_args(argv)
@@ -179,6 +190,11 @@ def _run(args, cfg, reencode_cfg, tokenizer, argv) -> dict:
             rounds.append(row)
     if prefix.prefix.computed != 1:
         raise RuntimeError(f"the shared prefix was computed {prefix.prefix.computed} times, not once per run")
+    profiled = None
+    if args.profile:
+        if device.type != "cpu":
+            raise UserError("--profile splits CPU operators' time; run it with --device cpu")
+        profiled = {name: profile_parts(score, teacher) for name, teacher in teachers.items()}
 
     shapes = [shape_of(b, cfg.teacher.prefix_min_tokens) for b in cpu_batches]
     flop_shape = FlopShape.of(student)
@@ -218,6 +234,7 @@ def _run(args, cfg, reencode_cfg, tokenizer, argv) -> dict:
             "sha256": sha256_file(context_file),
         },
         "flops": {"what": "FLOPs per timed call, fsdistill/tools/bench.py's count", **flops},
+        **({"profile": profile_record(profiled, flop_parts(flop_shape, shapes))} if profiled else {}),
         "micro_batches": shapes,
         "check": check,
         "rounds_detail": rounds,
@@ -263,6 +280,88 @@ def suffix_flops(shape: FlopShape, s: dict) -> float:
     return forward_flops(shape, rows * suffix, s["answer_tokens"], rows * (2 * suffix * p + suffix**2))
 
 
+# Parts of a call by operator name (a substring of torch.profiler's key); the first match wins.
+PARTS = {
+    "attention kernel": ("scaled_dot_product",),
+    "matrix products (body, head)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
+    "top-K over the vocabulary": ("aten::topk",),
+    "copies (prefix + suffix keys/values, head repeat, casts)": ("aten::cat", "aten::copy_"),
+}
+OTHER = "the rest (norms, rotary, activations, mask, indexing)"
+
+
+def profile_parts(score, teacher) -> dict[str, float]:
+    """Seconds of operator self time per part (PARTS, else OTHER) of one call score(teacher), and total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        score(teacher)
+    parts = dict.fromkeys([*PARTS, OTHER], 0.0)
+    for event in prof.key_averages():
+        part = next((p for p, keys in PARTS.items() if any(k in event.key for k in keys)), OTHER)
+        parts[part] += event.self_cpu_time_total / 1e6
+    return {**parts, "total": sum(parts.values())}
+
+
+def flop_parts(shape: FlopShape, shapes: list[dict]) -> dict[str, dict[str, float]]:
+    """FLOPs per call of each variant by part: body + head (the matrix products), attention counted (causal
+    pairs) and attention as the CPU kernel runs it under a padding mask (every block: W x W, S x (P + S))."""
+    out = {v: {"matrix products": 0.0, "attention": 0.0, "attention as run": 0.0} for v in VARIANTS}
+    per_pair = 2 * shape.layers * shape.attention_width
+    for s in shapes:
+        rows, width, p, n = s["rows"], s["teacher_width"], s["shared_prefix_tokens"], s["answer_tokens"]
+        suffix = width - p
+        head = 2 * shape.vocab * shape.hidden * n
+        for variant, tokens, counted, as_run in (
+            ("prefix", suffix, 2 * suffix * p + suffix**2, 2 * suffix * width),
+            ("reencode", width, width**2, 2 * width**2),
+        ):
+            out[variant]["matrix products"] += 2 * shape.body_parameters * rows * tokens + head
+            out[variant]["attention"] += per_pair * rows * counted
+            out[variant]["attention as run"] += per_pair * rows * as_run
+    return out
+
+
+def profile_record(profiled: dict, flops: dict) -> dict:
+    """The --profile part of the JSON: seconds by part per variant and the FLOPs the parts stand for."""
+    return {
+        "what": "operator self time (torch.profiler) of one untimed call per variant after the timed rounds, "
+        "by part; the profiler's own overhead included",
+        "seconds": profiled,
+        "flops": flops,
+    }
+
+
+def total(flops: dict, attention: str) -> float:
+    """A variant's FLOPs per call: the matrix products and its attention, counted or as run."""
+    return flops["matrix products"] + flops[attention]
+
+
+def profile_markdown(record: dict) -> list[str]:
+    """The --profile table: each part's seconds and share per variant, the time ratio and the FLOP ratio."""
+    s, f = record["seconds"], record["flops"]
+    flop_ratio = {
+        "attention kernel": f"{f['prefix']['attention'] / f['reencode']['attention']:.3f} counted, "
+        f"{f['prefix']['attention as run'] / f['reencode']['attention as run']:.3f} as run",
+        "matrix products (body, head)": f"{f['prefix']['matrix products'] / f['reencode']['matrix products']:.3f}",
+        "top-K over the vocabulary": "the same work in both",
+        "total": f"{total(f['prefix'], 'attention') / total(f['reencode'], 'attention'):.3f} counted, "
+        f"{total(f['prefix'], 'attention as run') / total(f['reencode'], 'attention as run'):.3f} as run",
+    }
+    lines = [
+        "| part of a call (torch.profiler, one call each) | prefix s (share) | reencode s (share) | "
+        "prefix/reencode time | prefix/reencode FLOPs |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for part in [*PARTS, OTHER, "total"]:
+        a, b = s["prefix"][part], s["reencode"][part]
+        share = lambda x, v: f"{x:.3f} ({x / s[v]['total']:.0%})"  # noqa: E731
+        lines.append(
+            f"| {part} | {share(a, 'prefix')} | {share(b, 'reencode')} | {a / b:.3f} | {flop_ratio.get(part, '')} |"
+        )
+    return lines
+
+
 def shared_context_markdown(result: dict) -> str:
     """The shared-context benchmark's JSON as Markdown (compute.md renders it, never typed in)."""
     r = result["ratios"]["prefix/reencode"]
@@ -282,6 +381,7 @@ def shared_context_markdown(result: dict) -> str:
                 "",
                 f"The prefix ({once['tokens']:,} tokens) was computed {once['computed']} time(s) and reused "
                 f"{once['reused']:,} times.",
+                *(["", *profile_markdown(result["profile"])] if "profile" in result else []),
             ]
         )
         + "\n"
