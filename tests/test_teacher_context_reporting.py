@@ -101,10 +101,20 @@ def test_new_table_kinds_render_from_json(tmp_path):
 
 
 def test_bench_shared_context_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
-    """`bench_step.py --shared_context`: both teachers agreed before timing (float32), the context's prefix
-    was computed once and reused at every call, and the FLOP-predicted ratio follows from the shapes."""
+    """`bench_step.py --shared_context --profile`: both teachers agreed before timing (float32), the context's
+    prefix was computed once and reused at every call, the FLOP-predicted ratio follows from the shapes, the
+    profiled parts add up, and the context length at which FLOPs meet the target is the count's."""
+    from fsdistill.config import load_config
+    from fsdistill.modeling.loading import load_student
     from fsdistill.tools.bench_cli import main as bench_step  # scripts/bench_step.py
-    from fsdistill.tools.bench_shared_context import shared_context_markdown
+    from fsdistill.tools.bench_shared_context import (
+        TARGET,
+        FlopShape,
+        context_for_target,
+        full_flops,
+        shared_context_markdown,
+        suffix_flops,
+    )
 
     out = tmp_path / "bench" / "shared_context.json"
     argv = [
@@ -115,6 +125,7 @@ def test_bench_shared_context_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, ca
     result = bench_step(argv)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
+    assert saved["command"][1:] == argv  # re-runnable: --shared_context kept
     check = saved["check"]
     assert check["allclose"] is True and check["rtol"] == 1e-4
     once = saved["prefix_once"]
@@ -141,4 +152,21 @@ def test_bench_shared_context_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, ca
     )
     assert as_run < counted  # the padded square runs whole: re-encoding does more than causal pairs
     assert "| attention kernel | " in table and f"{counted:.3f} counted, {as_run:.3f} as run" in table
+    # Where the FLOP count meets the target with these rows: a longer context, found from the JSON alone,
+    # against the benchmark's own count on the tiny model with the micro-batches' prefix lengthened.
+    found = context_for_target(saved)  # to within 10 tokens
+    assert found is not None and f"a shared context of {found:,} tokens or more" in table
+    cfg, _ = load_config(argv[2], overrides=argv[3:5])
+    shape = FlopShape.of(load_student(cfg))
+
+    def predicted(prefix_tokens: int) -> float:
+        shapes = [
+            {**s, "teacher_width": s["teacher_width"] - s["shared_prefix_tokens"] + prefix_tokens,
+             "shared_prefix_tokens": prefix_tokens}
+            for s in saved["micro_batches"]
+        ]  # fmt: skip
+        return sum(suffix_flops(shape, s) for s in shapes) / sum(full_flops(shape, s) for s in shapes)
+
+    assert predicted(once["tokens"]) == pytest.approx(ratio["predicted_by_flops"], rel=1e-3)
+    assert predicted(found) <= TARGET < predicted(found - 10) or found == once["tokens"]
     assert "prefix/reencode measured" in capsys.readouterr().out

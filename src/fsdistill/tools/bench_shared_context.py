@@ -216,7 +216,12 @@ def _run(args, cfg, reencode_cfg, tokenizer, argv) -> dict:
         "what": "seconds to score --micro-batches micro-batches with the teacher (top-K targets at every answer "
         "token); variants interleaved, order alternated each round; ratios of medians, per-round paired ratios, "
         "and the ratio FLOPs predict",
-        "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        # bench_cli.py takes --shared_context off before this module's main: put it back, to re-run it.
+        "command": [
+            sys.argv[0],
+            "--shared_context",
+            *(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--shared_context"),
+        ],
         "preset": args.preset,
         "rounds": args.rounds,
         "warmup": args.warmup,
@@ -332,6 +337,16 @@ def profile_record(profiled: dict, flops: dict) -> dict:
     }
 
 
+def target_line(result: dict) -> str:
+    """Where the FLOP count would meet the target with these rows (context_for_target)."""
+    p = context_for_target(result)
+    where = f"a shared context of {p:,} tokens or more" if p else "no context up to 10x this one"
+    return (
+        f"By the FLOP count, these rows reach the target (<= {TARGET}) with {where} "
+        f"(this run: {result['micro_batches'][0]['shared_prefix_tokens']:,})."
+    )
+
+
 def total(flops: dict, attention: str) -> float:
     """A variant's FLOPs per call: the matrix products and its attention, counted or as run."""
     return flops["matrix products"] + flops[attention]
@@ -362,6 +377,42 @@ def profile_markdown(record: dict) -> list[str]:
     return lines
 
 
+def context_for_target(result: dict, step: int = 10) -> int | None:
+    """The shortest shared context (tokens, rounded up to `step`) at which the FLOP count predicts
+    prefix/reencode <= TARGET for the same rows; the measured length if it already does; None past 1,000x.
+
+    Read from the JSON alone (--profile's FLOP parts and the micro-batch shapes): per micro-batch of R rows,
+    S suffix and P prefix tokens, matrix products = c x R x (tokens run) + head and attention = a x R x pairs,
+    so c, head and a follow from the two variants' parts; P then varies with the rows held fixed (the ratio
+    falls as P grows: doubling, then bisection)."""
+    parts, shapes = result["profile"]["flops"], result["micro_batches"]
+    suffix = [(s["rows"], s["teacher_width"] - s["shared_prefix_tokens"]) for s in shapes]
+    measured = shapes[0]["shared_prefix_tokens"]
+    run_prefix = sum(r * s for r, s in suffix)
+    run_full = sum(r * (s + measured) for r, s in suffix)
+    mp = parts["prefix"]["matrix products"]
+    per_token = (parts["reencode"]["matrix products"] - mp) / (run_full - run_prefix)
+    head = mp - per_token * run_prefix
+    per_pair = parts["prefix"]["attention"] / sum(r * (2 * s * measured + s * s) for r, s in suffix)
+
+    def ratio(p: int) -> float:
+        prefix = per_token * run_prefix + head + per_pair * sum(r * (2 * s * p + s * s) for r, s in suffix)
+        full = sum(per_token * r * (s + p) + per_pair * r * (s + p) ** 2 for r, s in suffix) + head
+        return prefix / full
+
+    if ratio(measured) <= TARGET:
+        return measured
+    low, high = measured, 2 * measured  # ratio(low) > TARGET
+    while ratio(high) > TARGET:
+        low, high = high, 2 * high
+        if high > 1000 * measured:
+            return None
+    while high - low > step:
+        mid = (low + high) // 2
+        low, high = (low, mid) if ratio(mid) <= TARGET else (mid, high)
+    return high
+
+
 def shared_context_markdown(result: dict) -> str:
     """The shared-context benchmark's JSON as Markdown (compute.md renders it, never typed in)."""
     r = result["ratios"]["prefix/reencode"]
@@ -381,7 +432,11 @@ def shared_context_markdown(result: dict) -> str:
                 "",
                 f"The prefix ({once['tokens']:,} tokens) was computed {once['computed']} time(s) and reused "
                 f"{once['reused']:,} times.",
-                *(["", *profile_markdown(result["profile"])] if "profile" in result else []),
+                *(
+                    ["", *profile_markdown(result["profile"]), "", target_line(result)]
+                    if "profile" in result
+                    else []
+                ),
             ]
         )
         + "\n"
