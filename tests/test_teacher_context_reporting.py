@@ -96,7 +96,7 @@ def test_new_table_kinds_render_from_json(tmp_path):
     )
     result_tables.main([str(doc)])
     text = doc.read_text()
-    assert "| a: “a” | 40.0%" in text and "on_policy_seed1 (56.6%) is **worse than** distill_seed1" in text
+    assert "| a: “a” | 40.0%" in text and "on_policy_seed1 (51.2%) is **worse than** distill_seed1" in text
     result_tables.main(["--check", str(doc)])
 
 

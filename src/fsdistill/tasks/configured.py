@@ -23,13 +23,22 @@ from typing import Any, Optional
 
 from fsdistill.config import TaskConfig
 from fsdistill.tasks.base import Example, Scored, Scoring, TaskGeneration
-from fsdistill.tasks.rows import DataError, RowParser, load_split
+from fsdistill.tasks.rows import DataError, MissingField, RowParser, load_split
 
 PROMPT, COMPLETION = "prompt", "completion"  # TRL's prompt-completion column names
 _PURPOSE = {
     "answer": "training on gold answers and exemplars read the worked answer",
     "gold": "scoring needs the gold final answer",
     "teacher": "the teacher reads it (teacher.context_field or teacher.template)",
+}
+# The config key that names each field a `fields` row is read from, and what to do when no row has it.
+_FIELD_KEYS = {
+    "question": ("task.question_field", "set task.question_field to the one holding the question"),
+    "answer": ("task.answer_field", "set task.answer_field to the one holding the worked answer"),
+    "gold": (
+        "task.gold_field",
+        "set task.gold_field to the one holding the gold answer (or null: read it from the worked answer)",
+    ),
 }
 
 
@@ -79,11 +88,11 @@ class ConfiguredTask:
                 f"{wanted.get(s.row_format, f'{PROMPT!r} and {COMPLETION!r}')}, got {_type(obj)}"
             )
         if s.row_format == "fields":
-            question = self._string(obj, s.question_field, where, required=True)
+            question = self._string(obj, s.question_field, where, required=True, role="question")
             answer = self._string(obj, s.answer_field, where, required=False)
             answer_name = s.answer_field
         elif s.row_format == "messages":
-            question, answer = self._messages(obj.get(s.messages_field), where)
+            question, answer = self._messages(obj, where)
             answer_name = s.messages_field
         else:
             question, answer = self._prompt_completion(obj, where)
@@ -97,18 +106,28 @@ class ConfiguredTask:
             ("gold", gold, self._no_gold(answer_name)),
         ):
             if what in need and have is None:
-                raise DataError(f"{where}: {missing} ({_PURPOSE[what]})")
+                self._missing(obj, f"{where}: {missing} ({_PURPOSE[what]})", what, answer_name)
         fields = [(name, self._template_value(obj, name, where)) for name in self.other_fields]
         for name in self.teacher_fields:
             if obj.get(name) is not None or "teacher" in need:
                 fields.append((name, self._template_value(obj, name, where, "the teacher")))
         return Example(row=row, question=question, answer=answer, gold=gold, fields=tuple(fields))
 
-    def _string(self, obj: dict, name: str, where: str, required: bool) -> Optional[str]:
+    def _missing(self, obj: dict, message: str, what: str, answer_name: str) -> None:
+        """Raise the error of a row without its answer or gold: a MissingField (reported once when no row
+        has it) where a config key names the field, else a plain DataError."""
+        s = self.settings
+        if what == "gold" and s.gold_field is not None:
+            raise MissingField(message, s.gold_field, *_FIELD_KEYS["gold"], obj)
+        if s.row_format == "fields" and answer_name == s.answer_field:
+            raise MissingField(message, s.answer_field, *_FIELD_KEYS["answer"], obj)
+        raise DataError(message)
+
+    def _string(self, obj: dict, name: str, where: str, required: bool, role: str = "") -> Optional[str]:
         value = obj.get(name)
         if value is None:
             if required:
-                raise DataError(f"{where}: missing field '{name}'")
+                raise MissingField(f"{where}: missing field '{name}'", name, *_FIELD_KEYS[role], obj)
             return None
         if not isinstance(value, str):
             raise DataError(f"{where}: field '{name}' must be a string, got {_type(value)}")
@@ -126,10 +145,18 @@ class ConfiguredTask:
             )
         return message["content"]
 
-    def _messages(self, value: object, where: str) -> tuple[str, Optional[str]]:
+    def _messages(self, obj: dict, where: str) -> tuple[str, Optional[str]]:
         name = self.settings.messages_field
+        value = obj.get(name)
         if value is None:
-            raise DataError(f"{where}: missing field '{name}'")
+            raise MissingField(
+                f"{where}: missing field '{name}'",
+                name,
+                "task.messages_field",
+                "set task.messages_field to the one holding the chat list (or choose the task.row_format the "
+                "rows have)",
+                obj,
+            )
         if not isinstance(value, list) or not 1 <= len(value) <= 2:
             roles = (
                 [m.get("role") if isinstance(m, dict) else _type(m) for m in value]
@@ -147,7 +174,14 @@ class ConfiguredTask:
     def _prompt_completion(self, obj: dict, where: str) -> tuple[str, Optional[str]]:
         prompt, completion = obj.get(PROMPT), obj.get(COMPLETION)
         if prompt is None:
-            raise DataError(f"{where}: missing field '{PROMPT}'")
+            raise MissingField(
+                f"{where}: missing field '{PROMPT}'",
+                PROMPT,
+                "task.row_format=prompt_completion",
+                "choose the task.row_format the rows have (fields, with task.question_field and "
+                "task.answer_field; messages)",
+                obj,
+            )
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise DataError(
@@ -204,12 +238,25 @@ class ConfiguredTask:
     ) -> str:
         value = obj.get(name)
         if value is None:
-            uses = (
-                f"{reader} uses {{{name}}}"
-                if reader.startswith("task.")
-                else f"{reader} reads field '{name}'"
+            if reader.startswith("task."):
+                uses, key, fix = (
+                    f"{reader} uses {{{name}}}",
+                    f"{reader}'s {{{name}}}",
+                    f"use in {reader} only fields the rows have",
+                )
+            else:
+                uses, key, fix = (
+                    f"{reader} reads field '{name}'",
+                    f"{reader}'s field '{name}' (teacher.context_field or teacher.template)",
+                    "name in the teacher section only fields the rows have",
+                )
+            raise MissingField(
+                f"{where}: {uses}, but the row has no field '{name}' (its fields: {sorted(obj)})",
+                name,
+                key,
+                fix,
+                obj,
             )
-            raise DataError(f"{where}: {uses}, but the row has no field '{name}' (its fields: {sorted(obj)})")
         if isinstance(value, (dict, list)):
             raise DataError(f"{where}: field '{name}' ({reader}) must be text, got {_type(value)}")
         return str(value)
