@@ -1,4 +1,4 @@
-"""Rewrite the result tables and prose figures of README.md and compute.md from the committed JSON
+"""Rewrite the result tables and prose figures of README.md, compute.md and docs/*.md from the committed JSON
 (fsdistill.tools.result_tables, fsdistill.tools.prose_figures).
 
 python scripts/gen_result_tables.py            # rewrite the tables and prose figures

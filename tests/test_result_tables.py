@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 from conftest import REPO
@@ -29,6 +30,21 @@ def test_the_documents_tables_match_their_json(capsys):
             assert text.count(f"<!-- {kind}-table: ") == text.count(f"<!-- end {kind}-table -->") >= 1, name
     readme = (REPO / "README.md").read_text()
     assert readme.count("<!-- value: ") == readme.count("<!-- end value -->") >= 50  # the readings' figures
+
+
+def test_every_document_with_a_rendered_figure_is_checked():
+    """A Markdown file of the checkout holding a table or prose-figure marker is among the documents
+    gen_result_tables.py --check (CI) renders by default, else its numbers could drift unnoticed."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    marked = {
+        REPO / name
+        for name in tracked
+        if re.search(r"<!-- ([a-z-]+-table|value): ", (REPO / name).read_text(encoding="utf-8"))
+    }
+    assert REPO / "docs" / "teacher.md" in marked
+    assert marked <= set(result_tables.default_documents())
 
 
 def test_a_typed_in_number_is_caught_and_rewritten(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The result tables of README.md and compute.md, rendered from the committed JSON (never typed in).
+"""The result tables of README.md, compute.md and the docs/ pages, rendered from the committed JSON (never
+typed in).
 
 A table lives between two markers naming its kind and its file (relative to the document's folder):
 
@@ -36,7 +37,7 @@ from fsdistill.tools.prose_figures import render_figures
 
 # A developer command: the documents of the checkout this package is installed from (pip install -e .).
 REPO = Path(__file__).resolve().parents[3]
-DOCUMENTS = ("README.md", "compute.md")
+DOCUMENTS = ("README.md", "compute.md")  # and every page of docs/ (default_documents)
 BLOCK = re.compile(
     r"(<!-- (?P<kind>[a-z-]+)-table: (?P<path>[^>]+?) -->\n)(?P<body>.*?)(<!-- end (?P=kind)-table -->)",
     re.DOTALL,
@@ -64,6 +65,12 @@ def renderers() -> dict:
         "bench-shared-context": shared_context_markdown,
         "bench-repeats": repeats_markdown,
     }
+
+
+def default_documents() -> list[Path]:
+    """The Markdown files rendered and checked when none is named: DOCUMENTS and every page of docs/ (a page
+    with no marker renders unchanged), so a results page added there is checked by CI without a list to edit."""
+    return [REPO / d for d in DOCUMENTS] + sorted((REPO / "docs").glob("*.md"))
 
 
 def render(text: str, root: Path, where: str) -> str:
@@ -105,10 +112,12 @@ def main(argv=None) -> None:
         "--check", action="store_true", help="exit 1 if a table or prose figure differs from its JSON"
     )
     parser.add_argument(
-        "documents", nargs="*", help=f"Markdown files (default: {', '.join(DOCUMENTS)} of this checkout)"
+        "documents",
+        nargs="*",
+        help=f"Markdown files (default: {', '.join(DOCUMENTS)} and docs/*.md of this checkout)",
     )
     args = parser.parse_args(argv)
-    paths = [Path(d) for d in args.documents] or [REPO / d for d in DOCUMENTS]
+    paths = [Path(d) for d in args.documents] or default_documents()
     stale = []
     for path in paths:
         text = path.read_text(encoding="utf-8")
