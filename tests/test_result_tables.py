@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 from conftest import REPO
@@ -58,6 +59,21 @@ def test_check_finds_the_docs_pages_and_fails_on_an_edited_figure_in_one(tmp_pat
         result_tables.main(["--check"])
     assert stop.value.code == 1
     assert f"{page}:2: 2-shot" in capsys.readouterr().err
+
+
+def test_every_document_with_a_rendered_figure_is_checked():
+    """A Markdown file of the checkout holding a table or prose-figure marker is among the documents
+    gen_result_tables.py --check (CI) renders by default, else its numbers could drift unnoticed."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    marked = {
+        REPO / name
+        for name in tracked
+        if re.search(r"<!-- ([a-z-]+-table|value): ", (REPO / name).read_text(encoding="utf-8"))
+    }
+    assert REPO / "docs" / "teacher.md" in marked
+    assert marked <= set(result_tables.documents(REPO))
 
 
 def test_a_typed_in_number_is_caught_and_rewritten(tmp_path, capsys):
