@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,9 +22,13 @@ import pytest
 import torch
 from conftest import REPO
 from helpers import run_cli, write_short_gsm8k
+from vllm_helpers import PROBE_TEXT, EngineProbe, max_diff
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Engines in this process start faster than a spawned engine core; test_eval_icl_through_vllm_equals_hf
+# runs the user's path (a spawned engine core) in a subprocess without it.
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 LOGPROB_TOL = 1e-4  # float32, vLLM vs transformers, per token (measured: see the tests' messages)
 MOVED = 1e-2  # a trained student's log-probabilities move by more than this from step 0's
@@ -184,3 +188,175 @@ def test_each_adapter_is_served_under_its_own_id(engine, model_dir, qwen3_tokeni
     assert same_texts(got[0], hf_first) >= len(prompts) - 1, (got[0], hf_first)
     assert same_texts(got[1], hf_second) >= len(prompts) - 1, (got[1], hf_second)
     assert [lora.lora_int_id for lora in map(engine.lora_request, map(str, (first, second)))] == [1, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation commands
+# --------------------------------------------------------------------------------------------------
+
+
+def predictions(result_file: Path) -> dict[tuple, list[str]]:
+    from fsdistill.eval.results import entry_key, load_results
+
+    results = load_results(result_file)
+    return {entry_key(e): [ex["prediction"] for ex in e["examples"]] for e in results["results"]}
+
+
+def test_eval_icl_through_vllm_equals_hf(config, tmp_path):
+    """scripts/eval_icl.py --backend vllm as a user runs it (the engine core a spawned process), 0 and 2
+    shots on the base model, against --backend hf in the same environment: the same predictions."""
+    from fsdistill.eval import icl
+
+    out = tmp_path / "vllm.json"
+    command = [sys.executable, str(REPO / "scripts" / "eval_icl.py"), "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    proc = subprocess.run(
+        [*command, "--backend", "vllm", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    icl.main(["--config", str(config), "--backend", "hf", "--output", str(tmp_path / "hf.json")])
+    got, expected = predictions(out), predictions(tmp_path / "hf.json")
+    assert sorted(got) == sorted(expected) == [("base", None, 0), ("base", None, 2)]
+    assert got == expected
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, config) -> Path:
+    """Three SFT runs of the tiny model: LoRA (checkpoints 1 and 2), full fine-tuning (checkpoint 1), and full
+    fine-tuning sharded by FSDP on 2 processes (checkpoint 1: each rank's shards, consolidated on use)."""
+    from eval_helpers import train
+    from test_distributed import accelerate_two_processes
+
+    root = tmp_path_factory.mktemp("runs")
+    train("train_baseline", str(config), root / "lora")
+    full = ["training.use_lora=false", "training.max_steps=1", "training.lr=1.0e-3"]
+    train("train_baseline", str(config), root / "full", *full)
+    script = REPO / "src" / "training" / "train_baseline.py"
+    args = ["--config", str(config), "--output_dir", str(root / "fsdp"), *full, "training.distributed=fsdp"]
+    accelerate_two_processes(script, [*args, "training.per_device_batch_size=1"], timeout=600)
+    return root
+
+
+def test_eval_checkpoints_through_vllm_equals_hf(runs, config, tmp_path):
+    """eval_checkpoints.py --backend vllm on a LoRA run (one engine, an adapter id per checkpoint), a full
+    fine-tuning checkpoint and an FSDP one (consolidated first: vLLM cannot read shards), against hf."""
+    from fsdistill.eval import checkpoints
+
+    def evaluate(backend: str) -> dict:
+        out = tmp_path / f"{backend}.json"
+        argv = ["--config", str(config), "--backend", backend, "--base_dir", str(runs), "--output", str(out)]
+        checkpoints.main([*argv, "--conditions", "lora", "full", "fsdp"])
+        return predictions(out)
+
+    assert not (runs / "fsdp" / "checkpoint-1" / "consolidated").exists()
+    got = evaluate("vllm")  # first: the vLLM path must consolidate the FSDP checkpoint itself
+    expected = evaluate("hf")
+    keys = [("lora", 1, 0), ("lora", 2, 0), ("full", 1, 0), ("fsdp", 1, 0)]
+    assert sorted(got) == sorted(expected) == sorted(keys)
+    for key in keys[2:]:
+        assert got[key] == expected[key], key
+    for key in keys[:2]:
+        assert same_texts(got[key], expected[key]) >= N_EVAL - 1, (key, got[key], expected[key])
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollouts: rollout.backend=vllm
+# --------------------------------------------------------------------------------------------------
+
+ROLLOUTS = [
+    "fewshot.k=2",
+    "distill.top_k=8",
+    "rollout.source=student",
+    "rollout.backend=vllm",
+    "rollout.max_new_tokens=6",
+]
+
+
+def rollout_run(config, out: Path, *overrides: str, flags=()) -> EngineProbe:
+    """train_online_v1 in this process with a colocated engine, probed after every sync."""
+    from transformers import AutoTokenizer
+
+    from fsdistill.train.entry import train_online_v1
+
+    tokenizer = AutoTokenizer.from_pretrained(str(config_model(config)))
+    probe = EngineProbe(tokenizer(PROBE_TEXT)["input_ids"])
+    argv = ["--config", str(config), "--output_dir", str(out), *ROLLOUTS, *overrides, *flags]
+    with pytest.MonkeyPatch.context() as patch:
+        probe.install(patch.setattr)
+        assert run_cli(train_online_v1, argv) == 0
+    return probe
+
+
+def config_model(config: Path) -> Path:
+    from fsdistill.config import load_config
+
+    return Path(load_config(str(config))[0].model.name)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, config) -> EngineProbe:
+    return rollout_run(config, tmp_path_factory.mktemp("rollouts") / "lora", "training.max_steps=3")
+
+
+def check_served(probe: EngineProbe, steps: int) -> list[float]:
+    """The engine served the student of every step: its log-probabilities equal the hf student's within
+    LOGPROB_TOL, through its prefix cache too, and they moved from step 0's. Returns each step's error."""
+    assert [r["step"] for r in probe.records] == list(range(steps + 1))  # at start, then after each step
+    errors = []
+    for record in probe.records:
+        token, engine_next, hf_next = record["next"]
+        errors.append(max(max_diff(record["engine"], record["hf"]), abs(engine_next - hf_next)))
+    assert max(errors) <= LOGPROB_TOL, errors
+    start = probe.records[0]["hf"]
+    moved = [max_diff(r["hf"], start) for r in probe.records[1:]]
+    assert min(moved) > MOVED, moved
+    assert probe.threads and all(asked == got for asked, got in probe.threads), probe.threads
+    return errors
+
+
+def test_rollout_engine_serves_each_steps_adapter(lora_run):
+    errors = check_served(lora_run, steps=3)
+    assert [r["lora_id"] for r in lora_run.records] == [1, 2, 3, 4]  # a new id per step
+    print(f"LoRA: max |engine - hf| log-probability per step {errors}")
+
+
+def test_rollout_engine_loads_full_finetuning_weights(tmp_path, config):
+    probe = rollout_run(config, tmp_path / "full", "training.use_lora=false", "training.lr=1.0e-3")
+    errors = check_served(probe, steps=2)
+    assert all(r["lora_id"] is None for r in probe.records)
+    print(f"full fine-tuning: max |engine - hf| log-probability per step {errors}")
+
+
+def test_rollouts_after_resume_equal_the_straight_run(lora_run, tmp_path, config):
+    """Per-request seeds: the first step after --resume samples what the straight run sampled."""
+    out = tmp_path / "resumed"
+    first = rollout_run(config, out, "training.max_steps=3", "training.stop_after=1")
+    resumed = rollout_run(config, out, "training.max_steps=3", flags=("--resume",))
+    assert first.samples == lora_run.samples[:1]
+    assert resumed.samples == lora_run.samples[1:]
+    assert max_diff(resumed.records[0]["engine"], lora_run.records[1]["engine"]) <= LOGPROB_TOL
+
+
+def test_rollouts_on_two_processes_each_beside_its_engine(tmp_path, config, model_dir):
+    """2 processes under accelerate launch, LoRA sharded by FSDP: each process's engine (external_launcher)
+    serves the student after every step (the adapter gathered whole from the shards), and samples its
+    own rows."""
+    from test_distributed import accelerate_two_processes
+
+    worker = REPO / "tests" / "vllm_rollout_worker.py"
+    run = ["--config", str(config), "--output_dir", str(tmp_path / "run"), *ROLLOUTS, "training.max_steps=2"]
+    args = [str(tmp_path), str(model_dir), *run, "training.distributed=fsdp"]
+    tests = str(REPO / "tests")
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    accelerate_two_processes(worker, args, timeout=900, PYTHONPATH=path)
+    ranks = [json.loads((tmp_path / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        probe = EngineProbe([])
+        probe.records, probe.samples, probe.threads = rank["records"], rank["samples"], rank["threads"]
+        check_served(probe, steps=2)
+        assert [r["lora_id"] for r in probe.records] == [1, 2, 3]
+    assert ranks[0]["samples"] != ranks[1]["samples"]  # each process its own rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from fsdistill.cli import add_eval_args, config_from_args, parse_eval_args
@@ -204,6 +205,7 @@ class CheckpointEvaluator:
         # vLLM: one engine at a time (each takes gpu_memory_utilization of the GPU), kept while LoRA
         # checkpoints of the same base model follow; a full fine-tuning checkpoint needs its own.
         self.engines: dict[tuple, object] = {}
+        self.views: list = []  # the temporary model folders of full fine-tuning engines (vllm_model_view)
         self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
 
     def generate_vllm(self, run_cfg, path: Path) -> list[str]:
@@ -217,9 +219,11 @@ class CheckpointEvaluator:
         key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", str(folder))
         if key not in self.engines:
             self.close()  # free the GPU before the next engine: two engines need twice the memory
+            model = None if lora else vllm_model_view(folder)
+            self.views += [model] if model else []
             self.engines[key] = VLLMGenerator(
-                run_cfg.model.name if lora else str(folder),
-                tokenizer=run_cfg.model.tokenizer if lora else str(folder),
+                run_cfg.model.name if lora else model.name,
+                tokenizer=run_cfg.model.tokenizer if lora else model.name,
                 settings=self.settings,
                 tensor_parallel_size=self.cfg.eval.tensor_parallel_size,
                 dtype=run_cfg.model.dtype,
@@ -278,6 +282,31 @@ class CheckpointEvaluator:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        for view in self.views:
+            view.cleanup()
+        self.views.clear()
+
+
+def is_model_weights_file(name: str) -> bool:
+    """transformers' names for a model's weights: model.safetensors, or model-00001-of-00002.safetensors
+    with model.safetensors.index.json."""
+    return re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", name) is not None
+
+
+def vllm_model_view(folder: Path):
+    """A temporary folder of links to a full fine-tuning checkpoint's model files, for a vLLM engine.
+
+    vLLM loads every *.safetensors file in a model folder (it filters by model.safetensors.index.json only
+    when there is one), and a checkpoint also holds this project's optimizer and RNG states as safetensors:
+    the view links every file but those. Returns a TemporaryDirectory (its .name the folder; cleanup()
+    removes the links, never the checkpoint's files)."""
+    import tempfile
+
+    view = tempfile.TemporaryDirectory(prefix="fsdistill-vllm-model-")
+    for file in folder.iterdir():
+        if file.is_file() and (file.suffix != ".safetensors" or is_model_weights_file(file.name)):
+            (Path(view.name) / file.name).symlink_to(file.resolve())
+    return view
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from fsdistill.modeling.generation import (  # noqa: F401
     cut_at_stop_strings,
     import_vllm,
     left_pad,
-    start_vllm_engine,
     load_generation_config,
     pad_token_id_for,
+    start_vllm_engine,
     stop_token_ids_for,
 )
 

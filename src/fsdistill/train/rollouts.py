@@ -162,10 +162,12 @@ class VLLMSampler:
             student_model.save_pretrained(str(self.adapter_dir), state_dict=adapter)
             self.lora = self.vllm.LoRARequest(f"student-{step + 1}", step + 1, str(self.adapter_dir))
             return
-        for weights in gathered_batches(
-            base_causal_lm(student_model).state_dict().items(), WEIGHT_SYNC_BYTES
-        ):
-            self.llm.collective_rpc(load_weights, args=(weights,))
+        # vLLM's in-place reload: it puts each layer back in checkpoint layout, loads the named tensors, and
+        # processes the layer again (e.g. the CPU backend's repacked GEMM weights, which a plain
+        # model.load_weights cannot write into). The engine runs in this process (colocation_args), so the
+        # generator is consumed here, one tensor gathered at a time.
+        weights = whole_tensors(base_causal_lm(student_model).state_dict().items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 
     def sample(
@@ -210,29 +212,12 @@ def colocation_args() -> dict[str, Any]:
     return {}
 
 
-# Full fine-tuning weights go to the engine in batches of about this many bytes: under FSDP each batch is
-# gathered whole first, so the transient memory is one batch, not a second copy of the model.
-WEIGHT_SYNC_BYTES = 1 << 30
-
-
-def gathered_batches(named_tensors, max_bytes: int):
-    """[(name, whole tensor), ...] lists of at most max_bytes each (a larger tensor alone), in order."""
-    batch, size = [], 0
+def whole_tensors(named_tensors):
+    """(name, whole tensor) pairs in order: under FSDP each is gathered from every process's shard when the
+    consumer reaches it (every process must consume the same names in the same order: each syncs its own
+    engine, in step), so the transient extra memory is one tensor, not a second copy of the model."""
     for name, tensor in named_tensors:
-        whole = full_tensor(tensor.detach())
-        nbytes = whole.numel() * whole.element_size()
-        if batch and size + nbytes > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append((name, whole))
-        size += nbytes
-    if batch:
-        yield batch
-
-
-def load_weights(worker, weights) -> None:
-    """Runs inside vLLM's worker (collective_rpc): load full fine-tuning weights into the engine's model."""
-    worker.model_runner.model.load_weights(weights=weights)
+        yield name, full_tensor(tensor.detach())
 
 
 # --------------------------------------------------------------------------------------------------
