@@ -241,10 +241,12 @@ def runs(tmp_path_factory, config) -> Path:
     return root
 
 
-def test_eval_checkpoints_through_vllm_equals_hf(runs, config, tmp_path):
+def test_eval_checkpoints_through_vllm_equals_hf(runs, config, tmp_path, monkeypatch):
     """eval_checkpoints.py --backend vllm on a LoRA run (one engine, an adapter id per checkpoint), a full
-    fine-tuning checkpoint and an FSDP one (consolidated first: vLLM cannot read shards), against hf."""
-    from fsdistill.eval import checkpoints
+    fine-tuning checkpoint and an FSDP one (consolidated first: vLLM cannot read shards), against hf. The
+    vLLM sweep loads no hf model, and holds one engine at a time (each claims its share of the GPU)."""
+    from fsdistill.eval import checkpoints, generation
+    from fsdistill.train import checkpoint as train_checkpoint
 
     def evaluate(backend: str) -> dict:
         out = tmp_path / f"{backend}.json"
@@ -252,8 +254,27 @@ def test_eval_checkpoints_through_vllm_equals_hf(runs, config, tmp_path):
         checkpoints.main([*argv, "--conditions", "lora", "full", "fsdp"])
         return predictions(out)
 
+    def no_hf(*args, **kwargs):
+        raise AssertionError("the vllm backend without --teacher_forced must not load or run a hf model")
+
+    events = []
+    start, close = generation.VLLMGenerator.__init__, generation.VLLMGenerator.close
+
+    def recorded_start(self, model, **kwargs):
+        start(self, model, **kwargs)
+        events.append(("open", model, kwargs["max_lora_rank"]))
+
+    def recorded_close(self):
+        events.append(("closed",) if self.llm is not None else ("again",))
+        close(self)
+
     assert not (runs / "fsdp" / "checkpoint-1" / "consolidated").exists()
-    got = evaluate("vllm")  # first: the vLLM path must consolidate the FSDP checkpoint itself
+    with monkeypatch.context() as patch:
+        patch.setattr(generation, "generate_hf", no_hf)
+        patch.setattr(train_checkpoint, "load_checkpoint_model", no_hf)
+        patch.setattr(generation.VLLMGenerator, "__init__", recorded_start)
+        patch.setattr(generation.VLLMGenerator, "close", recorded_close)
+        got = evaluate("vllm")  # first: the vLLM path must consolidate the FSDP checkpoint itself
     expected = evaluate("hf")
     keys = [("lora", 1, 0), ("lora", 2, 0), ("full", 1, 0), ("fsdp", 1, 0)]
     assert sorted(got) == sorted(expected) == sorted(keys)
@@ -261,6 +282,14 @@ def test_eval_checkpoints_through_vllm_equals_hf(runs, config, tmp_path):
         assert got[key] == expected[key], key
     for key in keys[:2]:
         assert same_texts(got[key], expected[key]) >= N_EVAL - 1, (key, got[key], expected[key])
+    opened = [e for e in events if e[0] == "open"]
+    assert [(model == str(config_model(config)), rank) for _, model, rank in opened] == [
+        (True, 8),  # the LoRA run's base model, both checkpoints as adapters
+        (False, None),  # the full fine-tuning checkpoint's model files
+        (False, None),  # the FSDP checkpoint's, consolidated
+    ]
+    kinds = [e[0] for e in events if e[0] != "again"]
+    assert kinds == ["open", "closed"] * 3  # one engine at a time, the last released at the end
 
 
 # --------------------------------------------------------------------------------------------------

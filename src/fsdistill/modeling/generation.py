@@ -99,7 +99,7 @@ def cut_at_stop(token_ids: list[int], stop_token_ids: tuple[int, ...]) -> list[i
 
 VLLM_MISSING = (
     "the vllm backend needs vLLM, which is not installed in this environment. Make the separate vLLM "
-    "environment described in compute.md and run from it, or use --backend hf."
+    "environment (bash scripts/setup_vllm.sh; compute.md) and run from it, or use --backend hf."
 )
 
 
