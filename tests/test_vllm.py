@@ -350,6 +350,9 @@ def check_served(probe: EngineProbe, steps: int) -> list[float]:
 def test_rollout_engine_serves_each_steps_adapter(lora_run):
     errors = check_served(lora_run, steps=3)
     assert [r["lora_id"] for r in lora_run.records] == [1, 2, 3, 4]  # a new id per step
+    # A seed per request: one prompt twice in a batch gets two samples; the same seed, the same two.
+    first, again = lora_run.draws
+    assert first == again and first[0] != first[1]
     print(f"LoRA: max |engine - hf| log-probability per step {errors}")
 
 

@@ -53,6 +53,7 @@ class EngineProbe:
         self.records: list[dict] = []  # one per sync: step, lora id, engine and hf log-probabilities
         self.samples: list[list[list[int]]] = []  # every batch the engine sampled, in order
         self.threads: list[tuple[int, int]] = []  # (threads asked for, threads got) after the engine started
+        self.draws: list[list[list[int]]] = []  # at start: one prompt twice, sampled twice with one seed
 
     def install(self, setattr_) -> None:
         """Wrap Rollouts.sync and VLLMSampler.sample through `setattr_` (monkeypatch.setattr, or setattr)."""
@@ -69,11 +70,14 @@ class EngineProbe:
             self.samples.append(batch)
             return batch
 
+        self.sample = sample  # the unwrapped one, for draws outside the run's own
         setattr_(Rollouts, "sync", probed_sync)
         setattr_(VLLMSampler, "sample", recorded_sample)
 
     def record(self, sampler, student, step: int) -> None:
         if not self.threads:
+            prompt = self.ids[:16]
+            self.draws = [self.sample(sampler, None, [prompt, prompt], 7, 8) for _ in range(2)]
             before = torch.get_num_threads()
             torch.set_num_threads(before + 1)
             self.threads.append((before + 1, torch.get_num_threads()))
