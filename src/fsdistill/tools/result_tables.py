@@ -8,7 +8,8 @@ A table lives between two markers naming its kind and its file (relative to the 
 
 Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
 (scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
-of one benchmark, their paths separated by spaces: each ratio's median and range).
+of one benchmark, their paths separated by spaces: each ratio's median and range), `vllm-agreement`
+(scripts/vllm_agreement.py), `vllm-colocation` (several runs of scripts/vllm_colocation.py).
 
     python scripts/gen_result_tables.py            # rewrite the tables
     python scripts/gen_result_tables.py --check    # exit 1 if a table differs from its JSON (CI)
@@ -34,17 +35,24 @@ BLOCK = re.compile(
 )
 
 
+SEVERAL_FILES = ("bench-repeats", "vllm-colocation")  # kinds that read several runs' files
+
+
 def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
     from fsdistill.eval.summary import summary_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
+    from fsdistill.tools.vllm_agreement import agreement_markdown
+    from fsdistill.tools.vllm_colocation import colocation_markdown
 
     return {
         "summary": summary_markdown,
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
         "bench-repeats": repeats_markdown,
+        "vllm-agreement": agreement_markdown,
+        "vllm-colocation": colocation_markdown,
     }
 
 
@@ -56,7 +64,7 @@ def render(text: str, root: Path, where: str) -> str:
         kind, names = match["kind"], match["path"].split()
         if kind not in kinds:
             raise UserError(f"{where}: unknown table kind {kind!r} (known: {', '.join(kinds)})")
-        if len(names) != 1 and kind != "bench-repeats":
+        if len(names) != 1 and kind not in SEVERAL_FILES:
             raise UserError(f"{where}: a {kind}-table reads one file, got {len(names)}")
         results = []
         for name in names:
@@ -64,7 +72,7 @@ def render(text: str, root: Path, where: str) -> str:
                 results.append(json.loads((root / name).read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 raise UserError(f"{where}: {kind}-table {name}: cannot read it ({e})") from None
-        table = kinds[kind](results if kind == "bench-repeats" else results[0])
+        table = kinds[kind](results if kind in SEVERAL_FILES else results[0])
         return match.group(1) + "\n" + table + "\n" + match.group(5)
 
     return BLOCK.sub(table, text)
