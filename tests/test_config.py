@@ -322,6 +322,32 @@ def test_inherit_cycle_is_refused_naming_the_files(tmp_path):
         load_config(str(me))
 
 
+def test_inherit_a_list_later_entries_winning_and_a_shared_base_applied_once(tmp_path):
+    """`inherit: [model.yaml, task.yaml]`: my task over an existing model config, in one file. A base
+    that two entries inherit is applied once, at its first place, so it cannot undo the first entry's
+    changes when the second is read."""
+    write(tmp_path / "shared.yaml", "training:\n  lr: 1.0e-3\n  max_steps: 10\ntask:\n  name: shared\n")
+    write(tmp_path / "model.yaml", "inherit: shared.yaml\nmodel:\n  name: m/x\ntraining:\n  lr: 2.0e-3\n")
+    write(tmp_path / "task.yaml", "inherit: shared.yaml\ntask:\n  name: mine\n  scoring: last_number\n")
+    mine = write(tmp_path / "mine.yaml", "inherit: [model.yaml, task.yaml]\ntraining:\n  max_steps: 3\n")
+    cfg, source = load_config(str(mine))
+    assert (cfg.model.name, cfg.task.name, cfg.task.scoring) == ("m/x", "mine", "last_number")
+    assert cfg.training.lr == 2e-3  # model.yaml's, not shared.yaml's re-applied after it
+    assert cfg.training.max_steps == 3 and source["training.max_steps"].endswith("mine.yaml")
+    assert source["task.name"].endswith("task.yaml") and source["training.lr"].endswith("model.yaml")
+    # The same composition from the command line: --base_config, then --config.
+    again, _ = load_config(
+        str(tmp_path / "task.yaml"), str(tmp_path / "model.yaml"), ["training.max_steps=3"]
+    )
+    assert again == cfg
+    bad = write(tmp_path / "bad.yaml", "inherit: {a: 1}\n")
+    with pytest.raises(ConfigError, match="'inherit' must be a path or a list of paths"):
+        load_config(str(bad))
+    cycle = write(tmp_path / "cycle.yaml", "inherit: [model.yaml, cycle.yaml]\n")
+    with pytest.raises(ConfigError, match="inherit cycle"):
+        load_config(str(cycle))
+
+
 def test_missing_inherited_file_is_named(tmp_path):
     child = write(tmp_path / "child.yaml", "inherit: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"nowhere\.yaml: cannot read config file"):

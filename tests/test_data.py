@@ -110,8 +110,8 @@ def test_every_bad_line_is_reported_at_once(tmp_path):
     assert f"{path}:2: not UTF-8 text (byte 17" in message
     assert f"{path}:4: not valid JSON" in message
     assert f"{path}:6: missing field 'answer'" in message
-    write_jsonl(path, [json.dumps({"question": "q"})] * 25)
-    with pytest.raises(DataError, match=r"25 malformed lines:(.|\n)*:20: missing(.|\n)*\.\.\. and 5 more$"):
+    write_jsonl(path, [json.dumps(GOOD)] + [json.dumps({"question": "q"})] * 25)  # not every row: per line
+    with pytest.raises(DataError, match=r"25 malformed lines:(.|\n)*:21: missing(.|\n)*\.\.\. and 5 more$"):
         load_split(str(tmp_path), "train")
 
 

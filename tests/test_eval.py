@@ -72,15 +72,17 @@ def user_error(main, argv, capsys) -> str:
     return err
 
 
-def checkpoints_argv(base_dir: Path, output: Path, *conditions: str, extra=(), flags=()) -> list[str]:
+def checkpoints_argv(runs, output: Path, *conditions: str, base_dir=None, extra=(), flags=()) -> list[str]:
+    """eval_checkpoints.py with --config, scoring the runs' test split (the arithmetic rows they trained on)."""
     # Overrides stand between options on purpose: the CLI parses them intermixed.
     return [
         "--config",
         str(TINY / "base.yaml"),
         *EVAL_OVERRIDES,
+        f"data.source={runs.data}",
         *extra,
         "--base_dir",
-        str(base_dir),
+        str(base_dir or runs.base),
         "--output",
         str(output),
         "--conditions",
@@ -126,6 +128,7 @@ def runs(tmp_path_factory, arithmetic_dir) -> SimpleNamespace:
     ]
     return SimpleNamespace(
         base=base,
+        data=arithmetic_dir,
         sft=train("train_baseline", "base.yaml", base / "sft", *small),
         distill=train("train_online_v1", "online_v1.yaml", base / "distill", *small),
         full_ft=train("train_baseline", "full_ft.yaml", base / "full_ft", *small),
@@ -264,7 +267,8 @@ def test_a_single_training_file_is_never_scored_as_test(tmp_path, monkeypatch, a
     eval_icl.main([*explicit, "--shots", "0"])
     assert load_results(tmp_path / "b.json")["results"][0]["n"] == N
     err = user_error(eval_icl.main, [*explicit, "eval.n_samples=17", "--shots", "0"], capsys)
-    assert "eval.n_samples=17 but the evaluated split has 16 rows" in err
+    assert "eval.n_samples=17 (set in the command line) but the evaluated test split has 16 rows" in err
+    assert "eval.n_samples=null (or --n_samples 16)" in err
 
 
 def test_eval_icl_teacher_forced(tmp_path, monkeypatch, arithmetic_dir):
@@ -312,7 +316,7 @@ def test_checkpoints_find_runs_and_refuse_unknown_or_ambiguous(runs, tmp_path, c
     assert found == {"sft": [runs.sft], "distill": [runs.distill], "full_ft": [runs.full_ft]}
     out = tmp_path / "out.json"
 
-    err = user_error(eval_checkpoints.main, checkpoints_argv(runs.base, out, "sft", "nope"), capsys)
+    err = user_error(eval_checkpoints.main, checkpoints_argv(runs, out, "sft", "nope"), capsys)
     assert "condition 'nope' matches no run" in err
     for name, path in (("sft", runs.sft), ("distill", runs.distill), ("full_ft", runs.full_ft)):
         assert f"{name}: {path}" in err
@@ -321,11 +325,11 @@ def test_checkpoints_find_runs_and_refuse_unknown_or_ambiguous(runs, tmp_path, c
     for copy in ("a", "b"):
         (twins / copy).mkdir(parents=True)
         shutil.copy(runs.sft / "run.json", twins / copy / "run.json")
-    err = user_error(eval_checkpoints.main, checkpoints_argv(twins, out, "sft"), capsys)
+    err = user_error(eval_checkpoints.main, checkpoints_argv(runs, out, "sft", base_dir=twins), capsys)
     assert "condition 'sft' is ambiguous (2 runs carry it)" in err
     assert str(twins / "a") in err and str(twins / "b") in err
 
-    argv = checkpoints_argv(runs.base, out, "sft", flags=["--checkpoint_steps", "1", "7"])
+    argv = checkpoints_argv(runs, out, "sft", flags=["--checkpoint_steps", "1", "7"])
     err = user_error(eval_checkpoints.main, argv, capsys)
     assert f"{runs.sft}: no checkpoint for steps [7]; it has [1, 2]" in err
     assert not out.exists()
@@ -339,16 +343,17 @@ def test_checkpoints_refuse_another_base_model_and_other_validation_rows(runs, t
     manifest["config"]["model"]["architecture"]["hidden_size"] = 128
     (other / "run.json").write_text(json.dumps(manifest))
     out = tmp_path / "out.json"
-    err = user_error(eval_checkpoints.main, checkpoints_argv(other.parent, out, "other"), capsys)
+    err = user_error(
+        eval_checkpoints.main, checkpoints_argv(runs, out, "other", base_dir=other.parent), capsys
+    )
     assert "was trained from another base model than --config describes" in err
     assert "model.architecture" in err and "'hidden_size': 128" in err and "'hidden_size': 64" in err
 
     # --split validation scores rows the run held out: the run held out none of these.
-    argv = checkpoints_argv(
-        runs.base, out, "sft", extra=[f"data.source={GSM8K_DIR}", "data.validation_size=4"]
-    )
+    argv = checkpoints_argv(runs, out, "sft", extra=[f"data.source={GSM8K_DIR}", "data.validation_size=4"])
     err = user_error(eval_checkpoints.main, [*argv, "--split", "validation"], capsys)
-    assert "data.validation_size: run has 0, --config has 4" in err
+    assert "held out other rows than --config describes" in err
+    assert "data.validation_size: run has 0, evaluation has 4" in err
     assert "data.source" in err
     assert not out.exists()
 
@@ -364,7 +369,7 @@ def test_checkpoints_lora_and_full_fine_tuning(runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_checkpoint, "load_checkpoint_model", recording_load)
     out = tmp_path / "lora_and_full.json"
-    argv = checkpoints_argv(runs.base, out, "sft", "full_ft", flags=["--checkpoint_steps", "2"])
+    argv = checkpoints_argv(runs, out, "sft", "full_ft", flags=["--checkpoint_steps", "2"])
     eval_checkpoints.main(argv)
 
     results = load_results(out)
@@ -372,7 +377,7 @@ def test_checkpoints_lora_and_full_fine_tuning(runs, tmp_path, monkeypatch):
     for entry, run in zip(results["results"], (runs.sft, runs.full_ft)):
         assert entry["method"] == "sft" and entry["n"] == N
         assert entry["checkpoint"] == str(run / "checkpoint-2")
-        assert [ex["index"] for ex in entry["examples"]] == ev.subset_indices(1319, N)
+        assert [ex["index"] for ex in entry["examples"]] == ev.subset_indices(16, N)
     (lora_path, lora_type, _), (full_path, full_type, full_model) = loaded
     assert (lora_path, lora_type) == (runs.sft / "checkpoint-2", "PeftModelForCausalLM")
     assert (full_path, full_type) == (runs.full_ft / "checkpoint-2", "Qwen3ForCausalLM")
@@ -391,25 +396,25 @@ def test_checkpoints_interrupted_sweep_resumes(runs, tmp_path, monkeypatch, caps
     evaluated = []
     real_evaluate = eval_checkpoints.CheckpointEvaluator.evaluate
 
-    def interrupted(self, run_cfg, path):
+    def interrupted(self, target):
         if evaluated:
             raise RuntimeError("interrupted")  # the machine went away during the second checkpoint
-        evaluated.append(path)
-        return real_evaluate(self, run_cfg, path)
+        evaluated.append(target.path)
+        return real_evaluate(self, target)
 
     monkeypatch.setattr(eval_checkpoints.CheckpointEvaluator, "evaluate", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
-        eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft"))
+        eval_checkpoints.main(checkpoints_argv(runs, out, "sft"))
     first = load_results(out)  # written after the first checkpoint
     assert [entry_key(e) for e in first["results"]] == [("sft", 1, 0)]
 
-    def counting(self, run_cfg, path):
-        evaluated.append(path)
-        return real_evaluate(self, run_cfg, path)
+    def counting(self, target):
+        evaluated.append(target.path)
+        return real_evaluate(self, target)
 
     evaluated.clear()
     monkeypatch.setattr(eval_checkpoints.CheckpointEvaluator, "evaluate", counting)
-    eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft"))
+    eval_checkpoints.main(checkpoints_argv(runs, out, "sft"))
     assert evaluated == [runs.sft / "checkpoint-2"]
     resumed = load_results(out)
     assert [entry_key(e) for e in resumed["results"]] == [("sft", 1, 0), ("sft", 2, 0)]
@@ -417,7 +422,7 @@ def test_checkpoints_interrupted_sweep_resumes(runs, tmp_path, monkeypatch, caps
     assert len(resumed["provenance"]["resumed"]) == 1
 
     # The same file with settings that change the numbers is refused, naming the setting.
-    argv = checkpoints_argv(runs.base, out, "sft", extra=["task.max_new_tokens=9"])
+    argv = checkpoints_argv(runs, out, "sft", extra=["task.max_new_tokens=9"])
     err = user_error(eval_checkpoints.main, argv, capsys)
     assert "max_new_tokens: 8 vs 9" in err
     assert evaluated == [runs.sft / "checkpoint-2"]
@@ -432,7 +437,7 @@ def test_checkpoints_teacher_forced_without_generation(runs, tmp_path, monkeypat
     out = tmp_path / "teacher_forced.json"
     extra = [f"data.source={arithmetic_dir}", "eval.generate=false", "fewshot.k=2"]
     flags = ["--checkpoint_steps", "2", "--teacher_forced"]
-    eval_checkpoints.main(checkpoints_argv(runs.base, out, "sft", "full_ft", extra=extra, flags=flags))
+    eval_checkpoints.main(checkpoints_argv(runs, out, "sft", "full_ft", extra=extra, flags=flags))
 
     results = load_results(out)
     assert results["settings"]["eval.generate"] is False and results["settings"]["fewshot.k"] == 2
@@ -461,6 +466,136 @@ def test_checkpoints_teacher_forced_without_generation(runs, tmp_path, monkeypat
         for ex in entry["examples"]:
             assert ex["prediction"] is None and ex["correct"] is None
             assert math.isfinite(ex["nll"]) and ex["nll"] > 0 and ex["kl"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# 2b. eval_checkpoints.py from the runs' recorded configs, and --path
+# --------------------------------------------------------------------------------------------------
+
+
+def copy_run(run: Path, dest: Path, name: str, **changes) -> Path:
+    """A copy of a run under another name, its recorded config changed ({"section.key": value})."""
+    shutil.copytree(run, dest)
+    manifest = json.loads((dest / "run.json").read_text())
+    manifest["name"] = name
+    for key, value in changes.items():
+        section, field = key.split(".")
+        manifest["config"][section][field] = value
+    (dest / "run.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_checkpoints_without_config_use_each_runs_recorded_config(runs, tmp_path, monkeypatch):
+    """Without --config the runs' own task, data, template and evaluation settings are used: the same
+    result file as --config with those settings; --path scores one checkpoint or one run folder."""
+    monkeypatch.setattr(
+        generation,
+        "generate_hf",
+        lambda model, tok, prompt_ids, *a, **k: [f"#### {len(p)}" for p in prompt_ids],
+    )
+    overrides = [f"eval.n_samples={N}", f"task.max_new_tokens={MAX_NEW}"]
+    recorded = tmp_path / "recorded.json"
+    eval_checkpoints.main(
+        [
+            "--conditions",
+            "sft",
+            "distill",
+            "--base_dir",
+            str(runs.base),
+            "--output",
+            str(recorded),
+            *overrides,
+        ]
+    )
+    explicit = tmp_path / "explicit.json"
+    eval_checkpoints.main(checkpoints_argv(runs, explicit, "sft", "distill"))
+    a, b = load_results(recorded), load_results(explicit)
+    assert a["settings"] == b["settings"]
+    assert a["settings"]["data.source"] == str(runs.data) and a["settings"]["task"] == "gsm8k"
+    assert [entry_key(e) for e in a["results"]] == [
+        ("sft", 1, 0),
+        ("sft", 2, 0),
+        ("distill", 1, 0),
+        ("distill", 2, 0),
+    ]
+    assert [e["examples"] for e in a["results"]] == [e["examples"] for e in b["results"]]
+    assert all("run_overrides" not in e for e in a["results"])
+
+    one = tmp_path / "one.json"
+    eval_checkpoints.main(["--path", str(runs.distill / "checkpoint-2"), "--output", str(one), *overrides])
+    (entry,) = load_results(one)["results"]
+    assert (entry_key(entry), entry["method"]) == (("distill", 2, 0), "few_shot_distillation")
+    assert entry["examples"] == find_entry(a, "distill", 2)["examples"]
+    folder = tmp_path / "folder.json"
+    eval_checkpoints.main(
+        ["--path", str(runs.sft), "--output", str(folder), *overrides, "--checkpoint_steps", "1"]
+    )
+    assert [entry_key(e) for e in load_results(folder)["results"]] == [("sft", 1, 0)]
+
+
+def test_checkpoints_refuse_training_settings_they_were_not_trained_with(runs, tmp_path, monkeypatch, capsys):
+    """A checkpoint is scored on the task, template and data it was trained with: another data source
+    (the issue's 'trained on one task, scored on GSM8K without a word') is refused unless
+    --override_run_settings asks for it, which each entry then records; runs trained on different tasks
+    are refused together, naming the key; runs that differ on an evaluation setting need the command
+    line to choose."""
+    monkeypatch.setattr(
+        generation, "generate_hf", lambda model, tok, prompt_ids, *a, **k: ["#### 1"] * len(prompt_ids)
+    )
+    out = tmp_path / "out.json"
+    base = [
+        "--base_dir",
+        str(runs.base),
+        "--output",
+        str(out),
+        f"eval.n_samples={N}",
+        f"task.max_new_tokens={MAX_NEW}",
+    ]
+    other_data = [*base, f"data.source={GSM8K_DIR}", "--conditions", "sft"]
+    err = user_error(eval_checkpoints.main, other_data, capsys)
+    assert "sft step 1 was trained with other settings than the command line gives its evaluation" in err
+    assert f"data.source: run has '{runs.data}', evaluation has '{GSM8K_DIR}'" in err
+    assert "--override_run_settings" in err and not out.exists()
+    err = user_error(
+        eval_checkpoints.main, checkpoints_argv(runs, out, "sft", extra=[f"data.source={GSM8K_DIR}"]), capsys
+    )
+    assert "than --config gives its evaluation" in err and not out.exists()
+
+    eval_checkpoints.main([*other_data, "--override_run_settings", "--checkpoint_steps", "2"])
+    (entry,) = load_results(out)["results"]
+    assert entry["run_overrides"] == {"data.source": {"run": str(runs.data), "evaluated": str(GSM8K_DIR)}}
+    assert [ex["index"] for ex in entry["examples"]] == ev.subset_indices(1319, N)  # GSM8K's test rows
+
+    together = tmp_path / "together"
+    copy_run(runs.sft, together / "sft", "sft")
+    copy_run(runs.sft, together / "quiz", "quiz", **{"task.question_template": "Quiz: {question}"})
+    copy_run(runs.sft, together / "shorter", "shorter", **{"eval.n_samples": 3})
+    base = ["--base_dir", str(together), "--output", str(tmp_path / "t.json")]
+    err = user_error(eval_checkpoints.main, [*base, "--conditions", "sft", "quiz"], capsys)
+    assert "trained with different tasks, templates, data or base models" in err
+    assert "task.question_template: sft has 'Question: {question}', quiz has 'Quiz: {question}'" in err
+    err = user_error(eval_checkpoints.main, [*base, "--conditions", "sft", "shorter"], capsys)
+    assert "choose one value on the command line (eval.n_samples=...)" in err
+    assert "eval.n_samples: sft has 16, shorter has 3" in err
+    eval_checkpoints.main(
+        [*base, "eval.n_samples=2", "task.max_new_tokens=4", "--conditions", "sft", "shorter"]
+    )
+    assert [e["n"] for e in load_results(tmp_path / "t.json")["results"]] == [2] * 4
+
+
+def test_an_inherited_subset_larger_than_the_split_names_the_key(tmp_path, arithmetic_dir, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    for split in ("train", "test"):
+        lines = (arithmetic_dir / f"{split}.jsonl").read_text().splitlines()[:10]
+        (small / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    mine = tmp_path / "mine.yaml"  # my task on the tiny model config, which sets eval.n_samples: 16
+    mine.write_text(f"inherit: {TINY / 'base.yaml'}\ndata:\n  source: {small}\n")
+    argv = ["--config", str(mine), f"model.tokenizer={QWEN3_TOKENIZER}", "--output", str(tmp_path / "x.json")]
+    err = user_error(eval_icl.main, argv, capsys)
+    assert "eval.n_samples=16 (set in " in err  # the file that set it: the inherited model config
+    assert "tiny/base.yaml) but the evaluated test split has 10 rows" in err
+    assert "eval.n_samples=null (or --n_samples 10)" in err
 
 
 # --------------------------------------------------------------------------------------------------

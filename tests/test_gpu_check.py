@@ -177,3 +177,38 @@ def test_the_device_script_says_what_is_missing(tmp_path):
     assert (
         done.returncode == 2 and done.stderr.startswith("error: ") and "prepare_gpu_check.py" in done.stderr
     )
+
+
+def test_prepare_deletes_exactly_the_files_its_manifest_lists(gsm8k_dir, qwen3_tokenizer_path, carry, capsys):
+    """A carry folder is replaced only when it holds exactly the files its MANIFEST.json lists, unchanged:
+    a user's file added there (it would travel along), a listed file changed, or the folder a link, are
+    refused with nothing deleted."""
+    from helpers import snapshot
+
+    gpu_check.prepare_main(["--carry", str(carry), "--skip-wheels"])
+    config = carry / "shared" / "models" / "qwen3-1.7b" / "config.json"
+    for change, message in (
+        (
+            lambda: (carry / "shared" / "extra.txt").write_text("mine"),
+            "holds files this command did not write",
+        ),
+        (lambda: config.write_text(config.read_text() + " "), "differs from what"),
+    ):
+        change()
+        before = snapshot(carry)
+        with pytest.raises(SystemExit) as exc:
+            gpu_check.prepare_main(["--carry", str(carry), "--skip-wheels"])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+        assert snapshot(carry) == before
+    (carry / "shared" / "extra.txt").unlink()
+    config.write_bytes((SHARED / "models" / "qwen3-1.7b" / "config.json").read_bytes())
+    gpu_check.prepare_main(["--carry", str(carry), "--skip-wheels"])  # exactly its files again: replaced
+    link = REPO / ".gpu_carry_test_link"
+    link.symlink_to(carry)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            gpu_check.prepare_main(["--carry", str(link), "--skip-wheels"])
+        assert exc.value.code == 2 and f"{link} is a symbolic link" in capsys.readouterr().err
+        assert (carry / "MANIFEST.json").is_file()
+    finally:
+        link.unlink()

@@ -33,6 +33,7 @@ from fsdistill.eval.results import (
 )
 from fsdistill.eval.stats import bootstrap_mean_ci
 from fsdistill.files import PACKAGES
+from fsdistill.tasks.rows import data_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"model": "tiny", "backend": "hf", "max_new_tokens": 64, "n_samples": 4, "split": "test"}
@@ -183,6 +184,11 @@ def test_load_names_example_field_and_type(tmp_path):
     res["results"][0]["step"] = "100"
     with pytest.raises(ResultsError, match=r"results\[0\]: field 'step' must be int or null"):
         load_results(write_raw(tmp_path, res))
+    res["results"][0]["step"] = -1
+    with pytest.raises(
+        ResultsError, match=r"results\[0\]: field 'step' must be >= 0 \(optimizer steps\), got -1"
+    ):
+        load_results(write_raw(tmp_path, res))
 
 
 def test_load_refuses_other_version_kind_and_bad_json(tmp_path):
@@ -265,6 +271,36 @@ def test_two_sweeps_into_one_file_keep_every_entry(tmp_path):
     )
     sessions = [res["provenance"]["created"], *(p["created"] for p in res["provenance"]["resumed"])]
     assert sorted(sessions) == ["a", "b"]  # each session's provenance once
+
+
+def test_kill_9_during_a_merge_leaves_the_old_file_whole(tmp_path):
+    """merge_evals.py killed (SIGKILL) with the merged file written to its temporary name but not yet
+    renamed: the output keeps its old, complete content; the merge run again gives both entries."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fsdistill.eval.compare import merge_main
+
+    inputs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, step in zip(inputs, (100, 200)):
+        save_results(path, a_file(entry(step=step)))
+    out = tmp_path / "merged.json"
+    save_results(out, a_file(entry(step=100)))
+    old = out.read_bytes()
+    code = (
+        "import os, signal, sys\n"
+        "from fsdistill.eval.compare import merge_main\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # dies once the new bytes are written\n"
+        "merge_main(sys.argv[1:])\n"
+    )
+    argv = ["--inputs", *map(str, inputs), "--output", str(out)]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=os.environ)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert out.read_bytes() == old and len(load_results(out)["results"]) == 1
+    merge_main(argv)
+    assert [e["step"] for e in load_results(out)["results"]] == [100, 200]
 
 
 def test_find_entry_distinguishes_base_shots_and_steps():
@@ -358,8 +394,9 @@ def test_merge_refuses_different_settings():
 def test_collect_provenance(tmp_path):
     data = tmp_path / "test.jsonl"
     data.write_bytes(b'{"question": "1+1?", "answer": "#### 2"}\n')
-    prov = collect_provenance([data], tokenizer="Qwen/Qwen3-1.7B")
+    prov = collect_provenance(data_provenance(str(tmp_path), {"test": "test"}), tokenizer="Qwen/Qwen3-1.7B")
     assert prov["data_sha256"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
+    assert prov["data_files"] == {"test": str(data)} and prov["data_version"] is None
     assert prov["tokenizer"] == "Qwen/Qwen3-1.7B"
     assert set(prov["packages"]) == set(PACKAGES)
     assert prov["packages"]["torch"] == importlib.metadata.version("torch")
@@ -370,6 +407,90 @@ def test_collect_provenance(tmp_path):
     assert created.utcoffset() == timezone.utc.utcoffset(None)
     assert collect_provenance()["data_sha256"] is None
     new_results(SETTINGS, prov)  # a valid provenance for the schema
+
+
+def twostep_config(source: Path, *overrides: str):
+    from conftest import CONFIGS, QWEN3_TOKENIZER
+
+    from fsdistill.config import load_config
+
+    cfg, _ = load_config(
+        str(CONFIGS / "twostep" / "distill.yaml"),
+        overrides=[f"data.source={source}", f"model.tokenizer={QWEN3_TOKENIZER}", *overrides],
+    )
+    return cfg
+
+
+def test_evaluation_and_training_record_every_split_the_exemplar_pool_and_the_data_version(
+    tmp_path, qwen3_tokenizer_path
+):
+    """What an evaluation session (both eval scripts) and a training run (run.json) record: the sha256 of
+    each split file they read, validation included, which file was the exemplar pool, and the data's
+    version record written beside the files."""
+    from types import SimpleNamespace
+
+    from fsdistill.eval.evaluate import open_session
+    from fsdistill.tools import twostep
+    from fsdistill.train.records import RunRecorder
+
+    paths = twostep.write_splits(tmp_path / "twostep")
+    digest = {s: files.sha256_file(p) for s, p in paths.items()}
+    version = json.loads((tmp_path / "twostep" / "data_version.json").read_text())
+    cfg = twostep_config(tmp_path / "twostep")
+    test = open_session(cfg, "eval_icl", "test", str(tmp_path / "test.json")).provenance
+    assert test["data_sha256"] == {str(paths[s]): digest[s] for s in ("test", "train", "validation")}
+    assert test["data_files"] == {
+        **{s: str(p) for s, p in paths.items()},
+        "exemplar_pool": str(paths["train"]),
+    }
+    assert test["data_version"] == {str(tmp_path / "twostep" / "data_version.json"): version}
+    assert version["version"] == 2 and version["files"]["validation.jsonl"]["sha256"] == digest["validation"]
+    validation = open_session(cfg, "eval_checkpoints", "validation", str(tmp_path / "v.json")).provenance
+    assert set(validation["data_files"]) == {"train", "validation", "exemplar_pool"}  # test not read
+
+    pool = tmp_path / "pool.jsonl"
+    shutil.copy(paths["validation"], pool)
+    with_pool = twostep_config(tmp_path / "twostep", f"fewshot.pool={pool}")
+    session = open_session(with_pool, "eval_icl", "test", str(tmp_path / "p.json")).provenance
+    assert session["data_files"]["exemplar_pool"] == str(pool)
+    assert session["data_sha256"][str(pool)] == digest["validation"]
+
+    accelerator = SimpleNamespace(
+        is_main_process=True, num_processes=1, trackers=[], init_trackers=lambda *a, **k: None
+    )
+    with_pool.output.dir = str(tmp_path / "run")
+    RunRecorder(tmp_path / "run", with_pool, "few_shot_distillation", {}, accelerator, 4, 0)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
+    assert run["data_files"] == {
+        "train": str(paths["train"]),
+        "validation": str(paths["validation"]),
+        "exemplar_pool": str(pool),
+    }
+    assert run["data_sha256"][str(paths["validation"])] == digest["validation"]
+    assert run["data_version"] == test["data_version"]
+
+
+def test_a_sweep_is_not_resumed_on_other_data_and_summaries_name_theirs(tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text("one\n")
+    before = collect_provenance(data_provenance(str(tmp_path), {"test": "test"}))
+    out = tmp_path / "r.json"
+    record_entry(out, make_entry("a", "sft", 1, 0, examples([True, False])), SETTINGS, before)
+    record_entry(
+        out, make_entry("a", "sft", 2, 0, examples([True, True])), SETTINGS, before
+    )  # same data: fine
+    assert R.shared_data([("r.json", load_results(out))])["data_sha256"] == before["data_sha256"]
+    data.write_text("two\n")
+    after = collect_provenance(data_provenance(str(tmp_path), {"test": "test"}))
+    with pytest.raises(ResultsError, match="measured on other data under the same path"):
+        record_entry(out, make_entry("a", "sft", 3, 0, examples([True, True])), SETTINGS, after)
+    other = tmp_path / "other.json"
+    record_entry(other, make_entry("b", "sft", 1, 0, examples([True, True])), SETTINGS, after)
+    with pytest.raises(ResultsError, match="r.json and other.json were measured on different data"):
+        R.shared_data([("r.json", load_results(out)), ("other.json", load_results(other))])
+    pooled = merge_results([("r.json", load_results(out)), ("other.json", load_results(other))])
+    with pytest.raises(ResultsError, match="measured on different data"):
+        R.shared_data([("pooled", pooled)])
 
 
 def test_collect_provenance_without_git(monkeypatch):

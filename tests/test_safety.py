@@ -149,9 +149,14 @@ def test_overwrite_deletes_only_what_the_run_wrote(checkpointed, tmp_path, short
     (run / "checkpoint-2" / "extra.bin").write_text("not ours")
     (run / ".checkpoint-6.tmp").mkdir()
     (run / ".checkpoint-6.tmp" / "config.yaml").write_text("a crashed save's file")
+    for rank in (0, 1):  # what the vLLM sampler leaves when its run is killed (train/rollouts.py)
+        (run / "rollout_adapter" / f"rank{rank}").mkdir(parents=True)
+        for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+            (run / "rollout_adapter" / f"rank{rank}" / name).write_text("a rollout adapter's file")
+    (run / "rollout_adapter" / "rank1" / "mine.txt").write_text("not ours")
     foreign = {p: p.read_bytes() for p in (
         run / "tensorboard" / "important.txt", run / "checkpoint-5" / "model.bin", run / "notes.txt",
-        run / "checkpoint-2" / "extra.bin",
+        run / "checkpoint-2" / "extra.bin", run / "rollout_adapter" / "rank1" / "mine.txt",
     )}  # fmt: skip
     argv = cli_argv(
         "base.yaml", run, *common_overrides(short_gsm8k), "training.max_steps=1", flags=("--overwrite",)
@@ -160,9 +165,91 @@ def test_overwrite_deletes_only_what_the_run_wrote(checkpointed, tmp_path, short
     assert all(p.read_bytes() == data for p, data in foreign.items())
     assert sorted(p.name for p in (run / "checkpoint-2").iterdir()) == ["extra.bin"]  # ours gone, theirs kept
     assert not (run / "checkpoint-4").exists() and not (run / ".checkpoint-6.tmp").exists()
+    assert [p.name for p in (run / "rollout_adapter").rglob("*")] == ["rank1", "mine.txt"]
     assert [s for s, _ in list_checkpoints(run)] == [1]
     assert json.loads((run / "run.json").read_text())["method"] == "sft"
     assert [m["step"] for m in metrics(run)] == [1]
+
+
+def victim_folder(tmp_path: Path) -> Path:
+    """Files outside any run, which no command of the project may delete."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("a file outside the run")
+    return victim
+
+
+def list_in_checkpoint(checkpoint: Path, name: str, digest: str = "0" * 64) -> None:
+    """A crafted checkpoint.json: `name` among the files it lists (with `digest` as its sha256)."""
+    meta = json.loads((checkpoint / "checkpoint.json").read_text())
+    meta["files"][name] = digest
+    (checkpoint / "checkpoint.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute"])
+def test_a_checkpoint_listing_a_file_outside_the_run_deletes_nothing(
+    form, checkpointed, tmp_path, short_gsm8k, capsys
+):
+    """checkpoint.json listing ../../victim/keep.txt (or its absolute path): --overwrite, and a --resume
+    whose keep_last=1 would prune that checkpoint (the file's real sha256 listed, so the checkpoint verifies),
+    are refused with exit 2 naming the path, before any work; nothing in or outside the run is deleted."""
+    victim = victim_folder(tmp_path)
+    run = copy_run(checkpointed, tmp_path / "run")
+    name = "../../victim/keep.txt" if form == "relative" else str(victim / "keep.txt")
+    list_in_checkpoint(run / "checkpoint-2", name, files.sha256_file(victim / "keep.txt"))
+    before = snapshot(tmp_path)
+    argv = cli_argv("base.yaml", run, *common_overrides(short_gsm8k), flags=("--overwrite",))
+    err = refused(train_baseline, argv, capsys)
+    assert "refused" in err and "keep.txt" in err and "nothing was deleted" in err, err
+    resume = [*resume_argv(run, short_gsm8k), "training.keep_last=1"]
+    err = refused(train_online_v1, resume, capsys)
+    assert "refused" in err and "keep.txt" in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_symlinked_checkpoint_is_refused_and_nothing_is_deleted_through_it(
+    checkpointed, tmp_path, short_gsm8k, capsys
+):
+    """checkpoint-4 a link to another folder (a copy of a checkpoint, 9 files): --overwrite and --resume
+    are refused naming the link; nothing there, nor in the run, is deleted."""
+    run = copy_run(checkpointed, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(run / "checkpoint-4", elsewhere)
+    (run / "checkpoint-4").symlink_to(elsewhere)
+    before = snapshot(tmp_path)
+    for main, argv in (
+        (train_baseline, cli_argv("base.yaml", run, *common_overrides(short_gsm8k), flags=("--overwrite",))),
+        (train_online_v1, resume_argv(run, short_gsm8k)),
+        (train_online_v1, resume_argv(run, short_gsm8k, "--resume", str(run / "checkpoint-4"))),
+    ):
+        err = refused(main, argv, capsys)
+        assert f"{run / 'checkpoint-4'} is a symbolic link" in err, err
+    assert snapshot(tmp_path) == before and len(list(elsewhere.iterdir())) >= 9
+
+
+def test_a_symlinked_checkpoint_file_is_refused_on_resume(checkpointed, tmp_path, short_gsm8k, capsys):
+    """A checkpoint file that is a link to a file outside the run (same bytes, so its sha256 matches):
+    resume does not read it; it names the link."""
+    run = copy_run(checkpointed, tmp_path / "run")
+    adapter = run / "checkpoint-4" / "adapter_model.safetensors"
+    outside = tmp_path / "adapter_model.safetensors"
+    shutil.move(adapter, outside)
+    adapter.symlink_to(outside)
+    err = refused(train_online_v1, resume_argv(run, short_gsm8k), capsys)
+    assert f"{adapter} is a symbolic link" in err, err
+    assert outside.is_file() and adapter.is_symlink()
+
+
+def test_a_run_resumed_from_another_runs_checkpoint_records_where_it_came_from(
+    checkpointed, tmp_path, short_gsm8k
+):
+    source = checkpointed / "checkpoint-2"
+    run = tmp_path / "continued"
+    assert run_cli(train_online_v1, resume_argv(run, short_gsm8k, "--resume", str(source))) == 0
+    (record,) = json.loads((run / "run.json").read_text())["resumed_from"]
+    assert record["checkpoint"] == str(source.resolve()) and record["step"] == 2
+    assert record["checkpoint_json_sha256"] == files.sha256_file(source / "checkpoint.json")
+    assert [m["step"] for m in metrics(run)] == [3, 4, 5, 6]
 
 
 def test_a_run_without_checkpoints_needs_a_flag(tmp_path, short_gsm8k, capsys):
@@ -328,19 +415,31 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(checkpointed, tmp_path, s
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_full_disk_keeps_every_earlier_checkpoint(tmp_path, short_gsm8k, monkeypatch, capsys):
-    """ENOSPC injected at the write helper while checkpoint-4 is written: exit 2 naming the problem,
-    run.json says failed, checkpoint-2 is intact, nothing half-written is left, and --resume works."""
+@pytest.mark.parametrize("writer", ["json", "safetensors"])
+def test_a_full_disk_keeps_every_earlier_checkpoint(writer, tmp_path, short_gsm8k, monkeypatch, capsys):
+    """A full disk while checkpoint-4 is written, as the JSON writer (OSError ENOSPC) or safetensors
+    (its own SafetensorError) reports it: exit 2 naming the problem, run.json says failed, checkpoint-2 is
+    intact, nothing half-written is left, and --resume works."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
     from fsdistill.train.checkpoint import verify_checkpoint
 
-    real = files.write_text_atomic
+    module, name = (files, "write_text_atomic") if writer == "json" else (safetensors.torch, "save_file")
+    real = getattr(module, name)
 
-    def full_disk(path, text):
-        if Path(path).parent.name.startswith(".checkpoint-4.tmp"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, text)
+    def full_disk(*args, **kwargs):
+        path = Path(args[0] if writer == "json" else args[1])
+        if path.parent.name.startswith(".checkpoint-4.tmp"):
+            if writer == "json":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            raise SafetensorError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
+                'on device" })'
+            )
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(files, "write_text_atomic", full_disk)
+    monkeypatch.setattr(module, name, full_disk)
     run = tmp_path / "run"
     argv = cli_argv("online_v1.yaml", run, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
     err = refused(train_online_v1, argv, capsys)
@@ -352,9 +451,41 @@ def test_a_full_disk_keeps_every_earlier_checkpoint(tmp_path, short_gsm8k, monke
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     assert [s for s, _ in list_checkpoints(run)] == [2] and verify_checkpoint(run / "checkpoint-2")
     assert not list(run.glob(".checkpoint-*"))
-    monkeypatch.setattr(files, "write_text_atomic", real)
+    monkeypatch.setattr(module, name, real)
     assert run_cli(train_online_v1, [*argv, "--resume"]) == 0
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_checkpoint_is_written_keeps_the_earlier_one(tmp_path, short_gsm8k):
+    """The process killed (SIGKILL, no handler runs) halfway through writing checkpoint-4, its weights
+    and RNG state written, its training state not: checkpoint-2 is intact and the only complete one, and
+    --resume removes the half-written temporary and finishes the run."""
+    run = tmp_path / "run"
+    argv = cli_argv("online_v1.yaml", run, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES)
+    code = (
+        "import os, signal, sys\n"
+        "from fsdistill.train import checkpoint\n"
+        "from fsdistill.train.entry import train_online_v1\n"
+        "real = checkpoint.save_state\n"
+        "def dies_midway(obj, stem):\n"
+        "    if stem.parent.name.startswith('.checkpoint-4.tmp') and stem.name == 'training_state':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(obj, stem)\n"
+        "checkpoint.save_state = dies_midway\n"
+        "train_online_v1(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    (half,) = run.glob(".checkpoint-4.tmp-*")
+    assert (half / "rng_state_0.safetensors").is_file() and not (half / "checkpoint.json").exists()
+    from fsdistill.train.checkpoint import verify_checkpoint
+
+    assert [s for s, _ in list_checkpoints(run)] == [2] and verify_checkpoint(run / "checkpoint-2")
+    assert run_cli(train_online_v1, [*argv, "--resume"]) == 0
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4] and not list(run.glob(".checkpoint-*"))
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,6 +521,24 @@ def test_architecture_fields_are_checked_before_any_weights_load(
     assert not (run / "run.json").exists()
 
 
+def test_fsdp_without_a_distributed_launch_is_refused_before_any_folder(
+    tmp_path, short_gsm8k, monkeypatch, capsys
+):
+    """training.distributed=fsdp started by plain python (no RANK/WORLD_SIZE, as also under `accelerate
+    launch --num_processes 2` without --multi_gpu on a CPU machine): exit 2 with the command to use, no
+    traceback, no folder."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    run = tmp_path / "run"
+    argv = cli_argv(
+        "online_v1.yaml", run, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES, "training.distributed=fsdp"
+    )
+    err = refused(train_online_v1, argv, capsys)
+    assert "training.distributed=fsdp needs a distributed launch" in err
+    assert "accelerate launch --multi_gpu --num_processes N" in err
+    assert not run.exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # 7. Interrupts and preemption
 # --------------------------------------------------------------------------------------------------
@@ -402,12 +551,12 @@ def digest(run: Path) -> str:
     return json.loads((run / "ranks" / "rank0.json").read_text())["trainable_parameters_sha256"]
 
 
-def launch(run: Path, short_gsm8k, processes: int, *flags: str) -> subprocess.Popen:
+def launch(
+    run: Path, short_gsm8k, processes: int, *flags: str, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """The README's entry point as a user runs it (under `accelerate launch` for 2 processes)."""
-    args = [
-        *cli_argv("online_v1.yaml", run, *common_overrides(short_gsm8k), *TEACHER_OVERRIDES, *SIGNAL_STEPS),
-        *flags,
-    ]
+    overrides = [*common_overrides(short_gsm8k), *TEACHER_OVERRIDES, *SIGNAL_STEPS, *extra]
+    args = [*cli_argv("online_v1.yaml", run, *overrides), *flags]
     script = str(REPO / "src" / "training" / "train_online_v1.py")
     if processes == 1:
         command = [sys.executable, script, *args]
@@ -459,13 +608,46 @@ def test_sigterm_saves_and_resume_equals_a_straight_run(processes, tmp_path, sho
     manifest = json.loads((stopped / "run.json").read_text())
     assert manifest["status"] == "interrupted" and [c["step"] for c in manifest["checkpoints"]] == [step]
     assert f"SIGTERM after step {step}: checkpoint written to {stopped / f'checkpoint-{step}'}" in err
-    assert "--resume" in err
+    assert err.count("resume with: ") == 1, err  # one line, not one per process
     proc = launch(stopped, short_gsm8k, processes, "--resume")
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert f"resuming from {stopped / f'checkpoint-{step}'} (step {step} of 14)" in err
     assert json.loads((stopped / "run.json").read_text())["status"] == "finished"
     assert digest(stopped) == digest(straight)
+
+
+ON_POLICY = ("rollout.source=student", "rollout.max_new_tokens=6", "output.log_with=[]")
+FSDP = ("training.distributed=fsdp",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra, processes",
+    [(ON_POLICY, 1), (ON_POLICY, 2), (FSDP, 2)],
+    ids=["on_policy-1", "on_policy-2", "fsdp-2"],
+)
+def test_sigterm_on_policy_and_under_fsdp_saves_says_so_once_and_resumes(
+    extra, processes, tmp_path, short_gsm8k
+):
+    """SIGTERM to an on-policy run (the student samples every step) and to a sharded one: the step ends, a
+    checkpoint is written, run.json says interrupted, exactly one line (not one per process) says how to
+    resume, and --resume finishes the run."""
+    run = tmp_path / "run"
+    proc = launch(run, short_gsm8k, processes, extra=extra)
+    wait_for_step(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    (step,) = [s for s, _ in list_checkpoints(run)]
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert err.count("resume with: ") == 1 and f"SIGTERM after step {step}" in err, err
+    proc = launch(run, short_gsm8k, processes, "--resume", extra=extra)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert err.count(f"resuming from {run / f'checkpoint-{step}'}") == 1, err
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert [m["step"] for m in metrics(run)][-1] == 14
 
 
 @pytest.mark.slow

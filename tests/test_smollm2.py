@@ -242,7 +242,20 @@ def test_refuses_to_clobber_a_folder_it_did_not_finish(tmp_path):
     (out / "config.json").write_text("{}")
     with pytest.raises(UserError, match="no finished conversion"):
         smollm2.convert_gguf_to_hf(out)
+    # --force replaces a conversion, never a folder it did not write: refused before any work.
+    with pytest.raises(UserError, match="not a folder this command wrote"):
+        smollm2.convert_gguf_to_hf(out, overwrite=True)
     assert (out / "config.json").read_text() == "{}"
+
+
+def test_force_replaces_a_conversions_own_files_only(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    for name in (MARKER, "config.json", "model.safetensors", "tokenizer.json", "notes.txt"):
+        (out / name).write_text("{}")
+    ours = smollm2.converted_files(out)
+    assert sorted(ours) == sorted([MARKER, "config.json", "model.safetensors", "tokenizer.json"])
+    assert smollm2.converted_files(tmp_path / "absent") == []
 
 
 def test_default_model_dir(monkeypatch, tmp_path):

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, OFFLINE_OVERRIDES, QWEN3_TOKENIZER
+from conftest import CONFIGS, OFFLINE_OVERRIDES, QWEN3_TOKENIZER, REPO
 
 from fsdistill.config import ConfigError, TaskConfig, from_dict, load_config, to_dict
 from fsdistill.errors import UserError
+from fsdistill.files import sha256_file
 from fsdistill.tasks import ConfiguredTask, Scored, make_task
 from fsdistill.tasks.rows import DataError
 from fsdistill.tasks.scoring import make_scoring, normalize_text
@@ -149,12 +151,49 @@ def test_json_csv_and_parquet_files_through_datasets(tmp_path, fmt):
 
 def test_a_template_field_the_rows_lack_is_named_with_file_line_and_key(tmp_path):
     task = task_of(question_template="{question} ({subject})")
-    path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "#### 1"}])
+    rows = [{"question": "q", "answer": "#### 1"}, {"question": "q2", "answer": "#### 2", "subject": "maths"}]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
     with pytest.raises(
         DataError,
         match=rf"{path}:1: task.question_template uses {{subject}}, but the row has no field 'subject'",
     ):
         task.load(str(path), "t", "main")
+
+
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({}, "task.question_field"),
+        ({"question_field": "problem", "gold_field": "final", "scoring": "last_number"}, "task.gold_field"),
+        (
+            {
+                "question_template": "{question} ({subject})",
+                "question_field": "problem",
+                "answer_field": "solution",
+            },
+            "task.question_template",
+        ),
+        ({"row_format": "messages"}, "task.messages_field"),
+    ],
+)
+def test_a_field_no_row_has_is_one_error_naming_the_key_and_the_rows_fields(tmp_path, settings, key):
+    """A wrong task.*_field makes every row lack the field: one error naming the key to change and the
+    fields the first row has, not one line per row."""
+    task = task_of(**settings)
+    rows = [{"problem": f"What is {i} + 1?", "solution": f"#### {i + 1}"} for i in range(30)]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        task.load(str(path), "t", "main", ("gold",))
+    message = str(e.value)
+    assert message.startswith(f"{path}: no row has the field ") and key in message, message
+    assert (
+        "(all 30 rows lack it)" in message and "the first row's fields are ['problem', 'solution']" in message
+    )
+    assert message.count("\n") == 0 and ":2:" not in message  # once, not per line
+    records = tmp_path / "t.json"  # the same through datasets (JSON, CSV, Parquet)
+    records.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=rf"{records}: no row has the field .*{key}"):
+        task.load(str(records), "t", "main", ("gold",))
 
 
 def test_what_a_use_needs_is_refused_by_line_when_missing(tmp_path):
@@ -502,19 +541,72 @@ def test_twostep_data_is_disjoint_deterministic_and_scores_its_own_answers(tmp_p
     questions = [{e.question for e in rows} for rows in splits.values()]
     assert sum(map(len, questions)) == len(set().union(*questions)) == 1200  # disjoint, no duplicates
     for e in random.Random(0).sample(splits["test"], 50):
-        a, b, c = (
-            int(x)
-            for x in e.question.replace("What is (", "")
-            .replace(")", "")
-            .replace("?", "")
-            .replace("+", "*")
-            .split("*")
-        )
+        a, b, c = twostep_operands(e.question)
         assert e.gold == str((a + b) * c)
         assert task.score(e.answer, e.gold) == Scored(e.gold, True)
     user = task.user_turn(splits["test"][0])
     assert user.endswith("? Answer in one short line ending with 'Answer:' and the number.")
     assert twostep.make_splits(seed=1)["test"] != twostep.make_splits(seed=0)["test"]
+    recorded = json.loads((tmp_path / "a" / twostep.VERSION_FILE).read_text())
+    assert recorded["version"] == twostep.VERSION == 2 and recorded["seed"] == 0
+    assert recorded["files"]["test.jsonl"]["sha256"] == sha256_file(paths["test"])
+
+
+def twostep_operands(question: str) -> tuple[int, int, int]:
+    """(a, b, c) of a twostep question, read from its text."""
+    a, b, c = re.fullmatch(r"What is \((\d+) \+ (\d+)\) \* (\d+)\?", question).groups()
+    return int(a), int(b), int(c)
+
+
+def twins_across_files(folder: Path) -> dict[tuple[str, str], int]:
+    """{(split, other): problems of split whose swapped-operand twin (b + a) * c is in other}, read from
+    the written files' questions (what the model sees), not from the generator's own grouping."""
+    problems = {
+        split: {twostep_operands(json.loads(line)["question"]) for line in open(folder / f"{split}.jsonl")}
+        for split in twostep.SPLITS
+    }
+    return {
+        (s, o): sum((b, a, c) in problems[o] for a, b, c in problems[s] if a != b)
+        for s in problems
+        for o in problems
+        if o != s
+    }
+
+
+def test_twostep_twins_never_cross_splits(tmp_path):
+    """Data version 2 keeps each problem and its swapped-operand twin (same answer) in one split, at the
+    same sizes; version 1 (the first results' layout, kept by a flag) leaks them, as the issue counted."""
+    for seed in (0, 1):
+        twostep.main(["--out", str(tmp_path / f"v2_{seed}"), "--seed", str(seed)])
+        assert set(twins_across_files(tmp_path / f"v2_{seed}").values()) == {0}
+    twostep.main(["--out", str(tmp_path / "v1"), "--version", "1"])
+    leaked = twins_across_files(tmp_path / "v1")
+    assert (leaked["test", "train"], leaked["test", "validation"], leaked["validation", "train"]) == (
+        217,
+        86,
+        75,
+    )
+    # Shared by design in both versions: most test problems have a training problem with their (a + b, c).
+    assert twostep.shared_sum_and_multiplier(twostep.make_splits(0)) > 0.5
+
+
+def test_twostep_answers_are_read_for_their_first_step_and_format():
+    row = twostep.problem(7, 18, 10)
+    assert twostep.first_step_right(row["answer"], row) and twostep.is_two_step(row["answer"])
+    assert twostep.first_step_right("18 + 7 = 25, 25 * 10 = 350. Answer: 350", row)  # a wrong product
+    assert not twostep.first_step_right("7 + 18 = 24, 24 * 10 = 240. Answer: 240", row)
+    assert not twostep.first_step_right("The answer is 250.", row)
+    assert twostep.is_two_step("3 + 4 = 8, 8 * 2 = 16. Answer: 16")  # the format, whatever the numbers
+    assert not twostep.is_two_step("3 + 4 = 7. Answer: 7") and not twostep.is_two_step("(3 + 4) * 2 = 14")
+
+
+def test_twostep_version_1_is_rewritten_byte_identically_for_the_results_measured_on_it(tmp_path):
+    """--version 1 writes exactly the files the first results were measured on (their provenance hashes)."""
+    recorded = json.loads((REPO / "experiments" / "twostep" / "v1" / "test_eval.json").read_text())
+    hashes = recorded["provenance"]["data_sha256"]
+    paths = twostep.main(["--out", str(tmp_path), "--version", "1"])
+    assert {f"data/twostep/{p.name}": sha256_file(p) for s, p in paths.items() if s != "validation"} == hashes
+    assert json.loads((tmp_path / twostep.VERSION_FILE).read_text())["version"] == 1
 
 
 def test_result_files_name_the_task_and_its_settings():

@@ -81,6 +81,30 @@ def test_disk_cache_from_precompute_gives_identical_training(tmp_path, settings,
     assert (cache / "ids.npy").stat().st_mtime_ns == before
 
 
+def test_overwrite_replaces_the_caches_own_files_only_and_never_through_a_link(tmp_path, settings, capsys):
+    """--overwrite: the cache's files are replaced, a user's file in its folder stays there (not moved
+    aside with the old cache); a cache_dir that is a link is refused before any work, nothing touched."""
+    cache = tmp_path / "cache"
+    disk = ["teacher.cache=disk", f"teacher.cache_dir={cache}"]
+    assert precompute(settings, *disk) == 0
+    old_index = (cache / "index.npy").stat().st_mtime_ns
+    (cache / "notes.txt").write_text("a user's notes")
+    assert precompute(settings, *disk, "--overwrite") == 0
+    assert (cache / "notes.txt").read_text() == "a user's notes"
+    assert (cache / "index.npy").stat().st_mtime_ns != old_index and json.loads(
+        (cache / "meta.json").read_text()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no .tmp or .old folder left beside it
+    (tmp_path / "link").symlink_to(cache)
+    capsys.readouterr()
+    assert (
+        precompute(settings, "teacher.cache=disk", f"teacher.cache_dir={tmp_path / 'link'}", "--overwrite")
+        == 2
+    )
+    assert f"{tmp_path / 'link'} is a symbolic link" in capsys.readouterr().err
+    assert (cache / "meta.json").is_file() and (tmp_path / "link").is_symlink()
+
+
 def test_stale_disk_cache_is_refused_naming_what_differs(tmp_path, settings, capsys):
     cache = tmp_path / "cache"
     disk = ["teacher.cache=disk", f"teacher.cache_dir={cache}"]

@@ -649,3 +649,47 @@ def test_a_step_whose_examples_are_all_dropped_updates_nothing(tmp_path, short_g
     assert not (tmp_path / "metrics.jsonl").exists() or metrics(tmp_path) == []
     dropped = json.loads((tmp_path / "run.json").read_text())["dropped_examples"]
     assert sum(d["count"] for d in dropped) == 8  # 2 steps x global batch 4
+
+
+def test_a_run_reports_how_it_ended_and_writes_files_with_the_umask(tmp_path, short_gsm8k, capsys):
+    """A schedule that never reaches its peak LR is warned about at start (and left as configured); the
+    run ends with one line (status, steps, duration, last checkpoint, the command that evaluates it);
+    run.json records start, end and duration; the files it writes get the user's umask (a group folder
+    stays group-readable), not mkstemp's private 0600."""
+    import os
+    from datetime import datetime
+
+    run_dir = tmp_path / "run"
+    argv = cli_argv(
+        "base.yaml",
+        run_dir,
+        *common_overrides(short_gsm8k),
+        "training.max_steps=2",
+        "training.warmup_steps=2",
+        "output.log_with=[]",
+    )
+    before = os.umask(0o002)
+    try:
+        assert run_cli(train_baseline, argv) == 0
+    finally:
+        os.umask(before)
+    captured = capsys.readouterr()
+    assert "warning: training.max_steps=2 <= training.warmup_steps=2" in captured.err
+    assert "never reaches training.lr=0.002 (the last update uses 0.001)" in captured.err
+    assert column(run_dir, "train/lr") == [0.0, 1e-3]  # the schedule itself is unchanged
+
+    manifest = json.loads((run_dir / "run.json").read_text())
+    started, ended = (
+        datetime.fromisoformat(manifest[k].replace("Z", "+00:00")) for k in ("started", "ended")
+    )
+    assert 0 <= manifest["duration_s"] and started <= ended
+    (line,) = [x for x in captured.out.splitlines() if x.startswith("run finished:")]
+    last = run_dir / "checkpoint-2"
+    assert line.startswith("run finished: step 2 of 2 in ")
+    assert (
+        f"last checkpoint {last}; evaluate it with: fsdistill-eval-checkpoints --path {last} --output "
+        in line
+    )
+
+    for name in ("run.json", "config.yaml", "metrics.jsonl", "checkpoint-2/checkpoint.json"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o664, name

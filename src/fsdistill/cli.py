@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 
 from fsdistill.config import Config, ConfigError, load_config
 from fsdistill.errors import UserError
@@ -14,8 +16,14 @@ from fsdistill.methods import CONDITIONS
 
 
 def add_config_args(parser: argparse.ArgumentParser, need_output_dir: bool = False) -> None:
-    parser.add_argument("--config", help="YAML config (may say 'inherit: BASE.yaml').")
-    parser.add_argument("--base_config", help="A YAML config loaded before --config (the original's flag).")
+    parser.add_argument(
+        "--config", help="YAML config (may say 'inherit: BASE.yaml' or 'inherit: [MODEL.yaml, TASK.yaml]')."
+    )
+    parser.add_argument(
+        "--base_config",
+        help="A YAML config loaded before --config (the original's flag): the same as --config saying "
+        "'inherit: [BASE_CONFIG, CONFIG]'.",
+    )
     parser.add_argument("--output_dir", required=need_output_dir, help="Run folder (sets output.dir).")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.sub=value", help="Config overrides, applied last."
@@ -43,6 +51,25 @@ def check_launcher_precision(cfg: Config) -> None:
             f"accelerate launch --mixed_precision {launcher} disagrees with training.mixed_precision={wanted}; "
             "the config is the one place precision is set: drop the flag or change the config"
         )
+
+
+def check_distributed_launch(cfg: Config) -> None:
+    """Refuse training.distributed=fsdp in a process no distributed launcher started.
+
+    FSDP shards over a process group, which torchrun (under `accelerate launch --multi_gpu`) sets up through
+    RANK and WORLD_SIZE in the environment; plain `python`, or `accelerate launch --num_processes N` without
+    --multi_gpu on a machine without GPUs (one process), leaves them unset and torch would fail deep in
+    setup. Checked before torch loads and before any folder is made, with the command to use.
+    """
+    if cfg.training.distributed != "fsdp" or {"RANK", "WORLD_SIZE"} <= os.environ.keys():
+        return
+    command = shlex.join(["accelerate", "launch", "--multi_gpu", "--num_processes", "N", *sys.argv])
+    raise UserError(
+        "training.distributed=fsdp needs a distributed launch (RANK and WORLD_SIZE are not set: this is one "
+        f"process started without one); launch it as\n    {command}\nwith N processes (without GPUs add "
+        "ACCELERATE_USE_CPU=true; on GPU nodes see configs/accelerate/fsdp_8gpu.yaml), or use "
+        "training.distributed=ddp for one process (nothing was written)"
+    )
 
 
 def parse_training_cli(description: str, argv=None, with_condition: bool = False):
@@ -80,6 +107,7 @@ def parse_training_cli(description: str, argv=None, with_condition: bool = False
     extra = list(CONDITIONS[args.condition].settings) if with_condition and args.condition else []
     cfg, source = config_from_args(args, extra)
     check_launcher_precision(cfg)
+    check_distributed_launch(cfg)
     return args, cfg, source
 
 

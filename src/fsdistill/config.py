@@ -6,7 +6,8 @@ omegaconf and yaml, so a mistake in a config fails in well under a second, befor
 
 Composition, the same for every entry point:
   1. ``--base_config FILE`` (optional, the original's flag), then ``--config FILE``; a YAML file may
-     say ``inherit: OTHER.yaml`` (a path relative to that file; chains allowed, cycles refused);
+     say ``inherit: OTHER.yaml`` or ``inherit: [A.yaml, B.yaml]`` (paths relative to that file, later
+     entries winning; chains allowed, cycles refused);
   2. ``--output_dir DIR`` (sets ``output.dir``);
   3. ``key.sub=value`` overrides from the command line, last.
 A later setting of a key replaces the earlier one, except the dict field ``model.architecture``, whose
@@ -1071,19 +1072,39 @@ def _set(values: dict[str, Any], source: dict[str, str], key: str, value: Any, w
 
 
 def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
-    """The files of an ``inherit:`` chain, base first: [(path, mapping without 'inherit'), ...]."""
+    """The files of an ``inherit:`` chain, bases first: [(path, mapping without 'inherit'), ...].
+
+    ``inherit`` is one path or a list of paths (each relative to the file). A list is applied in order, so
+    a later entry wins over an earlier one (``inherit: [configs/smollm2/sft.yaml, my_task.yaml]``: the
+    model config, then the task over it), and the file's own keys win over all of them. A file that
+    several entries inherit (a shared base) is applied once, at its first place, so it never overwrites
+    what an entry between its two places changed.
+    """
     path = path.resolve()
     if path in seen:
         cycle = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError([f"{path}: inherit cycle: {cycle}"])
     data = _read_yaml(path)
-    parent = data.pop("inherit", None)
+    parents = data.pop("inherit", None)
+    if parents is None:
+        parents = []
+    elif isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(
+            [f"{path}: 'inherit' must be a path or a list of paths (later entries win), got {parents!r}"]
+        )
     chain: list[tuple[Path, dict]] = []
-    if parent is not None:
-        if not isinstance(parent, str):
-            raise ConfigError([f"{path}: 'inherit' must be a path string, got {parent!r}"])
-        chain = _load_chain(path.parent / parent, (*seen, path))
+    for parent in parents:
+        _extend_chain(chain, _load_chain(path.parent / parent, (*seen, path)))
     return [*chain, (path, data)]
+
+
+def _extend_chain(chain: list[tuple[Path, dict]], more: list[tuple[Path, dict]]) -> None:
+    """Append the files of `more` that `chain` does not hold yet (a shared base is applied once)."""
+    for item in more:
+        if all(item[0] != done for done, _ in chain):
+            chain.append(item)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -1126,10 +1147,9 @@ def compose(
     values: dict[str, Any] = {}
     source: dict[str, str] = {}
     files: list[tuple[Path, dict]] = []
-    if base_config:
-        files += _load_chain(Path(base_config))
-    if config:
-        files += _load_chain(Path(config))
+    for name in (base_config, config):  # as if one file said `inherit: [base_config, config]`
+        if name:
+            _extend_chain(files, _load_chain(Path(name)))
     for path, data in files:
         for key, value in _flatten(data).items():
             _set(values, source, key, value, _display(path))
@@ -1281,10 +1301,18 @@ def load_config(
     cfg = build_config(values, source)
     # Marks the config as the user's own: only such a config may name code to import (task.scoring_callable).
     object.__setattr__(cfg, _COMMAND_LINE_SOURCES, dict(source))
+    object.__setattr__(cfg, _SOURCES, dict(source))
     return cfg, source
 
 
 _COMMAND_LINE_SOURCES = "_fsdistill_command_line_sources"
+_SOURCES = "_fsdistill_sources"
+
+
+def setting_source(cfg: Config, key: str) -> str:
+    """Where a key of a composed config was set (a file, a run's record, the command line), for messages
+    that tell the user what to change; the schema default when no file set it."""
+    return (getattr(cfg, _SOURCES, None) or {}).get(key, DEFAULT)
 
 
 def command_line_sources(cfg: Config) -> Optional[dict[str, str]]:
@@ -1306,8 +1334,27 @@ def from_dict(data: dict[str, Any], where: str) -> Config:
 
     Keys an earlier version saved under another name (MOVED) are read at their new place.
     """
-    flat = _upgrade_saved(_flatten(data))
-    return build_config(flat, dict.fromkeys(flat, where))
+    return load_recorded_config(data, where)[0]
+
+
+def load_recorded_config(
+    data: dict[str, Any], where: str, overrides: Optional[list[str]] = None
+) -> tuple[Config, dict[str, str]]:
+    """A config a run recorded (run.json, a checkpoint's config.yaml, export.json) with `key.sub=value`
+    overrides from the command line on top: what evaluating a run with its own settings composes. Returns
+    the config and where each key was set (`where`, or the command line). Unlike load_config's, such a
+    config is not the user's own (command_line_sources is None), so it never imports a scoring callable.
+    """
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for key, value in _upgrade_saved(_flatten(data)).items():
+        _set(values, source, key, value, where)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set(values, source, key, value, COMMAND_LINE)
+    cfg = build_config(values, source)
+    object.__setattr__(cfg, _SOURCES, dict(source))
+    return cfg, source
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """A run stopped on a signal after writing a checkpoint; exits with 128 + the signal's number, as a
-    process killed by it would, so `train && evaluate` does not go on."""
+    process killed by it would, so `train && evaluate` does not go on. `quiet`: exit without printing (the
+    processes other than the main one of a multi-process run: one line says how to resume, not one per
+    process)."""
 
-    def __init__(self, message: str, exit_status: int):
+    def __init__(self, message: str, exit_status: int, quiet: bool = False):
         super().__init__(message)
-        self.exit_status = exit_status
+        self.exit_status, self.quiet = exit_status, quiet
 
 
 def exit_on_user_error(main: Callable) -> Callable:
@@ -33,7 +35,8 @@ def exit_on_user_error(main: Callable) -> Callable:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except Interrupted as e:
-            print(f"interrupted: {e}", file=sys.stderr)
+            if not e.quiet:
+                print(f"interrupted: {e}", file=sys.stderr)
             sys.exit(e.exit_status)
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C): stopped at once; files already written are intact", file=sys.stderr)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,7 +42,7 @@ from fsdistill.distill.alignment import answer_positions
 from fsdistill.distill.losses import TeacherTargets
 from fsdistill.distill.objective import target_spec
 from fsdistill.errors import UserError
-from fsdistill.files import sha256_file, write_json_atomic
+from fsdistill.files import install_folder, remove, sha256_file, write_json_atomic
 from fsdistill.modeling.identity import weights_identity
 
 FORMAT = 1
@@ -249,12 +248,10 @@ class DiskCacheWriter:
             **extra,
         }
         write_json_atomic(self.tmp / "meta.json", meta)
-        old = self.path.with_name(self.path.name + ".old")
-        remove_cache_folder(old)
-        if self.path.exists():
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        remove_cache_folder(old)
+        # The old cache's own files go (anything else in its folder stays); meta.json, what makes the
+        # folder a cache, comes last.
+        ours = CACHE_FILES if is_cache_folder(self.path) else ()
+        install_folder(self.tmp, self.path, ours, last="meta.json")
         return self.path
 
 
@@ -271,14 +268,7 @@ def is_cache_folder(path: Path) -> bool:
 
 def remove_cache_folder(path: Path) -> None:
     """Delete a cache folder's own files, then the folder if that emptied it (anything else stays)."""
-    if not path.is_dir():
-        return
-    for name in CACHE_FILES:
-        (path / name).unlink(missing_ok=True)
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+    remove(path.parent, [f"{path.name}/{name}" for name in CACHE_FILES], [path.name])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,48 +1,62 @@
-"""Score every checkpoint of one or more runs on the config's task (0-shot prompts), resumably.
+"""Score checkpoints of runs, or one checkpoint or model folder, on the task they were trained on (0-shot
+prompts), resumably.
 
-    python scripts/eval_checkpoints.py --config configs/base.yaml --n_samples 1319 \
-        --conditions online_v1 baseline --base_dir experiments --checkpoint_steps 200 400 600 800 1000 \
+    python scripts/eval_checkpoints.py --conditions online_v1 baseline --base_dir experiments \
+        --n_samples 1319 --checkpoint_steps 200 400 600 800 1000 \
         --output experiments/online_v1_full_eval.json --tensor_parallel_size 4 [--backend hf|vllm]
+    python scripts/eval_checkpoints.py --path experiments/baseline/checkpoint-1000 --output eval.json
+    python scripts/eval_checkpoints.py --path exported/my-model --output eval.json [--split validation]
 
-Runs are found through their run.json under --base_dir; a condition is a run's `name` (default: its
-output folder's name). LoRA and full fine-tuning checkpoints are told apart by the run's config. The
-result file is written after every checkpoint (atomically) and (condition, step) pairs already in it are
+What is scored (eval/targets.py): --conditions names runs, found through their run.json under --base_dir
+(a condition is a run's `name`, by default its output folder's name); --path names one checkpoint folder,
+one run folder (its checkpoints) or one model folder (export_model.py's, or any transformers folder with
+--config). Entries are labelled by run name and step, a model folder by its name. LoRA and full
+fine-tuning checkpoints are told apart by the run's config.
+
+With what: without --config, each run's own recorded config (task, prompt, template, scoring, data,
+evaluation settings), with `key=value` overrides and the flags below on top; with --config, that config
+(checked against each run). Settings that defined the training (task, template, data source, model) are
+not overridden unless --override_run_settings asks for it, which each entry then records.
+
+The result file is written after every checkpoint (atomically) and (condition, step) pairs already in it are
 skipped, so an interrupted sweep resumes where it stopped. With --teacher_forced and eval.generate=false,
-teacher-forced metrics only (no generation). --split validation needs --config to hold out the same
-rows as each run (data source, size, seed), which is checked.
+teacher-forced metrics only (no generation). --split validation scores the rows each run held out, which
+must be the same rows for every run (checked).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import re
 from pathlib import Path
 
 from fsdistill.cli import add_eval_args, config_from_args, parse_eval_args
 from fsdistill.errors import UserError, exit_on_user_error
-
-# config_identity patterns: what a run and --config must share. The base model (its name, init and
-# architecture) for every sweep; with --split validation also what decides which training rows were held
-# out (tasks.rows.training_rows), or rows the run trained on would be scored as "validation".
-SAME_BASE_MAY_DIFFER = ("*", "!model.name", "!model.init", "!model.architecture")
-SAME_VALIDATION_MAY_DIFFER = (
-    "*",
-    "!data.source",
-    "!data.hub_config",
-    "!data.train_split",
-    "!data.max_train_examples",
-    "!data.validation_size",
-    "!data.validation_split",
-    "!training.seed",
+from fsdistill.eval.targets import (
+    Target,
+    check_targets,
+    find_runs,
+    folder_model_overrides,
+    recorded_evaluation_config,
+    resolve_condition,
+    run_targets,
+    targets_at,
+    teacher_model,
 )
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_eval_args(parser)
-    parser.add_argument("--conditions", nargs="+", required=True, help="Run names to evaluate.")
-    parser.add_argument("--base_dir", required=True, help="Folder searched (recursively) for run.json files.")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--conditions", nargs="+", help="Run names to evaluate (found under --base_dir).")
+    what.add_argument(
+        "--path", help="One checkpoint-STEP folder, run folder or model folder (exported, or with --config)."
+    )
+    parser.add_argument(
+        "--base_dir", help="With --conditions: folder searched (recursively) for run.json files."
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--checkpoint_steps", type=int, nargs="+", help="Steps to score (default: all).")
     which.add_argument(
@@ -50,110 +64,77 @@ def parse(argv):
         metavar="JSON",
         help="Score each condition at the step select_checkpoints.py chose for it on the validation split.",
     )
-    return parse_eval_args(parser, argv)
-
-
-def find_runs(base_dir: Path) -> dict[str, list[Path]]:
-    """run name -> run folders holding a run.json with that name."""
-    if not base_dir.is_dir():
-        raise UserError(f"--base_dir {base_dir}: no such folder")
-    runs: dict[str, list[Path]] = {}
-    for manifest in sorted(base_dir.rglob("run.json")):
-        try:
-            name = json.loads(manifest.read_text())["name"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise UserError(f"{manifest}: not a run manifest ({e})") from None
-        runs.setdefault(name, []).append(manifest.parent)
-    return runs
-
-
-def resolve_condition(runs: dict[str, list[Path]], name: str) -> Path:
-    found = runs.get(name, [])
-    if len(found) == 1:
-        return found[0]
-    listing = (
-        "\n    ".join(f"{n}: {', '.join(map(str, dirs))}" for n, dirs in sorted(runs.items())) or "(none)"
+    parser.add_argument(
+        "--override_run_settings",
+        action="store_true",
+        help="Score runs with a task, template, data source or model other than they were trained with (from "
+        "--config or overrides); each entry records the differences.",
     )
-    problem = "matches no run" if not found else f"is ambiguous ({len(found)} runs carry it)"
-    raise UserError(f"condition '{name}' {problem}; runs found:\n    {listing}")
+    args = parse_eval_args(parser, argv)
+    if args.conditions and not args.base_dir:
+        parser.error("--conditions needs --base_dir (the folder holding the runs)")
+    if args.path and args.base_dir:
+        parser.error("--base_dir goes with --conditions, not --path")
+    return args
 
 
-def run_checkpoints(run_dir: Path, steps: list[int] | None) -> list[tuple[int, Path]]:
-    from fsdistill.train.checkpoint import list_checkpoints
+def steps_chooser(args):
+    """steps_for(run name): the steps --checkpoint_steps or --selected name (None: every checkpoint)."""
+    if not args.selected:
+        return lambda name: args.checkpoint_steps
+    from fsdistill.eval.select import read_selection
 
-    have = list_checkpoints(run_dir)
-    if not have:
-        raise UserError(
-            f"{run_dir}: the run has no complete checkpoint (checkpoint-STEP/ with checkpoint.json)"
-        )
-    if steps is None:
-        return have
-    by_step = dict(have)
-    missing = [s for s in steps if s not in by_step]
+    selected = read_selection(args.selected)
+    missing = [name for name in args.conditions or () if name not in selected]
     if missing:
-        raise UserError(f"{run_dir}: no checkpoint for steps {missing}; it has {sorted(by_step)}")
-    return [(s, by_step[s]) for s in steps]
+        raise UserError(
+            f"--selected {args.selected}: no chosen step for {missing}; it has {sorted(selected)}"
+        )
+
+    def steps_for(name: str) -> list[int]:
+        if name not in selected:
+            raise UserError(
+                f"--selected {args.selected}: no chosen step for {name!r}; it has {sorted(selected)}"
+            )
+        return [selected[name]]
+
+    return steps_for
 
 
-def check_same(cfg, run_cfg, run_dir: Path, may_differ: tuple[str, ...], problem: str) -> None:
-    """Refuse a run whose config differs from --config on what `may_differ` keeps."""
-    from fsdistill.config import config_identity, identity_differences
+def find_targets(args) -> list[Target]:
+    steps_for = steps_chooser(args)
+    if args.conditions:
+        runs = find_runs(Path(args.base_dir))
+        return [t for name in args.conditions for t in run_targets(resolve_condition(runs, name), steps_for)]
+    targets = targets_at(Path(args.path), steps_for)
+    if (args.checkpoint_steps or args.selected) and targets[0].step is not None and len(targets) == 1:
+        if targets[0].folder or Path(args.path, "checkpoint.json").is_file():
+            raise UserError(
+                f"--path {args.path} is one model: --checkpoint_steps and --selected name a run's steps"
+            )
+    return targets
 
-    diffs = identity_differences(
-        config_identity(run_cfg, may_differ), config_identity(cfg, may_differ), "run", "--config"
-    )
-    if diffs:
-        raise UserError(f"{run_dir} {problem}:\n    " + "\n    ".join(diffs))
+
+def evaluation_config(args, targets: list[Target]):
+    """(config, what described it for messages): --config's, or the targets' own (eval/targets.py)."""
+    if args.config or args.base_config:
+        extra = folder_model_overrides(targets[0].path) if targets[0].folder else []
+        cfg, _ = config_from_args(args, extra)
+        return cfg, "--config"
+    cfg, _ = recorded_evaluation_config(targets, args.overrides, "eval_checkpoints", args.split)
+    return cfg, "the command line"
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
     args = parse(argv)
-    cfg, _ = config_from_args(args)
-    from fsdistill.config import from_dict
-
-    runs = find_runs(Path(args.base_dir))
-    selected = None
-    if args.selected:
-        from fsdistill.eval.select import read_selection
-
-        selected = read_selection(args.selected)
-        missing = [name for name in args.conditions if name not in selected]
-        if missing:
-            raise UserError(
-                f"--selected {args.selected}: no chosen step for {missing}; it has {sorted(selected)}"
-            )
-    plan = []
-    for name in args.conditions:
-        run_dir = resolve_condition(runs, name)
-        manifest = json.loads((run_dir / "run.json").read_text())
-        missing = [k for k in ("method", "config") if k not in manifest]
-        if missing:
-            raise UserError(f"{run_dir / 'run.json'}: not a run manifest (no {', '.join(missing)})")
-        run_cfg = from_dict(manifest["config"], f"{run_dir / 'run.json'} (config)")
-        check_same(
-            cfg,
-            run_cfg,
-            run_dir,
-            SAME_BASE_MAY_DIFFER,
-            "was trained from another base model than --config describes",
-        )
-        if args.split == "validation":
-            # training.seed draws the held-out rows only when they are held out of the training split.
-            seed = () if cfg.data.validation_size else ("training.seed",)
-            check_same(
-                cfg,
-                run_cfg,
-                run_dir,
-                SAME_VALIDATION_MAY_DIFFER + seed,
-                "held out other rows than --config describes, so its training rows could be scored as validation (--split validation)",
-            )
-        steps = [selected[name]] if selected is not None else args.checkpoint_steps
-        plan.append((name, manifest["method"], run_cfg, run_checkpoints(run_dir, steps)))
-    sweep(cfg, args, plan)
+    targets = find_targets(args)
+    cfg, described_by = evaluation_config(args, targets)
+    changed = check_targets(cfg, targets, described_by, args.split, args.override_run_settings)
+    sweep(cfg, args, targets, changed)
 
 
-def sweep(cfg, args, plan) -> None:
+def sweep(cfg, args, targets: list[Target], changed: dict) -> None:
     from fsdistill.eval import evaluate as ev
     from fsdistill.eval.results import make_entry
 
@@ -167,23 +148,25 @@ def sweep(cfg, args, plan) -> None:
     )
     evaluator = CheckpointEvaluator(cfg, prompts, prompt_ids, teacher_seq)
     try:
-        for name, method, run_cfg, checkpoints in plan:
-            for step, path in checkpoints:
-                if session.has(name, step, 0):
-                    print(f"{name} step {step}: already in {args.output}, skipped")
-                    continue
-                texts, metrics = evaluator.evaluate(run_cfg, path)
-                entry = make_entry(
-                    name,
-                    method,
-                    step,
-                    0,
-                    ev.score_examples(session.task, data.examples, texts),
-                    checkpoint=str(path),
-                    teacher_forced_metrics=metrics,
-                )
-                session.record(entry)
-                print(ev.describe_entry(f"{name} step {step}", entry))
+        for target in targets:
+            if session.has(target.condition, target.step, 0):
+                print(f"{target.label}: already in {args.output}, skipped")
+                continue
+            texts, metrics = evaluator.evaluate(target)
+            entry = make_entry(
+                target.condition,
+                target.method,
+                target.step,
+                0,
+                ev.score_examples(session.task, data.examples, texts),
+                checkpoint=str(target.path),
+                teacher_forced_metrics=metrics,
+                run_overrides=changed[target],
+            )
+            session.record(entry)
+            print(ev.describe_entry(target.label, entry))
+            for key, change in changed[target].items():
+                print(f"  scored with {key}={change['evaluated']!r} (trained with {change['run']!r})")
     finally:
         evaluator.close()
 
@@ -208,13 +191,16 @@ class CheckpointEvaluator:
         self.views: list = []  # the temporary model folders of full fine-tuning engines (vllm_model_view)
         self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
 
-    def generate_vllm(self, run_cfg, path: Path) -> list[str]:
+    def generate_vllm(self, target: Target, run_cfg) -> list[str]:
         from fsdistill.eval.generation import VLLMGenerator
         from fsdistill.train.checkpoint import checkpoint_model_folder
 
-        lora = run_cfg.training.use_lora
+        lora = not target.folder and run_cfg.training.use_lora
+        # A model folder's tokenizer is the evaluation's (its own, when it holds one); a full fine-tuning
+        # checkpoint carries its tokenizer.
         m = run_cfg.model
-        folder = checkpoint_model_folder(path, run_cfg)  # checked; consolidated when sharded
+        # A checkpoint is checked, and consolidated when sharded; a model folder is loaded as it is.
+        folder = target.path if target.folder else checkpoint_model_folder(target.path, run_cfg)
         # The adapter's rank is part of a LoRA engine's key: vLLM refuses adapters above max_lora_rank.
         key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", str(folder))
         if key not in self.engines:
@@ -222,18 +208,22 @@ class CheckpointEvaluator:
             model = None if lora else vllm_model_view(folder)
             self.views += [model] if model else []
             self.engines[key] = VLLMGenerator(
-                run_cfg.model.name if lora else model.name,
-                tokenizer=run_cfg.model.tokenizer if lora else model.name,
+                m.name if lora else model.name,
+                tokenizer=m.tokenizer
+                if lora
+                else (self.cfg.model.tokenizer or model.name)
+                if target.folder
+                else model.name,
                 settings=self.settings,
                 tensor_parallel_size=self.cfg.eval.tensor_parallel_size,
-                dtype=run_cfg.model.dtype,
+                dtype=m.dtype,
                 max_lora_rank=run_cfg.lora.r if lora else None,
                 gpu_memory_utilization=self.cfg.eval.gpu_memory_utilization,
                 enforce_eager=self.cfg.vllm.enforce_eager,
             )
         return self.engines[key].generate(self.prompt_ids, lora_path=str(folder) if lora else None)
 
-    def evaluate(self, run_cfg, path: Path) -> tuple[list[str] | None, dict | None]:
+    def evaluate(self, target: Target) -> tuple[list[str] | None, dict | None]:
         """(generated texts, or None with eval.generate=false; teacher-forced metrics or None)."""
         import gc
 
@@ -242,23 +232,26 @@ class CheckpointEvaluator:
         from fsdistill.eval import evaluate as ev
         from fsdistill.eval.generation import generate_hf
         from fsdistill.modeling.loading import load_causal_lm
-        from fsdistill.train.checkpoint import load_checkpoint_model
 
+        # A plain model folder records no config: the evaluation's describes it. The weights load in the
+        # evaluation's dtype (model.dtype is an evaluation setting; the run's by default).
+        run_cfg = with_dtype(target.run_config() or self.cfg, self.cfg.model.dtype)
         generate = self.cfg.eval.generate
-        texts = self.generate_vllm(run_cfg, path) if generate and self.cfg.eval.backend == "vllm" else None
+        texts = self.generate_vllm(target, run_cfg) if generate and self.cfg.eval.backend == "vllm" else None
         if texts is not None and self.teacher_seq is None:
             return texts, None
-        model = load_checkpoint_model(path, run_cfg).to(self.device).eval()
+        model = load_target_model(target, run_cfg).to(self.device).eval()
         if generate and texts is None:
             texts = generate_hf(
                 model, self.tokenizer, self.prompt_ids, self.settings, self.cfg.eval.batch_size
             )
         metrics = None
         if self.teacher_seq is not None:
-            if run_cfg.training.use_lora:
+            if not target.folder and run_cfg.training.use_lora:
                 teacher = ev.hf_teacher_logits(model, self.device, adapter_off=model.disable_adapter)
             else:
-                self.frozen_base = self.frozen_base or load_causal_lm(run_cfg.model).to(self.device).eval()
+                base = dataclasses.replace(teacher_model(target, self.cfg), dtype=self.cfg.model.dtype)
+                self.frozen_base = self.frozen_base or load_causal_lm(base).to(self.device).eval()
                 teacher = ev.hf_teacher_logits(self.frozen_base, self.device)
             metrics = ev.teacher_forced_metrics(
                 ev.hf_answer_logits(model, self.device),
@@ -267,7 +260,7 @@ class CheckpointEvaluator:
                 self.tokenizer.pad_token_id,
                 self.cfg.eval.teacher_forced_batch_size,
                 self.device,
-                f"teacher-forced {path.name}",
+                f"teacher-forced {target.label}",
             )
         del model
         if self.cfg.eval.backend == "vllm":
@@ -307,6 +300,22 @@ def vllm_model_view(folder: Path):
         if file.is_file() and (file.suffix != ".safetensors" or is_model_weights_file(file.name)):
             (Path(view.name) / file.name).symlink_to(file.resolve())
     return view
+
+
+def with_dtype(cfg, dtype: str):
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
+
+
+def load_target_model(target: Target, run_cfg):
+    """A checkpoint's model (base + adapter, or its full weights; checksums verified), or a model folder's
+    weights (safetensors only: nothing in a folder is unpickled), in run_cfg's model.dtype."""
+    if target.folder:
+        from fsdistill.modeling.loading import load_pretrained_folder
+
+        return load_pretrained_folder(target.path, run_cfg.model.dtype)
+    from fsdistill.train.checkpoint import load_checkpoint_model
+
+    return load_checkpoint_model(target.path, run_cfg)
 
 
 if __name__ == "__main__":

@@ -19,19 +19,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fsdistill.config import Config, config_identity
+from fsdistill.config import Config, setting_source
 from fsdistill.data.batch import collate
 from fsdistill.data.prompts import EncodedExample, PromptBuilder, load_tokenizer
 from fsdistill.distill.alignment import answer_positions
 from fsdistill.distill.losses import TeacherTargets, cross_entropy, forward_kl
 from fsdistill.errors import UserError
 from fsdistill.eval.generation import GenerationSettings, load_generation_config, stop_token_ids_for
-from fsdistill.eval.results import collect_provenance, has_entry, load_or_new, record_entry
+from fsdistill.eval.results import (
+    SUBSET_SEED,
+    collect_provenance,
+    has_entry,
+    load_or_new,
+    record_entry,
+    result_settings,
+)
 from fsdistill.modeling.answer_lm import AnswerLogitsLM
 from fsdistill.tasks import Example, Task
-from fsdistill.tasks.rows import data_files, exemplar_pool, is_file_split, training_rows
-
-SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k]
+from fsdistill.tasks.rows import data_provenance, data_roles, exemplar_pool, is_file_split, training_rows
 
 
 def subset_indices(n_total: int, n_samples: int | None) -> list[int]:
@@ -74,8 +79,21 @@ def load_eval_data(cfg: Config, task: Task, split: str) -> EvalData:
         rows = task.load(cfg.data.source, test_split_source(cfg.data), cfg.data.hub_config, need)
     else:
         raise UserError(f"--split must be 'test' or 'validation', got {split!r}")
+    check_subset_size(cfg, len(rows), split)
     picked = [rows[i] for i in subset_indices(len(rows), cfg.eval.n_samples)]
     return EvalData(split=split, examples=picked, train=exemplar_pool(cfg, task, train))
+
+
+def check_subset_size(cfg: Config, n_rows: int, split: str) -> None:
+    """Refuse an eval.n_samples beyond the split, naming where it was set and what to set instead (a value
+    inherited from a model config, e.g. 16, meets a task's 10-row split)."""
+    n = cfg.eval.n_samples
+    if n is not None and n > n_rows:
+        raise UserError(
+            f"eval.n_samples={n} (set in {setting_source(cfg, 'eval.n_samples')}) but the evaluated {split} "
+            f"split has {n_rows} rows: score them all with eval.n_samples=null (or --n_samples {n_rows}), or a "
+            f"subset of at most {n_rows}"
+        )
 
 
 def test_split_source(data) -> str:
@@ -209,49 +227,6 @@ def generation_settings(cfg: Config, prompts: PromptBuilder) -> GenerationSettin
     return GenerationSettings(task.max_new_tokens, stop_ids, task.stop_strings)
 
 
-# What a result file's numbers do not depend on (config_identity patterns): training and distillation
-# settings, throughput knobs and where runs are written. The rest of the config (model, tokenizer, chat
-# template, task, data, the exemplar protocol of k-shot prompts and of the teacher-forced teacher, the
-# evaluation settings) is the file's identity: a resumed sweep must match it (results.load_or_new).
-RESULT_MAY_DIFFER = (
-    "training.*",
-    "!training.seed",  # draws the validation rows
-    "lora.*",
-    "distill.*",
-    "teacher.*",
-    "output.*",
-    "fewshot.selection",
-    "fewshot.shuffle_answers",
-    "fewshot.shuffle_mode",
-    "data.num_workers",
-    "data.group_by_length",
-    "data.max_student_len",
-    "data.max_teacher_len",
-    "model.gradient_checkpointing",
-    "eval.batch_size",
-    "eval.tensor_parallel_size",
-    "eval.gpu_memory_utilization",
-    "eval.teacher_forced_batch_size",
-    "eval.icl_shots",  # each entry records its shot count
-)
-
-
-def result_settings(cfg: Config, script: str, split: str) -> dict:
-    """What a result file's numbers depend on: the script, the split, and the config's identity."""
-    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher); where exemplars
-    # come from (fewshot.pool) matters to k-shot prompts too. training.seed only draws validation rows.
-    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*", "!fewshot.pool"))
-    if cfg.data.validation_size == 0:
-        may_differ += ("training.seed",)
-    return {
-        "script": script,
-        "split": split,
-        "task": cfg.task.name,
-        "subset_seed": SUBSET_SEED,
-        **config_identity(cfg, may_differ),
-    }
-
-
 def hf_answer_logits(model, device):
     """model_logits callback for teacher_forced_metrics: the model on the 0-shot (student) sequences."""
     lm = AnswerLogitsLM(model).to(device).eval()
@@ -302,7 +277,7 @@ def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSessi
     prompts = PromptBuilder.from_config(tokenizer, cfg)
     data = load_eval_data(cfg, prompts.task, split)
     provenance = collect_provenance(
-        data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]), tokenizer=tokenizer_name
+        data_provenance(cfg.data.source, data_roles(cfg, split)), tokenizer=tokenizer_name
     )
     settings = result_settings(cfg, script, split)
     load_or_new(output, settings, provenance)  # the settings check, before any work

@@ -4,6 +4,8 @@
     python scripts/eval_icl.py --config configs/base.yaml --shots 0 8 --n_samples 200 --backend vllm
     fsdistill-eval-icl ...   (the same, installed as a command)
 
+Entries are labelled "base" (compare_evals.py calls the k-shot entry base@k), except for a model folder that
+export_model.py wrote, which is labelled by its folder's name, its run's method and step (eval/targets.py).
 Exemplars: k training rows drawn once with eval.icl_seed, the same for every question. Qwen3 prompts
 have thinking off (enable_thinking=False reaches the template). With --teacher_forced, also the gold
 answer's NLL (0-shot and k-shot prompts) and the KL from the k-shot teacher to the 0-shot model;
@@ -30,12 +32,15 @@ def main(argv=None) -> None:
     args = parse(argv)
     cfg, _ = config_from_args(args)
 
+    from fsdistill.eval.targets import model_label
+
+    condition, method, step = model_label(cfg)
     from fsdistill.eval import evaluate as ev
     from fsdistill.eval.results import make_entry
 
     session = ev.open_session(cfg, "eval_icl", args.split, args.output)
     tokenizer, prompts, data = session.tokenizer, session.prompts, session.data
-    todo = [k for k in cfg.eval.icl_shots if not session.has("base", None, k)]
+    todo = [k for k in cfg.eval.icl_shots if not session.has(condition, step, k)]
     if not todo:
         print(f"{args.output}: every shot count is already evaluated")
     model = None
@@ -75,15 +80,15 @@ def main(argv=None) -> None:
             if cfg.eval.teacher_forced:
                 metrics = base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device)
             entry = make_entry(
-                "base",
-                "base",
-                None,
+                condition,
+                method,
+                step,
                 k,
                 ev.score_examples(session.task, data.examples, texts),
                 teacher_forced_metrics=metrics,
             )
             session.record(entry)
-            print(ev.describe_entry(f"base {k}-shot", entry))
+            print(ev.describe_entry(f"{condition} {k}-shot", entry))
     finally:
         if generator is not None:
             generator.close()

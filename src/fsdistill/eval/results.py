@@ -9,8 +9,9 @@ File layout (``schema_version`` 1)::
     {
       "schema_version": 1,
       "kind": "eval",         # files of earlier versions say "gsm8k_eval" (read, never written)
-      "settings": {...},      # free-form; evaluate.result_settings: script, split, the config's identity
-      "provenance": {"git_commit", "git_dirty", "packages", "data_sha256", "tokenizer", "created",
+      "settings": {...},      # free-form; result_settings: script, split, the config's identity
+      "provenance": {"git_commit", "git_dirty", "packages", "data_sha256", "data_files", "data_version",
+                     "tokenizer", "created",
                      optional "resumed": [provenance of each later session that appended entries],
                      optional "merged_from": [{"file", "provenance"} of each merged input]},
       "results": [entry, ...]
@@ -24,6 +25,9 @@ File layout (``schema_version`` 1)::
       "accuracy": float, "n": int, "n_correct": int, "ci95": [lo, hi],     # Wilson interval
       "examples": [{"index", "prediction", "extracted", "gold", "correct", ...per-example metrics}],
       "teacher_forced": None | {metric: {"mean": float, "ci95": [lo, hi], "n": int}},
+      optional "run_overrides": {key: {"run": value, "evaluated": value}},   # settings that defined the
+                               # model's training (task, template, data source) which this evaluation
+                               # changed, by eval_checkpoints.py --override_run_settings
     }
 
 An entry is identified by (condition, step, shots): a file holds at most one entry per key.
@@ -41,9 +45,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fsdistill.config import Config, config_identity
 from fsdistill.errors import UserError
 from fsdistill.eval.stats import bootstrap_mean_ci, wilson_interval
-from fsdistill.files import file_lock, git_state, package_versions, sha256_file, write_json_atomic
+from fsdistill.files import file_lock, git_state, package_versions, write_json_atomic
 from fsdistill.methods import METHODS as TRAINING_METHODS
 
 SCHEMA_VERSION = 1
@@ -57,8 +62,13 @@ RUNTIME_SETTINGS = frozenset(
     {"batch_size", "tensor_parallel_size", "gpu_memory_utilization", "teacher_forced_batch_size"}
 )
 
+SUBSET_SEED = 42  # the original's torch.manual_seed(42); torch.randperm(n)[:k] (evaluate.subset_indices)
+
 _TOP_FIELDS = {"schema_version": int, "kind": str, "settings": dict, "provenance": dict, "results": list}
 _PROVENANCE_FIELDS = ("git_commit", "packages", "data_sha256", "tokenizer", "created")
+# The data fields of a provenance (fsdistill.tasks.rows.data_provenance); files written before the last two
+# existed have data_sha256 only.
+DATA_PROVENANCE = ("data_sha256", "data_files", "data_version")
 _ENTRY_FIELDS = {
     "condition": str,
     "method": str,
@@ -85,6 +95,49 @@ _MISSING = object()
 
 class ResultsError(UserError):
     """A result file (or an entry about to be written) that breaks the schema or another file's settings."""
+
+
+# What a result file's numbers do not depend on (config_identity patterns): training and distillation
+# settings, throughput knobs and where runs are written. The rest of the config (model, tokenizer, chat
+# template, task, data, the exemplar protocol of k-shot prompts and of the teacher-forced teacher, the
+# evaluation settings) is the file's identity: a resumed sweep must match it (load_or_new).
+RESULT_MAY_DIFFER = (
+    "training.*",
+    "!training.seed",  # draws the validation rows
+    "lora.*",
+    "distill.*",
+    "teacher.*",
+    "output.*",
+    "fewshot.selection",
+    "fewshot.shuffle_answers",
+    "fewshot.shuffle_mode",
+    "data.num_workers",
+    "data.group_by_length",
+    "data.max_student_len",
+    "data.max_teacher_len",
+    "model.gradient_checkpointing",
+    "eval.batch_size",
+    "eval.tensor_parallel_size",
+    "eval.gpu_memory_utilization",
+    "eval.teacher_forced_batch_size",
+    "eval.icl_shots",  # each entry records its shot count
+)
+
+
+def result_settings(cfg: Config, script: str, split: str) -> dict:
+    """What a result file's numbers depend on: the script, the split, and the config's identity."""
+    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher); where exemplars
+    # come from (fewshot.pool) matters to k-shot prompts too. training.seed only draws validation rows.
+    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*", "!fewshot.pool"))
+    if cfg.data.validation_size == 0:
+        may_differ += ("training.seed",)
+    return {
+        "script": script,
+        "split": split,
+        "task": cfg.task.name,
+        "subset_seed": SUBSET_SEED,
+        **config_identity(cfg, may_differ),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,8 +186,12 @@ def make_entry(
     examples: Sequence[Mapping[str, Any]],
     checkpoint: str | None = None,
     teacher_forced_metrics: Mapping[str, Sequence[float]] | None = None,
+    run_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict:
     """One evaluated (condition, step, shots): accuracy, Wilson ci95 and per-example records.
+
+    ``run_overrides`` ({key: {"run": ..., "evaluated": ...}}): training-defining settings this evaluation
+    changed on purpose; recorded in the entry when given.
 
     Each teacher-forced metric is a list aligned with ``examples``; its mean and bootstrap ci95 go in
     ``teacher_forced`` and each value is copied into its example under the metric's name. The input
@@ -173,6 +230,8 @@ def make_entry(
         "examples": rows,
         "teacher_forced": teacher_forced,
     }
+    if run_overrides:
+        entry["run_overrides"] = {key: dict(change) for key, change in run_overrides.items()}
     validate_entry(entry, f"make_entry({condition!r}, step={step}, shots={shots})")
     return _json_normalised(entry, f"entry {condition!r}")
 
@@ -268,8 +327,14 @@ def validate_entry(entry: Any, where: str = "entry") -> None:
         raise ResultsError(f"{where}: field 'step' must be null for the base model, got {entry['step']}")
     if entry["shots"] < 0:
         raise ResultsError(f"{where}: field 'shots' must be >= 0, got {entry['shots']}")
+    if entry["step"] is not None and entry["step"] < 0:
+        raise ResultsError(f"{where}: field 'step' must be >= 0 (optimizer steps), got {entry['step']}")
     _check_examples(entry, where)
     _check_counts(entry, where)
+    if not isinstance(entry.get("run_overrides", {}), dict):
+        raise ResultsError(
+            f"{where}: field 'run_overrides' must be an object, got {entry['run_overrides']!r:.60}"
+        )
     for name, summary in (entry["teacher_forced"] or {}).items():
         _check_fields(summary, _METRIC_FIELDS, f"{where}, teacher_forced[{name!r}]")
         _check_interval(summary["ci95"], f"{where}, teacher_forced[{name!r}]")
@@ -443,7 +508,8 @@ def load_or_new(
     """The result file at ``path`` to resume a sweep into, or a new one when it does not exist.
 
     An existing file's settings must equal ``settings`` on every key but ``ignore`` (throughput knobs),
-    so a resumed sweep never mixes entries measured differently. The new session's provenance is
+    and a data file it hashed must still have that hash, so a resumed sweep never mixes entries measured
+    differently or on other data. The new session's provenance is
     appended to ``provenance["resumed"]``: entries may come from different code versions.
     """
     if not Path(path).exists():
@@ -458,6 +524,16 @@ def load_or_new(
             "write to a new file or delete the old one"
         )
     session = _json_normalised(provenance, "provenance")
+    changed = [
+        c
+        for p in (results["provenance"], *results["provenance"].get("resumed", []))
+        for c in data_changes(p, session)
+    ]
+    if changed:
+        raise ResultsError(
+            f"{path}: its entries were measured on other data under the same path, refusing to mix them: "
+            f"{'; '.join(dict.fromkeys(changed))}; write to a new file or delete the old one"
+        )
     first = {k: v for k, v in results["provenance"].items() if k not in ("resumed", "merged_from")}
     resumed = results["provenance"].setdefault("resumed", [])
     if session != first and session not in resumed:  # each session once, however many entries it adds
@@ -536,16 +612,57 @@ def merge_results(
 # --------------------------------------------------------------------------------------------------
 
 
-def collect_provenance(data_files: Iterable[str | Path] = (), tokenizer: str | None = None) -> dict:
-    """What produced a result file: code commit (and whether the tree was dirty), package versions,
-    data file hashes (keyed by the path as given; None when no file is given), tokenizer, UTC time."""
+def collect_provenance(data: Mapping[str, Any] | None = None, tokenizer: str | None = None) -> dict:
+    """What produced a result file: code commit (and whether the tree was dirty), package versions, the data
+    (`data`: fsdistill.tasks.rows.data_provenance, the sha256 of every split file read, which file served
+    as which split and the exemplar pool, and the data's version record; all None without it), tokenizer,
+    UTC time."""
     git = git_state()
-    files = [Path(p) for p in data_files]
+    data = data or {}
     return {
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "packages": package_versions(),
-        "data_sha256": {str(p): sha256_file(p) for p in files} if files else None,
+        **{field: data.get(field) for field in DATA_PROVENANCE},
         "tokenizer": tokenizer,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def data_changes(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Files hashed in both provenances whose sha256 differs: the data changed under the same path."""
+    a, b = recorded.get("data_sha256") or {}, now.get("data_sha256") or {}
+    return [
+        f"{path} (sha256 {a[path][:12]}... then, {b[path][:12]}... now)"
+        for path in sorted(set(a) & set(b))
+        if a[path] != b[path]
+    ]
+
+
+def _sessions(provenance: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    """A provenance and those it holds: later sessions (resumed) and merged files' (merged_from)."""
+    yield provenance
+    for session in provenance.get("resumed", []):
+        yield from _sessions(session)
+    for merged in provenance.get("merged_from", []):
+        yield from _sessions(merged["provenance"])
+
+
+def shared_data(inputs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
+    """The data every session of these result files ((name, results) pairs, pooled ones included) read: the
+    union of their data_sha256, data_files and data_version; a path or role two sessions recorded
+    differently is refused (entries measured on different data). What a summary or a selection states its
+    numbers rest on."""
+    out: dict[str, dict] = {field: {} for field in DATA_PROVENANCE}
+    seen: dict[tuple[str, str], str] = {}
+    for name, results in inputs:
+        for session in _sessions(results["provenance"]):
+            for field in DATA_PROVENANCE:
+                for key, value in (session.get(field) or {}).items():
+                    if out[field].setdefault(key, value) != value:
+                        raise ResultsError(
+                            f"{seen[field, key]} and {name} were measured on different data: provenance "
+                            f"{field} {key!r} is {out[field][key]!r} in one and {value!r} in the other"
+                        )
+                    seen.setdefault((field, key), name)
+    return {field: values or None for field, values in out.items()}

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.eval.results import ResultsError, best_of, entries_for, load_pooled
+from fsdistill.eval.results import ResultsError, best_of, entries_for, load_pooled, shared_data
 from fsdistill.files import write_json_atomic
 
 KIND = "checkpoint_selection"
@@ -78,10 +78,12 @@ def main(argv=None) -> dict:
         "--output", required=True, help="selection JSON (read by eval_checkpoints.py --selected)"
     )
     args = parser.parse_args(argv)
-    chosen = select_checkpoints(load_pooled(args.evals), args.conditions)
+    evals = load_pooled(args.evals)
+    chosen = select_checkpoints(evals, args.conditions)
     report = {
         "kind": KIND,
         "evals": list(args.evals),
+        "data": shared_data([(" ".join(args.evals), evals)]),
         "split": "validation",
         "rule": RULE,
         "selected": chosen,

@@ -5,8 +5,9 @@ seed) at the checkpoint chosen on validation, their mean and spread, and the pai
         --group "SFT=sft_seed1,sft_seed2" --group "SFT + 2-shot distillation=distill_seed1,distill_seed2" \
         --compare distill_seed1:sft_seed1 --compare distill_seed1:base@2 --output summary.json
 
-Everything in it is read from the result files named (and the selection file that chose the checkpoints);
-scripts/gen_summary_fig.py draws it. A group's runs must each have exactly one entry in --evals (the test
+Everything in it is read from the result files named (and the selection file that chose the checkpoints),
+with the data they were all measured on ("data": each split file's sha256 and the data's version; inputs
+measured on different data are refused); scripts/gen_summary_fig.py draws it. A group's runs must each have exactly one entry in --evals (the test
 split is scored at the chosen checkpoint only), all on the same problems.
 """
 
@@ -25,6 +26,7 @@ from fsdistill.eval.results import (
     load_results,
     require_accuracy,
     require_same_examples,
+    shared_data,
 )
 from fsdistill.eval.select import read_selection
 from fsdistill.files import write_json_atomic
@@ -163,16 +165,20 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     icl = load_results(args.icl)
     selection = read_selections(args.selected) if args.selected else None
+    evals = load_pooled(args.evals)
     summary = summarize(
         icl,
         args.icl,
-        load_pooled(args.evals),
+        evals,
         [parse_group(g) for g in args.group],
         [parse_comparison(c) for c in args.compare],
         selection,
         args.n_boot,
     )
     summary["inputs"] = {"icl": args.icl, "evals": list(args.evals), "selected": args.selected}
+    # The data every number rests on (sha256 of each split file and the data's version), checked to be
+    # the same for the base model's file and the trained models' files.
+    summary["data"] = shared_data([(args.icl, icl), (" ".join(args.evals), evals)])
     write_json_atomic(args.output, summary)
     for r in summary["references"]:
         print(
@@ -214,7 +220,8 @@ def _side_name(side: dict) -> str:
     return side["condition"]
 
 
-def _p_value(p: float | None) -> str:
+def format_p_value(p: float | None) -> str:
+    """A p-value as the tables and the prose show it: 0.21, 0.064, 9.3e-7."""
     if p is None:
         return ""
     if p >= 0.001:
@@ -223,8 +230,9 @@ def _p_value(p: float | None) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _signed(x: float) -> str:
-    return f"{x:+.1f}".replace("-", "−")
+def signed(x: float, digits: int = 1) -> str:
+    """x with its sign and a typographic minus: +3.0, −10.4."""
+    return f"{x:+.{digits}f}".replace("-", "−")
 
 
 def summary_markdown(summary: dict) -> str:
@@ -257,8 +265,50 @@ def summary_markdown(summary: dict) -> str:
         for c in summary["comparisons"]:
             lo, hi = c["diff_ci95_pp"]
             lines.append(
-                f"| {_side_name(c['a'])} − {_side_name(c['b'])} | {_signed(c['diff_pp'])} "
-                f"[{_signed(lo)}, {_signed(hi)}] | {_p_value(c['mcnemar_p'])} | "
+                f"| {_side_name(c['a'])} − {_side_name(c['b'])} | {signed(c['diff_pp'])} "
+                f"[{signed(lo)}, {signed(hi)}] | {format_p_value(c['mcnemar_p'])} | "
                 f"{c['a_only_correct']} / {c['b_only_correct']} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_rows(summary: dict) -> dict[tuple[str, ...], tuple[str, str]]:
+    """{key: (label, accuracy cell)} of a summary's references and groups, the cells as summary_markdown's."""
+    rows = {
+        (f"{r['condition']}@{r['shots']}",): (r["label"], _accuracy_cell(r)) for r in summary["references"]
+    }
+    for group in summary["groups"]:
+        runs = group["runs"]
+        cell = " / ".join(_accuracy_cell(r) for r in runs)
+        if len(runs) > 1:
+            cell += f"; mean {_pct(group['mean_accuracy'])}%"
+        rows[tuple(r["condition"] for r in runs)] = (group["label"], cell)
+    return rows
+
+
+def before_after_markdown(summaries: list[dict]) -> str:
+    """One Markdown table of the same runs' accuracy in two versions of an experiment: `summaries` are
+    pairs (before, after), e.g. each experiment's results before and after a data fix. A row is a reference
+    or a group of runs (keyed by its run names) of any summary; a run in two pairs must read the same in
+    both (a reused result); a row one version lacks shows an empty cell."""
+    if not summaries or len(summaries) % 2:
+        raise UserError(
+            f"a before-after table reads pairs of summaries (before, after), got {len(summaries)}"
+        )
+    rows: dict[tuple[str, ...], dict] = {}
+    for i, summary in enumerate(summaries):
+        side = ("before", "after")[i % 2]
+        for key, (label, cell) in _accuracy_rows(summary).items():
+            row = rows.setdefault(key, {"label": label})
+            if row.setdefault(side, cell) != cell:
+                raise UserError(f"{' / '.join(key)} reads {row[side]} in one summary, {cell} in another")
+    n = sorted({s["n"] for s in summaries})
+    lines = [
+        f"| {summaries[0]['split']}, n = {' / '.join(map(str, n))} | runs | before [Wilson 95%] | after [Wilson 95%] |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, row in rows.items():
+        names = "" if key[0].startswith("base@") else " / ".join(key)
+        cells = (row["label"], names, row.get("before", ""), row.get("after", ""))
+        lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
     return "\n".join(lines) + "\n"

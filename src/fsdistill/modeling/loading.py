@@ -115,6 +115,14 @@ def load_causal_lm(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+def load_pretrained_folder(path, dtype: str) -> nn.Module:
+    """A whole model from a transformers folder (a full fine-tuning checkpoint, an exported model) in
+    `dtype`, from safetensors only: a folder's pickled weights (.bin) are refused, never unpickled."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True)
+
+
 def add_lora(model: nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> nn.Module:
     """Wrap with a fresh peft LoRA adapter; only adapter parameters require grad."""
     import peft

@@ -23,12 +23,21 @@ from typing import Any, Optional
 
 from fsdistill.config import TaskConfig
 from fsdistill.tasks.base import Example, Scored, Scoring, TaskGeneration
-from fsdistill.tasks.rows import DataError, RowParser, load_split
+from fsdistill.tasks.rows import DataError, MissingField, RowParser, load_split
 
 PROMPT, COMPLETION = "prompt", "completion"  # TRL's prompt-completion column names
 _PURPOSE = {
     "answer": "training on gold answers and exemplars read the worked answer",
     "gold": "scoring needs the gold final answer",
+}
+# The config key that names each field a `fields` row is read from, and what to do when no row has it.
+_FIELD_KEYS = {
+    "question": ("task.question_field", "set task.question_field to the one holding the question"),
+    "answer": ("task.answer_field", "set task.answer_field to the one holding the worked answer"),
+    "gold": (
+        "task.gold_field",
+        "set task.gold_field to the one holding the gold answer (or null: read it from the worked answer)",
+    ),
 }
 
 
@@ -73,11 +82,11 @@ class ConfiguredTask:
                 f"{wanted.get(s.row_format, f'{PROMPT!r} and {COMPLETION!r}')}, got {_type(obj)}"
             )
         if s.row_format == "fields":
-            question = self._string(obj, s.question_field, where, required=True)
+            question = self._string(obj, s.question_field, where, required=True, role="question")
             answer = self._string(obj, s.answer_field, where, required=False)
             answer_name = s.answer_field
         elif s.row_format == "messages":
-            question, answer = self._messages(obj.get(s.messages_field), where)
+            question, answer = self._messages(obj, where)
             answer_name = s.messages_field
         else:
             question, answer = self._prompt_completion(obj, where)
@@ -91,15 +100,25 @@ class ConfiguredTask:
             ("gold", gold, self._no_gold(answer_name)),
         ):
             if what in need and have is None:
-                raise DataError(f"{where}: {missing} ({_PURPOSE[what]})")
+                self._missing(obj, f"{where}: {missing} ({_PURPOSE[what]})", what, answer_name)
         fields = tuple((name, self._template_value(obj, name, where)) for name in self.other_fields)
         return Example(row=row, question=question, answer=answer, gold=gold, fields=fields)
 
-    def _string(self, obj: dict, name: str, where: str, required: bool) -> Optional[str]:
+    def _missing(self, obj: dict, message: str, what: str, answer_name: str) -> None:
+        """Raise the error of a row without its answer or gold: a MissingField (reported once when no row
+        has it) where a config key names the field, else a plain DataError."""
+        s = self.settings
+        if what == "gold" and s.gold_field is not None:
+            raise MissingField(message, s.gold_field, *_FIELD_KEYS["gold"], obj)
+        if s.row_format == "fields" and answer_name == s.answer_field:
+            raise MissingField(message, s.answer_field, *_FIELD_KEYS["answer"], obj)
+        raise DataError(message)
+
+    def _string(self, obj: dict, name: str, where: str, required: bool, role: str = "") -> Optional[str]:
         value = obj.get(name)
         if value is None:
             if required:
-                raise DataError(f"{where}: missing field '{name}'")
+                raise MissingField(f"{where}: missing field '{name}'", name, *_FIELD_KEYS[role], obj)
             return None
         if not isinstance(value, str):
             raise DataError(f"{where}: field '{name}' must be a string, got {_type(value)}")
@@ -117,10 +136,18 @@ class ConfiguredTask:
             )
         return message["content"]
 
-    def _messages(self, value: object, where: str) -> tuple[str, Optional[str]]:
+    def _messages(self, obj: dict, where: str) -> tuple[str, Optional[str]]:
         name = self.settings.messages_field
+        value = obj.get(name)
         if value is None:
-            raise DataError(f"{where}: missing field '{name}'")
+            raise MissingField(
+                f"{where}: missing field '{name}'",
+                name,
+                "task.messages_field",
+                "set task.messages_field to the one holding the chat list (or choose the task.row_format the "
+                "rows have)",
+                obj,
+            )
         if not isinstance(value, list) or not 1 <= len(value) <= 2:
             roles = (
                 [m.get("role") if isinstance(m, dict) else _type(m) for m in value]
@@ -138,7 +165,14 @@ class ConfiguredTask:
     def _prompt_completion(self, obj: dict, where: str) -> tuple[str, Optional[str]]:
         prompt, completion = obj.get(PROMPT), obj.get(COMPLETION)
         if prompt is None:
-            raise DataError(f"{where}: missing field '{PROMPT}'")
+            raise MissingField(
+                f"{where}: missing field '{PROMPT}'",
+                PROMPT,
+                "task.row_format=prompt_completion",
+                "choose the task.row_format the rows have (fields, with task.question_field and "
+                "task.answer_field; messages)",
+                obj,
+            )
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise DataError(
@@ -193,9 +227,13 @@ class ConfiguredTask:
     def _template_value(self, obj: dict, name: str, where: str) -> str:
         value = obj.get(name)
         if value is None:
-            raise DataError(
+            raise MissingField(
                 f"{where}: task.question_template uses {{{name}}}, but the row has no field '{name}' "
-                f"(its fields: {sorted(obj)})"
+                f"(its fields: {sorted(obj)})",
+                name,
+                f"task.question_template's {{{name}}}",
+                "use in task.question_template only fields the rows have",
+                obj,
             )
         if isinstance(value, (dict, list)):
             raise DataError(

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fsdistill.errors import UserError
+from fsdistill.files import sha256_file
 from fsdistill.tasks.base import Example
 
 # parse(obj, row, where) -> Example; `where` names the file and line (or Hub split and row) for errors.
@@ -27,13 +28,32 @@ class DataError(UserError):
     """A malformed data file or row; the message names the file and line."""
 
 
+# Beside a folder's split files: which version of the data they are (recorded in result files' provenance).
+DATA_VERSION_FILE = "data_version.json"
+
+
+class MissingField(DataError):
+    """A row without a field the task reads (`field`, which the config key `key` names). When no row of a
+    file has it, the config most likely names the wrong field: raise_problems then says so once, naming
+    the key, the fields the first row has and `fix`, instead of once per row."""
+
+    def __init__(self, message: str, field: str, key: str, fix: str, have: Collection[str]):
+        super().__init__(message)
+        self.field, self.key, self.fix, self.have = field, key, fix, sorted(have)
+
+
 MAX_REPORTED = 20  # bad lines named in one error; the count covers them all
 # Local file formats, by extension; a folder source holds {split}{extension}.
 EXTENSIONS = {".jsonl": None, ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def raise_problems(path, problems: list[str], unit: str = "lines") -> None:
-    """One DataError for every problem found in a file (up to MAX_REPORTED named), or nothing."""
+def raise_problems(path, problems: list[str | DataError], unit: str = "lines", rows: int = 0) -> None:
+    """One DataError for every problem found in a file of `rows` rows (up to MAX_REPORTED named), or
+    nothing; a field that every row lacks is one error (missing_everywhere)."""
+    missing = missing_everywhere(path, problems, rows)
+    if missing is not None:
+        raise missing
+    problems = [str(p) for p in problems]
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
@@ -42,11 +62,24 @@ def raise_problems(path, problems: list[str], unit: str = "lines") -> None:
         raise DataError(f"{path}: {len(problems)} malformed {unit}:\n  {shown}{more}")
 
 
+def missing_everywhere(path, problems: list[str | DataError], rows: int) -> DataError | None:
+    """The error for a field that no row of the file has (every one of its `rows` rows failed on it), or
+    None: a wrong task.*_field, reported once with the fields the first row has, not once per row."""
+    missing = [p for p in problems if isinstance(p, MissingField)]
+    if not rows or len(missing) < rows or len({(p.field, p.key) for p in missing}) != 1:
+        return None
+    first = missing[0]
+    return DataError(
+        f"{path}: no row has the field '{first.field}' that {first.key} names (all {rows} rows lack it); "
+        f"the first row's fields are {first.have}: {first.fix}"
+    )
+
+
 def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
     """Every non-empty line of a JSONL file as an Example. Every bad line (bytes that are not UTF-8, not
     JSON, a row the task refuses) is found before anything fails, and reported together naming
     file:line, so a damaged file is mended in one pass."""
-    examples, problems = [], []
+    examples, problems, rows = [], [], 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -57,13 +90,14 @@ def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
                 continue
             if not line.strip():
                 continue
+            rows += 1
             try:
                 examples.append(parse(json.loads(line), lineno - 1, where))
             except json.JSONDecodeError as e:
                 problems.append(f"{where}: not valid JSON ({e.msg})")
             except DataError as e:
-                problems.append(str(e))
-    raise_problems(path, problems)
+                problems.append(e)
+    raise_problems(path, problems, rows=rows)
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples
@@ -71,13 +105,14 @@ def read_jsonl(path: Path, parse: RowParser) -> list[Example]:
 
 def parse_records(records, parse: RowParser, where: Callable[[int], str], name: str) -> list[Example]:
     """Every record (a dict) through `parse`, all problems reported together; `where(i)` names record i."""
-    examples, problems = [], []
+    examples, problems, rows = [], [], 0
     for i, obj in enumerate(records):
+        rows += 1
         try:
             examples.append(parse(obj, i, where(i)))
         except DataError as e:
-            problems.append(str(e))
-    raise_problems(name, problems, "rows")
+            problems.append(e)
+    raise_problems(name, problems, "rows", rows)
     if not examples:
         raise DataError(f"{name}: no rows")
     return examples
@@ -152,13 +187,59 @@ def load_split(source: str, split: str, hub_config: str, parse: RowParser) -> li
     return _load_hub_split(source, hub_config, split, parse)
 
 
-def data_files(source: str, splits: list[str]) -> list[Path]:
-    """The local files behind `source` for these splits (for provenance hashes); [] for a Hub source."""
+def split_file(source: str, split: str) -> Path | None:
+    """The local file behind one split of `source` (a split given as a file path is that file); None for a
+    split of a Hub dataset."""
+    if is_file_split(split):
+        return Path(split).expanduser()
     path = Path(source).expanduser()
-    files = {Path(s).expanduser() for s in splits if is_file_split(s)}
-    if path.exists():
-        files |= {_local_split_file(path, s) for s in splits if not is_file_split(s)}
-    return sorted(files)
+    return _local_split_file(path, split) if path.exists() else None
+
+
+def data_roles(cfg, evaluated: str | None = None) -> dict[str, str]:
+    """{role: split} of every split a config's training (evaluated None) or evaluation of the `evaluated`
+    split reads: train; validation when it is a split of its own (held-out rows are part of train); the
+    test split when it is the one evaluated; exemplar_pool, fewshot.pool or else the training split."""
+    d = cfg.data
+    roles = {"train": d.train_split}
+    if d.validation_split is not None:
+        roles["validation"] = d.validation_split
+    if evaluated == "test":
+        roles["test"] = d.test_split
+    roles["exemplar_pool"] = cfg.fewshot.pool if cfg.fewshot.pool is not None else d.train_split
+    return roles
+
+
+def read_version_record(path: Path) -> dict:
+    """A data folder's DATA_VERSION_FILE: a JSON object saying which version of the data its files are."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: expected a JSON object naming the data's version, got {type(record).__name__}"
+        )
+    return record
+
+
+def data_provenance(source: str, roles: dict[str, str]) -> dict:
+    """What a result file records about its data (fsdistill.eval.results.collect_provenance):
+
+    data_sha256   {file: sha256} of every local file behind `roles`' splits (None for a Hub dataset)
+    data_files    {role: file}: which file served as train, validation, test, exemplar_pool
+    data_version  {record: its content} of each DATA_VERSION_FILE beside those files (a generator's note
+                  of the data version and seed, e.g. fsdistill.tools.twostep's), None when there is none
+    """
+    files = {role: split_file(source, split) for role, split in roles.items()}
+    files = {role: path for role, path in files.items() if path is not None}
+    records = sorted({p.parent / DATA_VERSION_FILE for p in files.values()})
+    versions = {str(r): read_version_record(r) for r in records if r.is_file()}
+    return {
+        "data_sha256": {str(p): sha256_file(p) for p in sorted(set(files.values()))} or None,
+        "data_files": {role: str(p) for role, p in files.items()} or None,
+        "data_version": versions or None,
+    }
 
 
 def split_train_validation(

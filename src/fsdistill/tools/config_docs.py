@@ -44,8 +44,10 @@ def render() -> str:
         "Generated from the schema in `src/fsdistill/config.py` by `python scripts/gen_config_docs.py`; do not edit by hand",
         "(a test fails when this file and the schema disagree).",
         "",
-        "Compose a config with `--config FILE` (a YAML file may say `inherit: BASE.yaml`), `--output_dir DIR`",
-        "and `key.sub=value` overrides; `python scripts/show_config.py --config FILE` prints the result.",
+        "Compose a config with `--config FILE` (a YAML file may say `inherit: BASE.yaml`, or `inherit: [MODEL.yaml,",
+        "TASK.yaml]` with later entries winning), `--output_dir DIR` and `key.sub=value` overrides;",
+        "`python scripts/show_config.py --config FILE` prints the result. A run records its resolved config",
+        "(`config.yaml`, `run.json`); `eval_checkpoints.py` and `chat.py` read it from there.",
         "",
     ]
     section = None

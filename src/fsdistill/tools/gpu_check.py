@@ -51,6 +51,14 @@ import traceback
 from pathlib import Path
 
 from fsdistill.errors import UserError, exit_on_user_error
+from fsdistill.files import (
+    describe_files,
+    files_under,
+    folders_under,
+    listed_unchanged,
+    remove,
+    remove_made_folder,
+)
 from fsdistill.tools.bench import PEAK_TFLOPS, REPO, SHARED
 
 CARRY = REPO / ".gpu_carry"
@@ -389,7 +397,7 @@ def train_run(entry: str, config: str, overrides: list[str], work_dir: Path, smo
         }
     else:
         result["peak_memory"] = {"not_measured": "CPU: no CUDA allocator statistics"}
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of random weights: nothing to keep
+    remove_made_folder(work_dir, str(run_dir.relative_to(work_dir)))  # random weights: nothing to keep
     return result
 
 
@@ -499,7 +507,7 @@ def main(argv=None) -> dict:
                 fn, skip = plan[name]
                 check.run(name, fn, skip)
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        remove_made_folder(work_dir.parent, work_dir.name)  # made by mkdtemp above
     statuses = {name: rec["status"] for name, rec in check.record["stages"].items()}
     check.record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     check.record["summary"] = statuses
@@ -592,6 +600,30 @@ def tracked_bytes() -> int:
     return sum((REPO / n).stat().st_size for n in names if (REPO / n).is_file())
 
 
+def clear_carry(carry: Path, relative: str) -> None:
+    """Delete a carry folder this command filled before: exactly the files its MANIFEST.json lists, each
+    unchanged (size and sha256), then the emptied folders. A file of anyone else's there would travel to the
+    GPU machine with the carry, so a folder holding one is refused with nothing deleted."""
+    record = carry / "MANIFEST.json"
+    if not record.is_file():  # absent or empty (replaceable_folder)
+        return
+    try:
+        manifest = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(
+            f"{record}: not the manifest this command writes ({e}); nothing was deleted"
+        ) from None
+    ours = listed_unchanged(carry, manifest.get("files") if isinstance(manifest, dict) else None, record)
+    others = sorted(set(files_under(carry)) - {*ours, "MANIFEST.json"})
+    if others:
+        raise UserError(
+            f"--carry {carry}: holds files this command did not write ({', '.join(others[:5])}), which would "
+            "travel with it: move them away or choose another --carry (nothing was deleted)"
+        )
+    folders = [f"{relative}/{d}" for d in folders_under(carry)]
+    remove(REPO, [f"{relative}/{n}" for n in [*ours, "MANIFEST.json"]], [*folders, relative])
+
+
 @exit_on_user_error
 def prepare_main(argv=None) -> dict:
     """scripts/prepare_gpu_check.py: fill the carry folder and print the device command."""
@@ -608,9 +640,11 @@ def prepare_main(argv=None) -> dict:
     parser.add_argument("--python-version", default="3.12", help="The GPU machine's Python (wheel tags).")
     parser.add_argument("--skip-wheels", action="store_true", help="Leave the wheels out (tests, offline).")
     args = parser.parse_args(argv)
-    from fsdistill.files import git_state, replaceable_folder, sha256_file, write_json_atomic
+    from fsdistill.files import git_state, replaceable_folder, write_json_atomic
 
     carry = Path(args.carry)
+    # The folder holding it is resolved, the carry folder itself never: a link there is refused.
+    carry = carry.parent.resolve() / carry.name
     sources = {
         "tokenizer": SHARED / "tokenizers" / "qwen3",
         "model_config": SHARED / "models" / "qwen3-1.7b" / "config.json",
@@ -622,29 +656,24 @@ def prepare_main(argv=None) -> dict:
             f"not found: {', '.join(missing)} (the shared folder beside the repo, or FSDISTILL_SHARED)"
         )
     try:
-        relative = str(carry.resolve().relative_to(REPO))
+        relative = str(carry.relative_to(REPO))
     except ValueError:
         raise UserError(f"--carry {carry}: must be inside the repository to travel with it") from None
-    if carry.exists():
-        # Replaced only when it is a carry folder this command filled (its MANIFEST.json) or empty: never a
-        # folder of the user's (`--carry src` must not delete the sources).
-        if not replaceable_folder(carry, lambda folder: (folder / "MANIFEST.json").is_file()):
-            raise UserError(
-                f"--carry {carry}: exists and is not a carry folder this command filled (no MANIFEST.json); "
-                "it is left as it is: choose another --carry"
-            )
-        shutil.rmtree(carry)
+    # Replaced only when it is a carry folder this command filled (its MANIFEST.json) or empty: never a
+    # folder of the user's (`--carry src` must not delete the sources).
+    if not replaceable_folder(carry, lambda folder: (folder / "MANIFEST.json").is_file()):
+        raise UserError(
+            f"--carry {carry}: exists and is not a carry folder this command filled (no MANIFEST.json); "
+            "it is left as it is: choose another --carry"
+        )
+    clear_carry(carry, relative)
     shared = carry / "shared"
     asked = [] if args.skip_wheels else download_wheels(carry / "wheels", args.python_version)
     shutil.copytree(sources["tokenizer"], shared / "tokenizers" / "qwen3")
     (shared / "models" / "qwen3-1.7b").mkdir(parents=True)
     shutil.copy(sources["model_config"], shared / "models" / "qwen3-1.7b" / "config.json")
     rows = copy_gsm8k_slice(sources["gsm8k"], shared / "data" / "gsm8k")
-    files = {
-        str(p.relative_to(carry)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(carry.rglob("*"))
-        if p.is_file()
-    }
+    files = describe_files(carry)
     carried = sum(f["bytes"] for f in files.values())
     tree = tracked_bytes()
     if carried + tree > TREE_LIMIT:

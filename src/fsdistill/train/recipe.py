@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from fsdistill.cli import check_launcher_precision
+from fsdistill.cli import check_distributed_launch, check_launcher_precision
 from fsdistill.config import Config, run_name
 from fsdistill.data.batch import TrainingBatches, build_training_batches
 from fsdistill.data.prompts import load_tokenizer
@@ -48,7 +48,7 @@ from fsdistill.train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from fsdistill.train.records import RunRecorder, make_trackers
+from fsdistill.train.records import RunRecorder, end_of_run_line, make_trackers, resume_sources
 from fsdistill.train.rollouts import Rollouts, rollout_metrics
 from fsdistill.train.run_dir import (
     check_output_dir,
@@ -75,6 +75,7 @@ def make_accelerator(cfg: Config, log_with: Optional[list] = None):
     from accelerate import Accelerator
 
     check_launcher_precision(cfg)
+    check_distributed_launch(cfg)
     return Accelerator(mixed_precision=cfg.training.mixed_precision, log_with=log_with or None)
 
 
@@ -88,6 +89,22 @@ def check_global_batch(cfg: Config, num_processes: int) -> int:
             f"{global_batch}; change grad_accum_steps (or the process count) so they agree"
         )
     return global_batch
+
+
+def warn_if_peak_lr_unreached(cfg: Config) -> None:
+    """Warn when the linear warmup outlasts the run (max_steps <= warmup_steps): the learning rate then
+    climbs for the whole run and never reaches training.lr. Only a warning: the schedule stays as
+    configured (exact resumption and the committed runs depend on it)."""
+    t = cfg.training
+    if t.warmup_steps == 0 or t.max_steps > t.warmup_steps:
+        return
+    highest = t.lr * (t.max_steps - 1) / t.warmup_steps  # the last update's: transformers' warmup ramp
+    tqdm.write(
+        f"warning: training.max_steps={t.max_steps} <= training.warmup_steps={t.warmup_steps}: the learning "
+        f"rate warms up for the whole run and never reaches training.lr={t.lr:g} (the last update uses "
+        f"{highest:.3g}); set training.warmup_steps below max_steps (e.g. a tenth of it) to reach the peak",
+        file=sys.stderr,
+    )
 
 
 def make_scheduler(cfg: Config, optimizer):
@@ -172,6 +189,7 @@ class TrainState:
     sources: list[str] = field(default_factory=list)  # whose answers each step of this launch trained on
     updates: int = 0  # optimizer updates made by this launch
     last_saved: int = -1  # the step of the newest checkpoint written by this launch
+    step: int = 0  # the last optimizer step completed (by this launch or, on resume, an earlier one)
 
 
 def training_rows_sha256(batches: TrainingBatches) -> str:
@@ -215,6 +233,8 @@ def setup(
     rank, nproc = accelerator.process_index, accelerator.num_processes
     global_batch = check_global_batch(cfg, nproc)
     lock_run_folder(accelerator, run_dir, resources)
+    if accelerator.is_main_process:
+        warn_if_peak_lr_unreached(cfg)
     if accelerator.is_main_process:
         if overwrite:
             clear_run_dir(run_dir)
@@ -265,7 +285,11 @@ def setup(
     else:
         set_seed(cfg.training.seed + rank)  # per-process dropout streams
     end = min(cfg.training.max_steps, cfg.training.stop_after or cfg.training.max_steps)
+    resumes = resume_sources(run_dir, resume_from, start) if resume_from is not None else None
     recorder = RunRecorder(run_dir, cfg, method.name, identity, accelerator, global_batch, start)
+    if resumes is not None:  # where the weights came from, this run's own checkpoint or another run's
+        recorder.manifest["resumed_from"] = resumes
+        recorder.save()
     meta = {
         "name": run_name(cfg),
         "method": method.name,
@@ -309,6 +333,10 @@ def train(cfg: Config, method: str, *, resume: bool | str = False, overwrite: bo
             raise
         finally:
             finish(state, status)
+            if state.accelerator.is_main_process:
+                tqdm.write(
+                    end_of_run_line(state.recorder, max(state.step, state.start), cfg.training.max_steps)
+                )
     return state.run_dir
 
 
@@ -332,6 +360,7 @@ def run_steps(state: TrainState) -> None:
         tick = time.perf_counter()
         result = train_step(state, step, micro_batches)
         log_step(state, step, result, time.perf_counter() - tick)
+        state.step = step
         progress.update(1)
         progress.set_postfix(
             ce=f"{result.ce:.4f}", dist=f"{result.dist:.4f}" if state.teacher else "-", lr=f"{result.lr:.2e}"
@@ -362,6 +391,7 @@ def stop_on_signal(state: TrainState, step: int, received: str) -> None:
         f"resume with: {shlex.join(['python', *command, '--resume'])} (launched as before, e.g. under "
         "accelerate launch)",
         state.stop.exit_status(),
+        quiet=not state.accelerator.is_main_process,
     )
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from fsdistill.config import Config
 from fsdistill.data.batch import MicroBatch, collate
 from fsdistill.data.prompts import EncodedExample, PromptBuilder
+from fsdistill.files import contained
 from fsdistill.modeling.answer_lm import base_causal_lm
 from fsdistill.modeling.generation import (
     SamplingSettings,
@@ -51,6 +51,7 @@ from fsdistill.modeling.generation import (
     stop_token_ids_for,
 )
 from fsdistill.modeling.sharding import full_tensor
+from fsdistill.train.run_dir import ROLLOUT_ADAPTER, remove_rollout_adapter
 from fsdistill.train.step import StepData
 
 
@@ -137,7 +138,9 @@ class VLLMSampler:
     ):
         self.vllm = import_vllm() if vllm_module is None else vllm_module
         self.settings, self.use_lora = settings, cfg.training.use_lora
-        self.adapter_dir = run_dir / "rollout_adapter" / f"rank{rank}"
+        self.run_dir, self.rank = run_dir, rank
+        # Refused now (exit 2) when a link stands on the way: the adapter is written there every step.
+        self.adapter_dir = contained(run_dir, f"{ROLLOUT_ADAPTER}/rank{rank}")
         self.lora = None  # the LoRARequest of the student's current adapter
         engine_args: dict[str, Any] = dict(
             model=cfg.model.name,
@@ -194,7 +197,7 @@ class VLLMSampler:
 
     def close(self) -> None:
         self.llm = None
-        shutil.rmtree(self.adapter_dir, ignore_errors=True)  # ours: written by sync above
+        remove_rollout_adapter(self.run_dir, self.rank)  # the files sync wrote, nothing else
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -17,7 +17,12 @@ Rules (tests/test_safety.py):
   - A run of ours needs --resume (continue) or --overwrite (start again), checkpoints or not.
   - --overwrite deletes only what a run writes: the records above, event files, rank files, checkpoint
     folders' own files (those checkpoint.json lists; for checkpoints of earlier versions, the names the
-    project writes) and crashed saves' temporary folders; a file of anyone else stays where it is.
+    project writes), crashed saves' temporary folders and the rollout adapters (rollout_adapter/rank{r}/);
+    a file of anyone else stays where it is.
+  - Every deletion goes through files.remove, contained in the run folder: a name that leaves it ('..', an
+    absolute path, as a crafted checkpoint.json may list) or a symbolic link on the way (a checkpoint folder,
+    a file) is refused, exit 2, before anything is deleted. A folder holding such a thing is refused when
+    a launch checks it (check_output_dir), before any work; a symlinked checkpoint never counts as one.
   - The main process holds an exclusive flock on .fsdistill.lock for the run's life (see files.file_lock
     for the network-filesystem caveat); a second launch into the folder is refused naming the holder.
 """
@@ -34,23 +39,30 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from fsdistill.errors import UserError
-from fsdistill.files import LockHeld, file_lock
+from fsdistill.files import LockHeld, contained, file_lock, remove
 
 LOCK = ".fsdistill.lock"
 RUN_RECORDS = ("run.json", "config.yaml", "metrics.jsonl", "samples.jsonl")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TEMP_RE = re.compile(r"^\.checkpoint-(\d+)\.tmp(-[\w.-]+)?$")
+# A transformers model folder's files (weights, config, tokenizer): also what an export or a converted
+# model of earlier versions holds (tools/export.py, tools/smollm2.py).
+MODEL_FILES = (
+    "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "config.json",
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model",
+)  # fmt: skip
 # The names of the files a checkpoint holds, of this version and earlier ones (which did not list their
 # files in checkpoint.json; nor does a crashed save's incomplete temporary folder).
 CHECKPOINT_FILES = (
     "checkpoint.json", "config.yaml", "training_state.pt", "rng_state_*.pt", "README.md",
-    "adapter_model.safetensors", "adapter_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
-    "added_tokens.json", "tokenizer.model", "training_state.safetensors", "training_state.json",
-    "rng_state_*.safetensors", "rng_state_*.json", "model_shard_*.safetensors", "model_shard_*.json",
-    "optimizer_shard_*.safetensors", "optimizer_shard_*.json",
+    "adapter_model.safetensors", "adapter_config.json", *MODEL_FILES, "training_state.safetensors",
+    "training_state.json", "rng_state_*.safetensors", "rng_state_*.json", "model_shard_*.safetensors",
+    "model_shard_*.json", "optimizer_shard_*.safetensors", "optimizer_shard_*.json",
 )  # fmt: skip
+# What peft's save_pretrained writes for the rollout engine (train/rollouts.py): rollout_adapter/rank{r}/.
+ROLLOUT_ADAPTER = "rollout_adapter"
+ROLLOUT_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
 
 
 def is_our_run(run_dir: Path) -> bool:
@@ -63,9 +75,13 @@ def is_our_run(run_dir: Path) -> bool:
 
 
 def is_checkpoint(path: Path) -> bool:
-    """A complete checkpoint folder of this project: checkpoint-{step}/ holding checkpoint.json."""
+    """A complete checkpoint folder of this project: checkpoint-{step}/ holding checkpoint.json (never a
+    symbolic link: the project does not write one, and reading or pruning through it would leave the run)."""
     return (
-        CHECKPOINT_RE.match(path.name) is not None and path.is_dir() and (path / "checkpoint.json").is_file()
+        CHECKPOINT_RE.match(path.name) is not None
+        and not path.is_symlink()
+        and path.is_dir()
+        and (path / "checkpoint.json").is_file()
     )
 
 
@@ -101,8 +117,11 @@ def check_output_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path
             f"--output_dir {run_dir} is not empty and is not a run folder of this project (no run.json of ours): "
             "nothing in it was touched; choose an empty or new folder"
         )
+    if ours:  # what --overwrite, pruning and a re-save may delete: refused now, not halfway through a run
+        check_removal(run_dir)
     if isinstance(resume, str):
         checkpoint = Path(resume)
+        contained(checkpoint.parent, checkpoint.name)  # a link to a checkpoint is refused, not followed
         if not is_checkpoint(checkpoint):
             raise UserError(
                 f"--resume {resume}: not a checkpoint of this project (checkpoint-STEP/ with checkpoint.json)"
@@ -123,60 +142,106 @@ def check_output_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> Path
     return None
 
 
-def _remove_files(folder: Path, names: list[str]) -> None:
-    """Delete these files of `folder` (if present), then the folder itself if that left it empty."""
-    for name in names:
-        (folder / name).unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:  # not empty: something that is not ours stays
-        pass
-
-
 def _matching(folder: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Names in `folder` matching `patterns`, links included (so that the deletion refuses them)."""
     if not folder.is_dir():
         return []
-    return [
+    return sorted(
         p.name
         for p in folder.iterdir()
-        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
-    ]
+        if (p.is_symlink() or p.is_file()) and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
+    )
+
+
+def _listed_files(checkpoint: Path) -> list[str] | None:
+    """The file names checkpoint.json lists (None: no readable listing, a checkpoint of an earlier version
+    or an incomplete one). Names are not trusted: the deletion refuses any that leaves the folder."""
+    try:
+        listed = json.loads((checkpoint / "checkpoint.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(listed, (dict, list)) or not all(isinstance(n, str) for n in listed):
+        raise UserError(f"{checkpoint / 'checkpoint.json'}: its 'files' are not a list of file names")
+    return list(listed)
+
+
+def checkpoint_removal(run_dir: Path, name: str) -> tuple[list[str], list[str]]:
+    """(files, folders) relative to run_dir that deleting checkpoint `name` removes: the files its
+    checkpoint.json lists (and itself), or, for a checkpoint of an earlier version or an incomplete one, the
+    names a checkpoint's files have; and the consolidated copy of a sharded checkpoint (consolidated/,
+    written later for evaluation). No file is hashed: the names alone decide, inside the checkpoint."""
+    checkpoint = run_dir / name
+    files, folders = [], []
+    for sub in ("consolidated", "consolidated.tmp"):
+        found = _matching(checkpoint / sub, (*CHECKPOINT_FILES, "consolidated.json"))
+        files += [f"{name}/{sub}/{n}" for n in found]
+        folders.append(f"{name}/{sub}")
+    listed = _listed_files(checkpoint)
+    if listed is None:
+        listed = _matching(checkpoint, CHECKPOINT_FILES)
+    files += [f"{name}/{n}" for n in [*listed, "checkpoint.json"]]
+    return files, [*folders, name]
+
+
+def rollout_adapter_removal(run_dir: Path, ranks: list[int] | None = None) -> tuple[list[str], list[str]]:
+    """(files, folders) of the rollout adapters (rollout_adapter/rank{r}/, those of `ranks` or all)."""
+    base = run_dir / ROLLOUT_ADAPTER
+    if ranks is None:
+        found = base.iterdir() if base.is_dir() else ()
+        names = sorted(p.name for p in found if re.fullmatch(r"rank\d+", p.name))
+    else:
+        names = [f"rank{r}" for r in ranks]
+    files = [f"{ROLLOUT_ADAPTER}/{r}/{n}" for r in names for n in _matching(base / r, ROLLOUT_ADAPTER_FILES)]
+    return files, [*(f"{ROLLOUT_ADAPTER}/{r}" for r in names), ROLLOUT_ADAPTER]
+
+
+def run_removal(run_dir: Path) -> tuple[list[str], list[str]]:
+    """(files, folders) relative to run_dir that --overwrite removes (see the module docstring). A
+    checkpoint-{step} or a temporary that is a link is listed, for the deletion to refuse it."""
+    files, folders = [], []
+    for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else ():
+        complete = is_checkpoint(path) or (CHECKPOINT_RE.match(path.name) and path.is_symlink())
+        if complete or (TEMP_RE.match(path.name) and (path.is_dir() or path.is_symlink())):
+            more, empty = checkpoint_removal(run_dir, path.name)
+            files += more
+            folders += empty
+    for sub, patterns in (("tensorboard", ("events.out.tfevents.*",)), ("ranks", ("rank*.json",))):
+        files += [f"{sub}/{n}" for n in _matching(run_dir / sub, patterns)]
+        folders.append(sub)
+    more, empty = rollout_adapter_removal(run_dir)
+    return [*files, *more, *RUN_RECORDS], [*folders, *empty]
+
+
+def check_removal(run_dir: Path) -> None:
+    """Refuse (PathRefused, exit 2) a run folder where what the project may delete passes a link or a
+    crafted name leaves the folder: checked before any work, deleting nothing."""
+    files, folders = run_removal(run_dir)
+    for name in (*files, *folders):
+        contained(run_dir, name)
 
 
 def remove_checkpoint(checkpoint: Path) -> None:
-    """Delete a checkpoint's own files: those its checkpoint.json lists (and itself), or, for a checkpoint
-    of an earlier version or an incomplete one, the names a checkpoint's files have; and the consolidated
-    copy of a sharded checkpoint (consolidated/, written later for evaluation)."""
-    for sub in ("consolidated", "consolidated.tmp"):
-        if (checkpoint / sub).is_dir():
-            _remove_files(
-                checkpoint / sub, _matching(checkpoint / sub, (*CHECKPOINT_FILES, "consolidated.json"))
-            )
-    try:
-        listed = list(json.loads((checkpoint / "checkpoint.json").read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        listed = _matching(checkpoint, CHECKPOINT_FILES)
-    _remove_files(checkpoint, [*listed, "checkpoint.json"])
+    """Delete a checkpoint's own files (checkpoint_removal), then the folder if that emptied it."""
+    remove(checkpoint.parent, *checkpoint_removal(checkpoint.parent, checkpoint.name))
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Crashed saves' temporary folders (main process, under the run lock: nobody else is writing)."""
-    for path in run_dir.iterdir() if run_dir.is_dir() else ():
-        if TEMP_RE.match(path.name) and path.is_dir():
-            _remove_files(path, _matching(path, CHECKPOINT_FILES))
+    for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else ():
+        if TEMP_RE.match(path.name) and (path.is_dir() or path.is_symlink()):
+            remove_checkpoint(path)
+
+
+def remove_rollout_adapter(run_dir: Path, rank: int) -> None:
+    """This process's rollout adapter folder (written for the vLLM engine), when the run ends."""
+    remove(run_dir, *rollout_adapter_removal(run_dir, [rank]))
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """--overwrite: delete what a run of ours wrote (see the module docstring); everything else stays."""
-    if not run_dir.is_dir():
-        return
-    for _, checkpoint in list_checkpoints(run_dir):
-        remove_checkpoint(checkpoint)
-    remove_stale_temporaries(run_dir)
-    _remove_files(run_dir / "tensorboard", _matching(run_dir / "tensorboard", ("events.out.tfevents.*",)))
-    _remove_files(run_dir / "ranks", _matching(run_dir / "ranks", ("rank*.json",)))
-    for name in RUN_RECORDS:
-        (run_dir / name).unlink(missing_ok=True)
+    """--overwrite: delete what a run of ours wrote (see the module docstring); everything else stays. Every
+    name is checked before the first deletion, so a refused one leaves the folder as it was."""
+    if run_dir.is_dir():
+        remove(run_dir, *run_removal(run_dir))
 
 
 def run_lock(run_dir: Path) -> AbstractContextManager:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fsdistill.files import write_json_atomic
+from fsdistill.files import replace_path, write_json_atomic
 from fsdistill.train.state_io import CheckpointError, load_state, read_json, save_state
 
 
@@ -106,5 +106,5 @@ def consolidate(checkpoint: Path, out: Path | None = None) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         AutoTokenizer.from_pretrained(checkpoint).save_pretrained(str(tmp))
     write_json_atomic(tmp / "consolidated.json", {"from": str(checkpoint), "world_size": world})
-    tmp.rename(out)
+    replace_path(out.parent, tmp.name, out.name)
     return out
