@@ -1,7 +1,7 @@
 """eval_icl.py and eval_checkpoints.py on tiny models: result files, test subsets, prompts, resumption,
-refusals, the vLLM plumbing (a recording stand-in engine), teacher-forced metrics, and an end-to-end
-check that a model overfit on 16 rows scores >= 90% on them (a random model's ~0% would hide a prompt or
-scoring bug that marks every answer wrong).
+refusals, teacher-forced metrics, and an end-to-end check that a model overfit on 16 rows scores >= 90% on
+them (a random model's ~0% would hide a prompt or scoring bug that marks every answer wrong). The vllm
+backend against the real engine: tests/test_vllm.py.
 
 Training runs are shared per module: one LoRA SFT run, one LoRA distillation run and one full
 fine-tuning run of 2 checkpoints each, and one overfit full fine-tuning run.

@@ -133,17 +133,27 @@ def test_vllm_agreement_counts_verdicts_texts_and_differences():
 def test_vllm_colocation_table_gives_each_run_and_the_ratios_median_and_range():
     from fsdistill.tools.vllm_colocation import colocation_markdown
 
-    def run(without, beside):
+    def run(without, idle):
         return {
-            "median_step_seconds": {"without_engine": without, "with_engine": beside},
-            "with_over_without": beside / without,
+            "median_step_seconds": {
+                "without_engine": without,
+                "engine_idle": idle,
+                "after_vllm_sampling": 3.0,
+                "after_hf_sampling": 4.0,
+            },
+            "with_over_without": idle / without,
+            "sampling_seconds": {
+                "after_vllm_sampling": [1.0, 2.0, 9.0],
+                "after_hf_sampling": [5.0, 6.0, 7.0],
+            },
             "torch_threads": {"before": 2, "after_engine_start": 2},
             "set_num_threads_works_after_engine_start": True,
             "load_average": {"before": 1.0, "after": 2.0},
         }
 
     table = colocation_markdown([run(1.0, 1.1), run(2.0, 1.8), run(1.0, 1.25)])
-    assert "| 2 | 2.000 | 1.800 | 0.90 | 2 → 2 | works | 1.0 → 2.0 |" in table
+    row = "| 2 | 2.00 s | 1.80 s | 3.00 s | 4.00 s | 2.0 / 6.0 | 2 → 2 | works | 1.0 → 2.0 |"
+    assert row in table.splitlines()
     assert table.endswith("median 1.10, range 0.90–1.25 (3 runs).")
 
 
