@@ -60,6 +60,16 @@ def cli_argv(config: str, out: Path, *overrides: str, flags: tuple[str, ...] = (
     return ["--config", str(TINY / config), "--output_dir", str(out), *overrides, *flags]
 
 
+def train_online(out: Path, source: Path, *overrides: str) -> Path:
+    """A short train_online_v1 run, in-process, on the tiny config: the common settings and a 2-shot top-8
+    teacher, then `overrides`; it must finish (exit status 0)."""
+    from fsdistill.train.entry import train_online_v1
+
+    argv = cli_argv("online_v1.yaml", out, *common_overrides(source), *TEACHER_OVERRIDES, *overrides)
+    assert run_cli(train_online_v1, argv) == 0
+    return out
+
+
 def run_cli(main, argv: list[str]) -> int:
     """Call an entry point's main(argv) in-process; returns its exit status (0 when it returns)."""
     try:

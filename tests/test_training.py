@@ -33,13 +33,13 @@ from helpers import (
 from fsdistill.config import from_dict, load_config
 from fsdistill.distill import losses as loss_functions
 from fsdistill.errors import UserError
-from fsdistill.methods import METHODS as METHOD_TABLE
 from fsdistill.train import recipe
 from fsdistill.train import step as step_stages
 from fsdistill.train.entry import train_ablation, train_baseline, train_online_v1
 from fsdistill.train.run_dir import list_checkpoints
 
-METHODS = tuple(METHOD_TABLE)  # sft, few_shot_distillation, zero_shot_teacher, shuffled_answers
+# The original's method, its baseline and its two controls (teacher-context methods: test_teacher_context.py).
+METHODS = ("sft", "few_shot_distillation", "zero_shot_teacher", "shuffled_answers")
 
 # Seeded per-step CE, distillation loss and gradient norm of the four 4-step runs below (fp32, CPU). A
 # regression guard: a change to the data order, prompts, model init, alignment, losses or gradient

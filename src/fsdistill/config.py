@@ -251,12 +251,17 @@ class TaskConfig:
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def _template_problems(template: str) -> Problems:
+def template_names(template: str) -> list[str]:
+    """The names a str.format template fills, in order ('Q: {question} ({topic})' -> [question, topic]);
+    ValueError for invalid format syntax."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def _template_problems(template: str, key: str = "task.question_template") -> Problems:
     """A user-turn template: valid str.format syntax, {question} in it, only plain field names (no
     positional '{}', attribute or index access, which would reach into Python objects)."""
-    key = "task.question_template"
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        names = template_names(template)
     except ValueError as e:
         return [(key, f"is not a valid template ({e}); write a literal brace as {{{{ or }}}}")]
     bad = [name for name in names if not name.isidentifier()]
@@ -339,7 +344,8 @@ class DataConfig:
 class FewShotConfig:
     k: int = opt(
         8,
-        "Exemplars in the teacher's prompt. 0 gives the zero-shot-teacher control.",
+        "Exemplars in the teacher's prompt. 0 with no teacher context (teacher.*) gives the zero-shot-teacher "
+        "control; 0 with one is context distillation without exemplars.",
         ge=0,
         unit="a shot count",
     )
@@ -653,13 +659,89 @@ class RolloutConfig:
         return p
 
 
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+# The teacher settings its targets depend on (which model, what it sees): part of every identity that
+# holds teacher targets (the teacher cache's key; result files with teacher-forced metrics), where the
+# rest of teacher.* (its fast paths) may differ.
+TEACHER_INPUT_KEYS = (
+    "teacher.model",
+    "teacher.tokenizer",
+    "teacher.dtype",
+    "teacher.system",
+    "teacher.system_file",
+    "teacher.context_files",
+    "teacher.context_seed",
+    "teacher.context_field",
+    "teacher.template",
+    "teacher.shuffle_context",
+)
+
+
 @dataclass
 class TeacherConfig:
+    """The teacher: which model, what it sees beyond the student's prompt, and its fast paths.
+
+    What the teacher sees (docs/teacher.md): its system turn is task.system_prompt, then teacher.system
+    (or teacher.system_file), then the shared context (teacher.context_files), joined by blank lines; then
+    fewshot.k exemplars; then its user turn, teacher.template (the student's user turn, the row's
+    teacher.context_field, other row fields). The student's prompt never changes.
+    """
+
+    model: Optional[str] = opt(
+        None,
+        "Another model as the teacher: a local folder or Hub id (a larger model of the family, an exported "
+        "checkpoint). null: the student's own base weights (LoRA: the adapter off; full fine-tuning: a frozen "
+        "copy of the initial weights). Its tokenizer must agree with the student's on every id below the "
+        "smaller tokenizer's length (checked at start); logits are compared on those ids only.",
+    )
+    tokenizer: Optional[str] = opt(
+        None, "teacher.model's tokenizer (read for the vocabulary check); null: teacher.model's folder or id."
+    )
+    dtype: Optional[str] = opt(
+        None, "dtype teacher.model's weights are loaded in; null: model.dtype.", DTYPE_CHOICES
+    )
+    system: Optional[str] = opt(
+        None,
+        "A system text only the teacher sees (system-prompt distillation), after task.system_prompt when both "
+        "are set. It replaces a chat template's built-in default system turn (SmolLM2's 'You are a helpful AI "
+        "assistant named SmolLM...'), which the student, without task.system_prompt, still gets.",
+    )
+    system_file: Optional[str] = opt(
+        None, "teacher.system read from a UTF-8 text file (its sha256 is recorded); set one of the two."
+    )
+    context_files: list[str] = opt(
+        [],
+        "Shared context only the teacher sees: UTF-8 text files (a document, experiential knowledge). One "
+        "file: every row's; several: a pool, one file drawn per row, seeded by teacher.context_seed (OPCD's "
+        "multi_experience). Placed in the teacher's system turn after the system text, so one file is a "
+        "prefix of every teacher sequence whatever the exemplars (teacher.prefix_cache reuses it).",
+    )
+    context_seed: int = opt(
+        0, "Seeds the per-row draw from teacher.context_files and teacher.shuffle_context's derangement."
+    )
+    context_field: Optional[str] = opt(
+        None,
+        "A field of each row that only the teacher sees (privileged context: the reference solution, a "
+        "document); it fills {context} in teacher.template.",
+    )
+    template: Optional[str] = opt(
+        None,
+        "The teacher's user turn: {question} is the student's user turn (task.question_template filled in), "
+        "{context} the row's teacher.context_field, {name} any other field of the row. null: "
+        "'{question}\\n\\n{context}' with teacher.context_field (TRL's privileged-context layout), else the "
+        "student's user turn unchanged.",
+    )
+    shuffle_context: bool = opt(
+        False,
+        "The other-row control of a per-row context: each training row's teacher sees another row's "
+        "teacher.context_field (and the other row fields teacher.template names): a derangement of the "
+        "training rows, seeded by teacher.context_seed. Teacher-forced evaluation keeps each row's own.",
+    )
     cache: str = opt(
         "off",
         "Teacher top-K cache, exact when an example's teacher input never changes (per_example or fixed "
-        "shots, shuffled answers, 0-shot teacher). memory: filled on an example's first visit and reused "
-        "(shared across processes); disk: memory-mapped folder teacher.cache_dir written by "
+        "shots, shuffled answers, 0-shot teacher, any teacher context). memory: filled on an example's first "
+        "visit and reused (shared across processes); disk: memory-mapped folder teacher.cache_dir written by "
         "scripts/precompute_teacher.py; off: the teacher runs at every visit.",
         ("off", "memory", "disk"),
     )
@@ -674,13 +756,52 @@ class TeacherConfig:
     )
     prefix_cache: bool = opt(
         True,
-        "With fewshot.selection fixed or per_batch, run the exemplar prefix that a micro-batch's teacher "
-        "sequences share once and reuse its keys/values (fixed: once per run); only question + answer "
-        "tokens are run per example.",
+        "Run the prefix that a micro-batch's teacher sequences share once and reuse its keys/values: the "
+        "exemplars with fewshot.selection fixed (once per run) or per_batch (once per step), and a teacher "
+        "system text or single context file whatever the exemplar selection (once per run). Only the rest "
+        "of each sequence runs per example.",
     )
     prefix_min_tokens: int = opt(64, "Shortest shared prefix worth caching (tokens).", ge=1)
 
+    @property
+    def has_context(self) -> bool:
+        """Whether the teacher sees anything besides the student's prompt and its exemplars."""
+        return bool(
+            self.system is not None
+            or self.system_file is not None
+            or self.context_files
+            or self.context_field is not None
+            or self.template is not None
+        )
+
+    @property
+    def shared_prefix(self) -> bool:
+        """A teacher-only system text or one shared context file: the same leading text for every row."""
+        return self.system is not None or self.system_file is not None or len(self.context_files) == 1
+
+    def resolved_template(self) -> Optional[str]:
+        """The teacher's user-turn template (see `template`), or None: the student's user turn unchanged."""
+        if self.template is not None:
+            return self.template
+        return "{question}\n\n{context}" if self.context_field is not None else None
+
+    def row_fields(self) -> tuple[str, ...]:
+        """Fields of each row the teacher reads: teacher.context_field and the row fields teacher.template
+        names (besides {question} and {context}), sorted."""
+        names = set()
+        if self.template is not None:
+            try:
+                names = set(template_names(self.template)) - {"question", "context"}
+            except ValueError:  # reported by _context_problems
+                names = set()
+        if self.context_field is not None:
+            names.add(self.context_field)
+        return tuple(sorted(names))
+
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
+        return self._cache_problems(cfg) + self._context_problems(cfg) + self._model_problems(cfg)
+
+    def _cache_problems(self, cfg: Config) -> Problems:
         p: Problems = []
         f, top_k = cfg.fewshot, cfg.distill.top_k
         if self.cache != "off":
@@ -714,6 +835,61 @@ class TeacherConfig:
                 )
             if self.cache_top_k < 1:
                 p.append(("teacher.cache_top_k", f"must be >= 1, got {self.cache_top_k}"))
+        return p
+
+    def _context_problems(self, cfg: Config) -> Problems:
+        p: Problems = []
+        if self.system is not None and self.system_file is not None:
+            p.append(
+                ("teacher.system", "and teacher.system_file both give the teacher's system text; keep one")
+            )
+        if self.system is not None and not self.system.strip():
+            p.append(("teacher.system", "is empty; give a text or null"))
+        if any(not str(path).strip() for path in self.context_files):
+            p.append(("teacher.context_files", f"must be file paths, got {list(self.context_files)}"))
+        if self.context_field is not None and not self.context_field.isidentifier():
+            p.append(("teacher.context_field", f"must be a field name, got {self.context_field!r}"))
+        if self.template is not None:
+            found = _template_problems(self.template, "teacher.template")
+            p += found
+            if not found:
+                names = set(template_names(self.template))
+                if "context" in names and self.context_field is None:
+                    p.append(("teacher.template", "names {context}, which needs teacher.context_field"))
+                if self.context_field is not None and "context" not in names:
+                    p.append(
+                        (
+                            "teacher.template",
+                            f"does not name {{context}}, so teacher.context_field ({self.context_field!r}) would "
+                            "never be shown to the teacher",
+                        )
+                    )
+        if self.shuffle_context and self.context_field is None:
+            p.append(
+                (
+                    "teacher.shuffle_context",
+                    "is the other-row control of a per-row context, which needs teacher.context_field",
+                )
+            )
+        return p
+
+    def _model_problems(self, cfg: Config) -> Problems:
+        p: Problems = []
+        if self.model is None:
+            for key in ("tokenizer", "dtype"):
+                if getattr(self, key) is not None:
+                    p.append((f"teacher.{key}", "is only read with teacher.model (another model as teacher)"))
+            return p
+        r = cfg.rollout
+        if r.source == "teacher" and r.backend == "vllm":
+            p.append(
+                (
+                    "teacher.model",
+                    "is set with rollout.source=teacher and rollout.backend=vllm: the colocated engine serves the "
+                    "student's base weights, not teacher.model; sample the teacher's answers with "
+                    "rollout.backend=hf",
+                )
+            )
         return p
 
 

@@ -3,7 +3,10 @@
 A method is SFT (cross-entropy only) or CE + λ·distillation from a teacher; the causal controls are the
 same distillation with one setting changed. `settings` are the config values that make a config that
 method (what train_ablation.py --condition applies); a config describes the first teacher method whose
-settings all hold, else few_shot_distillation.
+settings all hold (the 0-shot-teacher control only for the plain teacher: the student's own base without
+a teacher context), else context_distillation when the teacher has a context (teacher.system, context
+files, a per-row field, a template), model_distillation for another model seeing the bare question, else
+few_shot_distillation.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Method:
     condition: str | None  # train_ablation.py --condition value
     settings: tuple[str, ...]  # key=value overrides that make a distillation config this method
     description: str
+    plain_teacher_only: bool = False  # holds only for the student's own base without a teacher context
 
 
 METHODS: dict[str, Method] = {
@@ -42,6 +46,7 @@ METHODS: dict[str, Method] = {
             "zero_shot_teacher",
             ("fewshot.k=0",),
             "control: the teacher sees no exemplars (its input equals the student's)",
+            plain_teacher_only=True,
         ),
         Method(
             "shuffled_answers",
@@ -51,6 +56,31 @@ METHODS: dict[str, Method] = {
             ("fewshot.shuffle_answers=true",),
             "control: exemplar answers moved among the exemplar questions (fewshot.shuffle_mode: a derangement, "
             "or the original's plain permutation)",
+        ),
+        Method(
+            "other_row_context",
+            True,
+            "train_ablation.py",
+            "other_row_context",
+            ("teacher.shuffle_context=true",),
+            "control: each row's teacher sees another row's per-row context (teacher.context_field; a derangement)",
+        ),
+        Method(
+            "context_distillation",
+            True,
+            "train_online_v1.py",
+            None,
+            (),
+            "CE + λ·D to a teacher that sees a context the student lacks (teacher.system, teacher.context_files, "
+            "teacher.context_field, teacher.template), with fewshot.k exemplars",
+        ),
+        Method(
+            "model_distillation",
+            True,
+            "train_online_v1.py",
+            None,
+            (),
+            "CE + λ·D to another model (teacher.model) seeing the bare question (fewshot.k = 0, no teacher context)",
         ),
     )
 }
@@ -65,9 +95,16 @@ def _holds(cfg: Config, setting: str) -> bool:
 
 def distillation_method(cfg: Config) -> Method:
     """The distillation method (or control) a config describes."""
+    t = cfg.teacher
+    plain = not t.has_context and t.model is None
     for method in METHODS.values():
         if method.teacher and method.settings and all(_holds(cfg, s) for s in method.settings):
-            return method
+            if plain or not method.plain_teacher_only:
+                return method
+    if t.has_context:
+        return METHODS["context_distillation"]
+    if cfg.fewshot.k == 0:
+        return METHODS["model_distillation"]
     return METHODS["few_shot_distillation"]
 
 
@@ -98,11 +135,22 @@ def check_entry_point(
                 "run it with train_ablation.py"
             ]
         )
-    if condition is not None and CONDITIONS[condition] is not method:
+    # few_shot is "the method itself", which with a teacher context or another model is named after it.
+    itself = condition == "few_shot" and method.condition is None
+    if condition is not None and CONDITIONS[condition] is not method and not itself:
         raise ConfigError(
             [
                 f"--condition {condition} conflicts with the config, which describes {method.name} "
-                "(fewshot.k=0 and fewshot.shuffle_answers=true cannot both hold)"
+                "(fewshot.k=0, fewshot.shuffle_answers=true and teacher.shuffle_context=true are three "
+                "different controls)"
+            ]
+        )
+    if cfg.fewshot.shuffle_answers and cfg.teacher.shuffle_context:
+        raise ConfigError(
+            [
+                f"{source.get('teacher.shuffle_context', 'the schema default')}: 'teacher.shuffle_context' and "
+                f"'fewshot.shuffle_answers' (from {source.get('fewshot.shuffle_answers', 'the schema default')}) "
+                "are both true: two controls at once control nothing; keep one"
             ]
         )
     if cfg.fewshot.shuffle_answers and cfg.fewshot.k == 0:

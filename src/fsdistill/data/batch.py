@@ -22,6 +22,7 @@ import torch
 
 from fsdistill.data.fewshot import ShotSampler
 from fsdistill.data.prompts import EncodedExample, PromptBuilder
+from fsdistill.data.teacher_prompt import context_donors
 from fsdistill.tasks import Example
 from fsdistill.tasks.rows import exemplar_pool, training_rows
 
@@ -172,8 +173,11 @@ class TrainingBatches:
         max_teacher_len: int,
         pad_id: int,
         group_by_length: bool,
+        donors: dict[int, int] | None = None,
     ):
         self.by_row = {e.row: e for e in examples}
+        # teacher.shuffle_context: row -> the row whose per-row context its teacher reads.
+        self.donors = donors
         self.prompts = prompts
         self.shots = shots
         self.order = order
@@ -190,11 +194,15 @@ class TrainingBatches:
         # so the step is encoded and sorted once (per_batch encodings are not in the caches above).
         self._by_length: tuple[int, list[EncodedExample]] | None = None
 
+    def donor(self, row: int):
+        """The example whose per-row context row `row`'s teacher reads: itself, or its donor."""
+        return self.by_row[self.donors[row]] if self.donors else self.by_row[row]
+
     def encode(self, row: int, step: int, step_rows: list[int]) -> EncodedExample:
         example = self.by_row[row]
         if example.answer is None:  # questions only (on-policy training): the prompts, no answer part
             shots = self.shots.shots(row, step, step_rows) if self.shots else []
-            return self.prompts.encode_prompts(example, shots)
+            return self.prompts.encode_prompts(example, shots, self.donor(row))
         key = self.shots.cache_key(row, step) if self.shots else (row, 0)
         if key is not None and key in self._teacher_cache:
             student_ids, teacher_ids, student_start, teacher_start = self._teacher_cache[key]
@@ -204,7 +212,7 @@ class TrainingBatches:
         if row not in self._student_cache:
             self._student_cache[row] = self.prompts.encode_student(example)
         shots = self.shots.shots(row, step, step_rows) if self.shots else []
-        encoded = self.prompts.encode_pair(example, shots, self._student_cache[row])
+        encoded = self.prompts.encode_pair(example, shots, self._student_cache[row], self.donor(row))
         if key is not None:
             self._teacher_cache[key] = (
                 np.asarray(encoded.student_ids, dtype=np.int32),
@@ -268,8 +276,9 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
     """
     prompts = PromptBuilder.from_config(tokenizer, cfg)
     train, _validation = training_rows(cfg, prompts.task, need=training_needs(cfg, with_teacher))
-    shots = None
+    shots, donors = None, None
     if with_teacher:
+        _ = prompts.teacher  # the teacher's context files are read (and refused if unreadable) now
         f = cfg.fewshot
         separate = f.pool is not None
         pool = exemplar_pool(cfg, prompts.task, train)
@@ -277,6 +286,8 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
         if not separate:  # a fixed exemplar is then a training row: never train on it as well
             fixed = set(shots.fixed_rows)
             train = [e for e in train if e.row not in fixed]
+    if with_teacher and cfg.teacher.shuffle_context:
+        donors = context_donors([e.row for e in train], cfg.teacher.context_seed)
     t = cfg.training
     order = ExampleOrder(
         [e.row for e in train], t.seed, num_processes * t.per_device_batch_size * t.grad_accum_steps
@@ -292,14 +303,17 @@ def build_training_batches(cfg, tokenizer, with_teacher: bool, num_processes: in
         cfg.data.max_teacher_len if with_teacher else cfg.data.max_student_len,
         tokenizer.pad_token_id,
         cfg.data.group_by_length,
+        donors,
     )
 
 
 def training_needs(cfg, with_teacher: bool) -> tuple[str, ...]:
     """What every training row must have (tasks.base.NEEDS): its worked answer, unless the answers are
     the student's or the teacher's samples (rollout.source student/teacher, without rollout.gold_ce) and
-    the exemplars come from elsewhere (fewshot.pool) or there are none."""
+    the exemplars come from elsewhere (fewshot.pool) or there are none; and the row fields the teacher
+    reads (teacher.context_field, teacher.template's), when there is a teacher."""
     r = cfg.rollout
     gold_read = r.source in ("gold", "mixed") or r.gold_ce
     exemplars_from_rows = with_teacher and cfg.fewshot.k > 0 and cfg.fewshot.pool is None
-    return ("answer",) if gold_read or exemplars_from_rows else ()
+    need = ("answer",) if gold_read or exemplars_from_rows else ()
+    return need + (("teacher",) if with_teacher and cfg.teacher.row_fields() else ())

@@ -21,9 +21,12 @@ text could merge BPE tokens across the boundary and make the student's and teach
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Optional
 
-from fsdistill.config import Config
+from fsdistill.config import Config, TeacherConfig
+from fsdistill.data.teacher_prompt import TeacherContext
 from fsdistill.errors import UserError
 from fsdistill.tasks import Example, Task, make_task
 
@@ -72,11 +75,17 @@ class PromptBuilder:
 
     `chat_template_kwargs` (model.chat_template_kwargs) are passed to the template directly: Qwen3 reads
     `enable_thinking` that way (passing it inside a `chat_template_kwargs` dict, as the original did, is
-    silently ignored); a null value is not passed at all.
+    silently ignored); a null value is not passed at all. `teacher_settings` (teacher.*) say what the
+    teacher sees besides the exemplars (data/teacher_prompt.py); its files are read on first use.
     """
 
     def __init__(
-        self, tokenizer, task: Task | None, chat_template_kwargs: dict, chat_template: str | None = None
+        self,
+        tokenizer,
+        task: Task | None,
+        chat_template_kwargs: dict,
+        chat_template: str | None = None,
+        teacher_settings: TeacherConfig | None = None,
     ):
         self.chat_template = PLAIN_TEMPLATE if chat_template == "plain" else chat_template
         if self.chat_template is None and getattr(tokenizer, "chat_template", None) is None:
@@ -89,12 +98,20 @@ class PromptBuilder:
         self.template_kwargs = {k: v for k, v in chat_template_kwargs.items() if v is not None}
         system = task.system_prompt() if task is not None else None  # None: the template alone (for_template)
         self.opening: list[Message] = [] if system is None else [{"role": "system", "content": system}]
+        self.teacher_settings = teacher_settings
 
     @classmethod
     def from_config(cls, tokenizer, cfg: Config) -> PromptBuilder:
         """The config's task (task.*) rendered with model.chat_template (or the tokenizer's) and
-        model.chat_template_kwargs."""
-        return cls(tokenizer, make_task(cfg), cfg.model.chat_template_kwargs, cfg.model.chat_template)
+        model.chat_template_kwargs; the teacher's context from teacher.*."""
+        return cls(
+            tokenizer, make_task(cfg), cfg.model.chat_template_kwargs, cfg.model.chat_template, cfg.teacher
+        )
+
+    @functools.cached_property
+    def teacher(self) -> Optional[TeacherContext]:
+        """The teacher's context (its files read and hashed now), or None: only the exemplars."""
+        return None if self.teacher_settings is None else TeacherContext.from_config(self.teacher_settings)
 
     @classmethod
     def for_template(cls, tokenizer, cfg: Config) -> PromptBuilder:
@@ -113,6 +130,29 @@ class PromptBuilder:
     def conversation(self, shots: list[Example], example: Example) -> list[Message]:
         """The messages before an answer: the system turn (if any), the exemplars, the question."""
         return [*self.opening, *self.exemplar_turns(shots), self.user_turn(example)]
+
+    def without_teacher_context(self) -> PromptBuilder:
+        """This builder with no teacher context: its 'teacher' sees the exemplars only (k-shot ICL)."""
+        return PromptBuilder(
+            self.tokenizer, self.task, self.template_kwargs, self.chat_template, teacher_settings=None
+        )
+
+    def teacher_conversation(
+        self, shots: list[Example], example: Example, donor: Example | None = None
+    ) -> list[Message]:
+        """The teacher's messages before an answer (data/teacher_prompt.py): its system turn, the exemplars,
+        its user turn; `donor` is the row whose per-row context it reads (teacher.shuffle_context)."""
+        context = self.teacher
+        if context is None:
+            return self.conversation(shots, example)
+        system = context.system_text(self.task.system_prompt(), example.row)
+        opening = [] if system is None else [{"role": "system", "content": system}]
+        user = context.user_turn(self.task.user_turn(example), example, donor or example)
+        return [*opening, *self.exemplar_turns(shots), {"role": "user", "content": user}]
+
+    def teacher_differs(self, shots: list[Example]) -> bool:
+        """Whether the teacher's prompt differs from the student's (exemplars or a teacher context)."""
+        return bool(shots) or self.teacher is not None
 
     def exemplar_turns(self, shots: list[Example]) -> list[Message]:
         """Exemplars as alternating user/assistant turns."""
@@ -174,14 +214,18 @@ class PromptBuilder:
         )
         return self.encode(prompt), self.encode(answer_part), answer_part
 
-    def encode_prompts(self, example: Example, shots: list[Example]) -> EncodedExample:
-        """The student's (0-shot) and teacher's (k-shot) generation prompts of a row with an empty answer
-        part: what a rollout is sampled from and then appended to (train/rollouts.py); rows without a
-        worked answer too. The same prompt ids as encode_pair's (the same render, tokenised alone)."""
+    def encode_prompts(
+        self, example: Example, shots: list[Example], donor: Example | None = None
+    ) -> EncodedExample:
+        """The student's (0-shot) and teacher's (k-shot, with its context) generation prompts of a row with
+        an empty answer part: what a rollout is sampled from and then appended to (train/rollouts.py); rows
+        without a worked answer too. The same prompt ids as encode_pair's (the same render, tokenised alone)."""
         student = self.encode(self.render(self.conversation([], example), add_generation_prompt=True))
         teacher = (
-            self.encode(self.render(self.conversation(shots, example), add_generation_prompt=True))
-            if shots
+            self.encode(
+                self.render(self.teacher_conversation(shots, example, donor), add_generation_prompt=True)
+            )
+            if self.teacher_differs(shots)
             else student
         )
         return EncodedExample(example.row, student, teacher, len(student), len(teacher))
@@ -191,11 +235,13 @@ class PromptBuilder:
         example: Example,
         shots: list[Example],
         student: tuple[list[int], list[int], str] | None = None,
+        donor: Example | None = None,
     ) -> EncodedExample:
-        """Student and teacher ids of one example; `student` reuses encode_student's result (a cache)."""
+        """Student and teacher ids of one example; `student` reuses encode_student's result (a cache);
+        `donor` is the row whose per-row context the teacher reads (teacher.shuffle_context)."""
         student_prompt, answer_ids, answer_part = student or self.encode_student(example)
-        if shots:
-            history = self.conversation(shots, example)
+        if self.teacher_differs(shots):
+            history = self.teacher_conversation(shots, example, donor)
             teacher_prompt_text, teacher_answer_part = self.split_prompt_answer(
                 history, example.answer, f"row {example.row} (teacher, {len(shots)} shots)"
             )

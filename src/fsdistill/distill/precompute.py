@@ -81,7 +81,12 @@ def main(argv=None) -> Path:
         teacher_fingerprints,
     )
     from fsdistill.modeling.answer_lm import AnswerLogitsLM
-    from fsdistill.modeling.loading import load_causal_lm, make_autocast
+    from fsdistill.modeling.loading import (
+        load_causal_lm,
+        load_teacher_model,
+        make_autocast,
+        teacher_vocabulary,
+    )
 
     tick = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -93,9 +98,14 @@ def main(argv=None) -> Path:
     if not kept:
         raise UserError("every training example is over data.max_student_len / max_teacher_len")
 
-    model = load_causal_lm(cfg.model).to(device).eval()
+    vocab_size = teacher_vocabulary(cfg, tokenizer)  # another model as teacher: checked before it loads
+    if vocab_size is None:
+        model = load_causal_lm(cfg.model)
+    else:
+        model = load_teacher_model(cfg, vocab_size, len(tokenizer))
+    model = model.to(device).eval()
     model.requires_grad_(False)
-    live = make_live_teacher(cfg, AnswerLogitsLM(model), None)
+    live = make_live_teacher(cfg, AnswerLogitsLM(model), None, vocab_size=vocab_size)
     live.self_check(len(tokenizer), device)
     spec = live.spec
     total = sum(e.answer_len for e in kept)

@@ -1,13 +1,17 @@
-"""The teacher: the frozen base model on the k-shot sequence, reduced to what the loss reads.
+"""The teacher: a frozen model on the teacher's sequence, reduced to what the loss reads.
 
+The teacher's sequence (its context, exemplars, the answer) is made by the data code
+(data/teacher_prompt.py, data/prompts.py) as token ids in `batch.teacher_ids`; a teacher only runs it.
 What the training loop calls on a teacher is the :class:`Teacher` protocol; two implementations:
 
-- `LiveTeacher` runs the model (the student with its LoRA adapter switched off, or a frozen copy of the
-  initial weights for full fine-tuning) and returns `TeacherTargets` at the N answer positions: top-K
-  logits and their vocabulary ids (and the log-normaliser when a tail bucket needs it), computed chunk by
-  chunk so no (N, V) tensor outlives a chunk; full-vocabulary losses get the teacher's hidden states and
-  its head instead, applied per chunk by the loss. With `fixed`/`per_batch` shots it reuses the
-  exemplar prefix's keys/values (modeling/prefix.py).
+- `LiveTeacher` runs the model (the student with its LoRA adapter switched off, a frozen copy of the
+  initial weights for full fine-tuning, or another model, teacher.model) and returns `TeacherTargets` at the
+  N answer positions: top-K logits and their vocabulary ids (and the log-normaliser when a tail bucket needs
+  it), computed chunk by chunk so no (N, V) tensor outlives a chunk; full-vocabulary losses get the
+  teacher's hidden states and its head instead, applied per chunk by the loss. It reuses the keys/values of
+  a prefix its sequences share (exemplars with `fixed`/`per_batch` shots, a teacher system text or shared
+  context file; modeling/prefix.py). Another model's logits are cut to the ids its tokenizer shares with the
+  student's (`vocab_size`; modeling/vocabulary.py).
 - `CachedTeacher` (teacher_cache.py) puts a per-example store of those top-K targets in front of one.
 """
 
@@ -24,13 +28,20 @@ from fsdistill.distill.losses import TeacherTargets, teacher_targets_from_logits
 from fsdistill.distill.objective import TargetSpec, target_spec
 from fsdistill.distill.teacher_cache import CachedTeacher, open_store
 from fsdistill.modeling.answer_lm import AnswerLogitsLM, base_causal_lm, eval_mode
+from fsdistill.modeling.loading import load_teacher_model, teacher_vocabulary
 from fsdistill.modeling.prefix import PrefixKV, all_layers_full_attention, check_prefix_forward, suffix_hidden
 from fsdistill.modeling.sharding import shard
 
 
 class Teacher(Protocol):
     """What the training loop calls on a teacher. `batch` is a data.batch.Batch, `pos` its
-    distill.alignment.AnswerPositions (N answer tokens)."""
+    distill.alignment.AnswerPositions (N answer tokens).
+
+    vocab_size: the number of leading vocabulary ids the teacher's logits cover and the student's are
+    compared on (another model with a smaller vocabulary), or None: the whole head.
+    """
+
+    vocab_size: Optional[int]
 
     def targets(self, batch, pos) -> TeacherTargets:
         """The loss's targets at the N answer positions (what target_spec asks for)."""
@@ -68,6 +79,8 @@ class LiveTeacher:
     sharded: the weights are sharded (FSDP): every use of them happens inside answer_lm's forward, so
     full-vocabulary targets are computed there as logits instead of being left to the loss (which would
     apply a head whose weights it cannot gather); (N, V) logits then exist for the micro-batch.
+    vocab_size: keep only the first vocab_size logits of every position (another model: the ids its
+    tokenizer shares with the student's), or None.
     """
 
     def __init__(
@@ -78,6 +91,7 @@ class LiveTeacher:
         chunk_size: int,
         prefix: Optional[PrefixKV] = None,
         sharded: bool = False,
+        vocab_size: Optional[int] = None,
     ):
         self.answer_lm = answer_lm
         self.adapter_off = adapter_off
@@ -85,6 +99,12 @@ class LiveTeacher:
         self.chunk_size = chunk_size
         self.prefix = prefix
         self.sharded = sharded
+        self.vocab_size = vocab_size
+
+    def _logits(self, lm: AnswerLogitsLM, hidden: torch.Tensor) -> torch.Tensor:
+        """The head on hidden states (n, H) -> (n, V), cut to the shared ids (n, vocab_size) if any."""
+        logits = lm.head(hidden)
+        return logits if self.vocab_size is None else logits[..., : self.vocab_size]
 
     def _run(self, computation):
         """computation(answer_lm) inside its forward, without grad, adapter off, in eval mode (no dropout)."""
@@ -116,7 +136,7 @@ class LiveTeacher:
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output head (n, H) -> (n, V) without grad (the head is the same with the adapter off)."""
-        return self._run(lambda lm: lm.head(hidden))
+        return self._run(lambda lm: self._logits(lm, hidden))
 
     def targets(self, batch, pos) -> TeacherTargets:
         return self._run(lambda lm: self._targets(lm, batch, pos))
@@ -126,12 +146,12 @@ class LiveTeacher:
         spec = self.spec
         if spec.top_k is None:
             if self.sharded:
-                chunks = [lm.head(chunk) for chunk in hidden.split(self.chunk_size)]
-                return TeacherTargets(logits=torch.cat(chunks) if chunks else lm.head(hidden))
+                chunks = [self._logits(lm, chunk) for chunk in hidden.split(self.chunk_size)]
+                return TeacherTargets(logits=torch.cat(chunks) if chunks else self._logits(lm, hidden))
             return TeacherTargets(hidden=hidden, head=self.head)
         parts = [
             teacher_targets_from_logits(
-                lm.head(chunk),
+                self._logits(lm, chunk),
                 top_k=spec.top_k,
                 keep_full=False,
                 logsumexp_temperature=spec.logsumexp_temperature,
@@ -149,7 +169,7 @@ class LiveTeacher:
         def gathered(lm):
             hidden = self._hidden(lm, batch, pos.batch_index, pos.teacher_positions)
             parts = [
-                lm.head(h).gather(-1, ids)
+                self._logits(lm, h).gather(-1, ids)
                 for h, ids in zip(hidden.split(self.chunk_size), token_ids.split(self.chunk_size))
             ]
             return torch.cat(parts) if parts else hidden.new_zeros(token_ids.shape)
@@ -175,9 +195,12 @@ class LiveTeacher:
 
 
 def make_prefix_kv(cfg: Config, causal_lm) -> Optional[PrefixKV]:
-    """A PrefixKV when the shots are shared across a micro-batch and the model supports it, else None."""
+    """A PrefixKV when a micro-batch's teacher sequences share a prefix by construction and the model
+    supports it, else None: exemplars shared by the micro-batch (fixed or per_batch shots), or a teacher
+    system text or single shared context file (a prefix whatever the exemplar selection, k = 0 included)."""
     f, t = cfg.fewshot, cfg.teacher
-    if not t.prefix_cache or f.k == 0 or f.selection == "per_example":
+    shared_exemplars = f.k > 0 and f.selection != "per_example"
+    if not t.prefix_cache or not (shared_exemplars or t.shared_prefix):
         return None
     if not all_layers_full_attention(causal_lm.config):
         return None
@@ -185,9 +208,13 @@ def make_prefix_kv(cfg: Config, causal_lm) -> Optional[PrefixKV]:
 
 
 def make_live_teacher(
-    cfg: Config, answer_lm: AnswerLogitsLM, adapter_off, sharded: bool = False
+    cfg: Config,
+    answer_lm: AnswerLogitsLM,
+    adapter_off,
+    sharded: bool = False,
+    vocab_size: Optional[int] = None,
 ) -> LiveTeacher:
-    """The live teacher cfg describes (with a prefix cache for shared shots), without a top-K cache."""
+    """The live teacher cfg describes (with a prefix cache for a shared prefix), without a top-K cache."""
     return LiveTeacher(
         answer_lm,
         adapter_off,
@@ -195,27 +222,39 @@ def make_live_teacher(
         cfg.training.logits_chunk_size,
         make_prefix_kv(cfg, base_causal_lm(answer_lm.model)),
         sharded,
+        vocab_size,
     )
 
 
-def make_teacher(cfg: Config, student: AnswerLogitsLM, sharded: bool = False) -> Teacher:
+def make_teacher(cfg: Config, student: AnswerLogitsLM, sharded: bool = False, tokenizer=None) -> Teacher:
     """The teacher of `student` cfg describes, made before training changes (or shards) the student.
 
-    LoRA: the student module itself with its adapter switched off. Full fine-tuning: a frozen copy of
-    the student's (initial) weights, on the student's device; with sharded=True (FSDP) the copy is sharded
-    like the student (no optimizer state). Live, with a prefix cache for shared shots, behind a top-K
-    cache when teacher.cache is on.
+    teacher.model: that model, frozen, on the student's device, after the vocabulary check against the
+    student's `tokenizer` (loaded from model.tokenizer / model.name when not given). Otherwise LoRA: the
+    student module itself with its adapter switched off; full fine-tuning: a frozen copy of the student's
+    (initial) weights. A frozen model is sharded like the student with sharded=True (FSDP; no optimizer
+    state). Live, with a prefix cache for a shared prefix, behind a top-K cache when teacher.cache is on.
     """
-    if cfg.training.use_lora:
+    vocab_size = None
+    if cfg.teacher.model is not None:
+        if tokenizer is None:
+            from fsdistill.data.prompts import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+        vocab_size = teacher_vocabulary(cfg, tokenizer)
+        device = next(student.parameters()).device
+        answer_lm = AnswerLogitsLM(load_teacher_model(cfg, vocab_size, len(tokenizer)).to(device))
+        adapter_off = None
+    elif cfg.training.use_lora:
         answer_lm, adapter_off = student, student.model.disable_adapter
     else:
         frozen = copy.deepcopy(student.model)
         frozen.requires_grad_(False)
         frozen.eval()
         answer_lm, adapter_off = AnswerLogitsLM(frozen), None
-        if sharded:
-            shard(answer_lm, cfg.training.mixed_precision)
-    live = make_live_teacher(cfg, answer_lm, adapter_off, sharded)
+    if sharded and adapter_off is None:
+        shard(answer_lm, cfg.training.mixed_precision)
+    live = make_live_teacher(cfg, answer_lm, adapter_off, sharded, vocab_size)
     if cfg.teacher.cache == "off":
         return live
     return CachedTeacher(live, open_store(cfg))

@@ -36,14 +36,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fsdistill.config import Config, config_identity, identity_differences
+from fsdistill.config import TEACHER_INPUT_KEYS, Config, config_identity, identity_differences
 from fsdistill.data.batch import Batch
+from fsdistill.data.teacher_prompt import TeacherContext
 from fsdistill.distill.alignment import answer_positions
 from fsdistill.distill.losses import TeacherTargets
 from fsdistill.distill.objective import target_spec
 from fsdistill.errors import UserError
 from fsdistill.files import install_folder, remove, sha256_file, write_json_atomic
 from fsdistill.modeling.identity import weights_identity
+from fsdistill.modeling.loading import teacher_model_settings
 
 FORMAT = 1
 
@@ -60,8 +62,9 @@ def fingerprint(ids) -> int:
 
 # What may differ between the config a cache was built for and the one that reads it (config_identity
 # patterns): settings that do not change an example's teacher targets. The rest (model, dtype and
-# precision, tokenizer and chat template, task and data, length limits, the exemplar protocol) is its key,
-# with the targets' shape (top-K, tail-bucket temperature) from distill.*.
+# precision, tokenizer and chat template, task and data, length limits, the exemplar protocol, the
+# teacher's model and context) is its key, with the targets' shape (top-K, tail-bucket temperature) from
+# distill.*.
 CACHE_MAY_DIFFER = (
     "training.*",
     "!training.seed",  # draws the validation rows
@@ -69,6 +72,7 @@ CACHE_MAY_DIFFER = (
     "lora.*",
     "distill.*",
     "teacher.*",
+    *(f"!{key}" for key in TEACHER_INPUT_KEYS),
     "output.*",
     "eval.*",
     "task.max_new_tokens",
@@ -80,14 +84,17 @@ CACHE_MAY_DIFFER = (
 
 
 def cache_key(cfg: Config) -> dict:
-    """What a cache's contents depend on; a disk cache built under another key is refused. The weights'
-    identity (sha256 of their files, or the Hub revision) is part of it: other weights under the same
-    model.name give other targets. (A tokenizer change shows in each entry's fingerprint of its ids.)"""
+    """What a cache's contents depend on; a disk cache built under another key is refused. The teacher's
+    weights identity (sha256 of their files, or the Hub revision: the base model's, or teacher.model's) is
+    part of it: other weights under the same name give other targets; so is the sha256 of every text the
+    teacher's context reads. (A tokenizer change shows in each entry's fingerprint of its ids.)"""
     spec = target_spec(cfg)
+    context = TeacherContext.from_config(cfg.teacher)
     return {
         "format": FORMAT,
         **config_identity(cfg, CACHE_MAY_DIFFER),
-        "weights": weights_identity(cfg.model),
+        "weights": weights_identity(teacher_model_settings(cfg) or cfg.model),
+        **({"teacher_context": context.identity()} if context is not None else {}),
         "targets.top_k": spec.top_k,
         "targets.logsumexp_temperature": spec.logsumexp_temperature,
     }
@@ -326,6 +333,11 @@ class CachedTeacher:
         self.store = store
         self.hits = 0
         self.misses = 0
+
+    @property
+    def vocab_size(self):
+        """The live teacher's: the ids the cached targets cover (another model's shared ids) or None."""
+        return self.live.vocab_size
 
     def self_check(self, vocab_size: int, device) -> None:
         self.live.self_check(vocab_size, device)

@@ -190,6 +190,10 @@ class CheckpointEvaluator:
         self.engines: dict[tuple, object] = {}
         self.views: list = []  # the temporary model folders of full fine-tuning engines (vllm_model_view)
         self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
+        # teacher.model: the configured teacher of teacher-forced KL (loaded once), and the shared ids.
+        self.teacher_model, self.vocab_size = None, None
+        if teacher_seq is not None:
+            self.teacher_model, self.vocab_size = ev.teacher_forced_teacher(cfg, self.tokenizer, self.device)
 
     def generate_vllm(self, target: Target, run_cfg) -> list[str]:
         from fsdistill.eval.generation import VLLMGenerator
@@ -247,7 +251,9 @@ class CheckpointEvaluator:
             )
         metrics = None
         if self.teacher_seq is not None:
-            if not target.folder and run_cfg.training.use_lora:
+            if self.teacher_model is not None:
+                teacher = ev.hf_teacher_logits(self.teacher_model, self.device)
+            elif not target.folder and run_cfg.training.use_lora:
                 teacher = ev.hf_teacher_logits(model, self.device, adapter_off=model.disable_adapter)
             else:
                 base = dataclasses.replace(teacher_model(target, self.cfg), dtype=self.cfg.model.dtype)
@@ -261,6 +267,7 @@ class CheckpointEvaluator:
                 self.cfg.eval.teacher_forced_batch_size,
                 self.device,
                 f"teacher-forced {target.label}",
+                self.vocab_size,
             )
         del model
         if self.cfg.eval.backend == "vllm":

@@ -5,8 +5,9 @@ Prompts and scoring are the same functions for both generation backends; only th
 Teacher-forced metrics need no generation, so they show what a 135M-parameter model learns even where
 its accuracy is ~0: per example, over the gold answer's tokens,
   nll: mean -log p_model(token | 0-shot prompt, earlier answer tokens),
-  kl:  mean KL(p_teacher || p_model), the teacher being the BASE model with k exemplars in its prompt
-       (the training teacher), the model seeing the bare question.
+  kl:  mean KL(p_teacher || p_model), the teacher being the configured teacher (the training teacher):
+       the base model, or teacher.model, with k exemplars and its context (teacher.*) in its prompt, the
+       model seeing the bare question; another model's logits compared on the ids both tokenizers share.
 They reuse the training code's alignment (`answer_positions`) and loss functions.
 """
 
@@ -35,6 +36,7 @@ from fsdistill.eval.results import (
     result_settings,
 )
 from fsdistill.modeling.answer_lm import AnswerLogitsLM
+from fsdistill.modeling.identity import teacher_identity
 from fsdistill.tasks import Example, Task
 from fsdistill.tasks.rows import data_provenance, data_roles, exemplar_pool, is_file_split, training_rows
 
@@ -65,6 +67,8 @@ def load_eval_data(cfg: Config, task: Task, split: str) -> EvalData:
     file and line, before any model loads.
     """
     need = ("gold",) * cfg.eval.generate + ("answer",) * cfg.eval.teacher_forced
+    if cfg.eval.teacher_forced and cfg.teacher.row_fields():
+        need += ("teacher",)  # the teacher-forced teacher reads them
     # The training rows are the exemplars unless fewshot.pool names others: then they may be questions only.
     train_need = ("answer",) if cfg.fewshot.pool is None else ()
     train, validation = training_rows(cfg, task, train_need, need)
@@ -167,7 +171,8 @@ def generation_prompts(
 
 
 def encode_teacher_forced(prompts: PromptBuilder, data: EvalData, k: int, seed: int) -> list[EncodedExample]:
-    """Student (0-shot) and teacher (k-shot) sequences of each evaluated example with its gold answer."""
+    """Student (0-shot) and teacher (k-shot, with the teacher's context of `prompts`, each row's own) sequences
+    of each evaluated example with its gold answer."""
     return [
         prompts.encode_pair(e, teacher_exemplars(data.train, k, seed, e.row) if k else [])
         for e in data.examples
@@ -183,12 +188,15 @@ def teacher_forced_metrics(
     batch_size: int,
     device,
     desc: str = "teacher-forced",
+    vocab_size: int | None = None,
 ) -> dict[str, list[float]]:
     """Per-example mean NLL of the gold answer under `model_logits` and, if `teacher_logits` is given,
     mean KL(teacher || model) over the answer tokens.
 
     model_logits(batch, positions: AnswerPositions) -> (N, V) logits of the evaluated model at its
-    0-shot positions; teacher_logits(batch, positions) -> (N, V) at the teacher's positions.
+    0-shot positions; teacher_logits(batch, positions) -> (N, V') at the teacher's positions. vocab_size:
+    the KL compares the first vocab_size logits of both (another model as teacher: the shared ids), else
+    V' must equal V.
     """
     nll: list[float] = []
     kl: list[float] = []
@@ -196,14 +204,20 @@ def teacher_forced_metrics(
         batch = collate(encoded[start : start + batch_size], pad_id).to(device)
         pos = answer_positions(batch)
         logits = model_logits(batch, pos).float()
-        teacher = TeacherTargets(logits=teacher_logits(batch, pos).float()) if teacher_logits else None
+        shared = logits if vocab_size is None else logits[:, :vocab_size]
+        teacher = None
+        if teacher_logits:
+            teacher_full = teacher_logits(batch, pos).float()
+            teacher = TeacherTargets(
+                logits=teacher_full if vocab_size is None else teacher_full[:, :vocab_size]
+            )
         for b in range(batch.size):
             mask = pos.batch_index == b
             ce_sum, count = cross_entropy(logits, pos.targets, mask)
             nll.append((ce_sum / count).item())
             if teacher is not None:
                 kl_sum, _ = forward_kl(
-                    logits, teacher, mask, temperature=1.0, support="full", scale_by_temperature_squared=False
+                    shared, teacher, mask, temperature=1.0, support="full", scale_by_temperature_squared=False
                 )
                 kl.append((kl_sum / count).item())
     return {"nll": nll, "kl": kl} if teacher_logits else {"nll": nll}
@@ -279,6 +293,19 @@ def open_session(cfg: Config, script: str, split: str, output: str) -> EvalSessi
     provenance = collect_provenance(
         data_provenance(cfg.data.source, data_roles(cfg, split)), tokenizer=tokenizer_name
     )
-    settings = result_settings(cfg, script, split)
+    teacher = teacher_identity(cfg, prompts.teacher) if cfg.eval.teacher_forced else None
+    settings = result_settings(cfg, script, split, teacher)
     load_or_new(output, settings, provenance)  # the settings check, before any work
     return EvalSession(prompts.task, tokenizer, prompts, data, output, settings, provenance)
+
+
+def teacher_forced_teacher(cfg: Config, tokenizer, device):
+    """The configured teacher's model for teacher-forced KL when it is another model (teacher.model):
+    (that model, frozen, on `device`; the ids both tokenizers share), or (None, None): the base model is
+    the teacher (the caller has it: a checkpoint's adapter switched off, or the base itself)."""
+    from fsdistill.modeling.loading import load_teacher_model, teacher_vocabulary
+
+    vocab_size = teacher_vocabulary(cfg, tokenizer)
+    if vocab_size is None:
+        return None, None
+    return load_teacher_model(cfg, vocab_size, len(tokenizer)).to(device), vocab_size

@@ -24,6 +24,11 @@ def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_eval_args(parser)
     parser.add_argument("--shots", type=int, nargs="+", help="Shot counts (default: eval.icl_shots).")
+    parser.add_argument(
+        "--condition",
+        help="The entries' condition name (default: base, or an exported model's run name): another name keeps, e.g., the base model with a "
+        "candidate task.system_prompt apart from the plain base model in pooled comparisons.",
+    )
     return parse_eval_args(parser, argv)
 
 
@@ -35,6 +40,7 @@ def main(argv=None) -> None:
     from fsdistill.eval.targets import model_label
 
     condition, method, step = model_label(cfg)
+    condition = args.condition or condition
     from fsdistill.eval import evaluate as ev
     from fsdistill.eval.results import make_entry
 
@@ -95,28 +101,31 @@ def main(argv=None) -> None:
 
 
 def base_teacher_forced(cfg, prompts, data, model, tokenizer, k, device) -> dict[str, list[float]]:
-    """The base model's gold-answer NLL under a k-shot prompt (the teacher protocol's exemplars); at k=0
-    also the KL from the fewshot.k-shot teacher to the 0-shot model (the gap distillation closes)."""
+    """The base model's gold-answer NLL under a k-shot prompt (the teacher protocol's exemplars, no teacher
+    context); at k=0 also the KL from the configured teacher (fewshot.k exemplars and its context; the base
+    model or teacher.model) to the 0-shot model (the gap distillation closes)."""
     from fsdistill.eval import evaluate as ev
 
     bs, pad = cfg.eval.teacher_forced_batch_size, tokenizer.pad_token_id
-    seq = ev.encode_teacher_forced(prompts, data, k, cfg.fewshot.seed)
-    on_teacher_side = ev.hf_teacher_logits(model, device)
     if k > 0:
+        seq = ev.encode_teacher_forced(prompts.without_teacher_context(), data, k, cfg.fewshot.seed)
+        on_teacher_side = ev.hf_teacher_logits(model, device)
         return {
             "nll": ev.teacher_forced_metrics(on_teacher_side, None, seq, pad, bs, device, f"nll {k}-shot")[
                 "nll"
             ]
         }
+    teacher_model, vocab_size = ev.teacher_forced_teacher(cfg, tokenizer, device)
     teacher_seq = ev.encode_teacher_forced(prompts, data, cfg.fewshot.k, cfg.fewshot.seed)
     return ev.teacher_forced_metrics(
         ev.hf_answer_logits(model, device),
-        on_teacher_side,
+        ev.hf_teacher_logits(teacher_model or model, device),
         teacher_seq,
         pad,
         bs,
         device,
-        f"nll/kl 0-shot vs {cfg.fewshot.k}-shot teacher",
+        f"nll/kl 0-shot vs the {cfg.fewshot.k}-shot teacher",
+        vocab_size,
     )
 
 

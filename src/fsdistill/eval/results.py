@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fsdistill.config import Config, config_identity
+from fsdistill.config import TEACHER_INPUT_KEYS, Config, config_identity
 from fsdistill.errors import UserError
 from fsdistill.eval.stats import bootstrap_mean_ci, wilson_interval
 from fsdistill.files import file_lock, git_state, package_versions, write_json_atomic
@@ -124,11 +124,18 @@ RESULT_MAY_DIFFER = (
 )
 
 
-def result_settings(cfg: Config, script: str, split: str) -> dict:
-    """What a result file's numbers depend on: the script, the split, and the config's identity."""
-    # The exemplar protocol only matters to teacher-forced metrics (their k-shot teacher); where exemplars
-    # come from (fewshot.pool) matters to k-shot prompts too. training.seed only draws validation rows.
-    may_differ = RESULT_MAY_DIFFER + (() if cfg.eval.teacher_forced else ("fewshot.*", "!fewshot.pool"))
+def result_settings(cfg: Config, script: str, split: str, teacher: dict | None = None) -> dict:
+    """What a result file's numbers depend on: the script, the split, and the config's identity; with
+    teacher-forced metrics also the teacher's (its model and context settings, and `teacher`: the
+    identity of what it reads, modeling.identity.teacher_identity)."""
+    # The exemplar protocol and the teacher only matter to teacher-forced metrics (their teacher); where
+    # exemplars come from (fewshot.pool) matters to k-shot prompts too. training.seed only draws validation
+    # rows. Teacher-forced evaluation keeps each row's own context, so teacher.shuffle_context may differ.
+    if cfg.eval.teacher_forced:
+        teacher_keys = tuple(f"!{k}" for k in TEACHER_INPUT_KEYS if k != "teacher.shuffle_context")
+        may_differ = RESULT_MAY_DIFFER + teacher_keys
+    else:
+        may_differ = RESULT_MAY_DIFFER + ("fewshot.*", "!fewshot.pool")
     if cfg.data.validation_size == 0:
         may_differ += ("training.seed",)
     return {
@@ -137,6 +144,7 @@ def result_settings(cfg: Config, script: str, split: str) -> dict:
         "task": cfg.task.name,
         "subset_seed": SUBSET_SEED,
         **config_identity(cfg, may_differ),
+        **({"teacher": teacher} if cfg.eval.teacher_forced and teacher else {}),
     }
 
 

@@ -272,6 +272,30 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict(lo: float, hi: float) -> str:
+    """What a paired 95% interval of a − b says: better, worse, or no difference shown."""
+    if lo > 0:
+        return "better than"
+    if hi < 0:
+        return "worse than"
+    return "not distinguishable from"
+
+
+def summary_reading(summary: dict) -> str:
+    """One line per paired test of a summary dict, the verdict read off its interval (better / worse / not
+    distinguishable): the numbers of an experiment's reading, rendered so they cannot drift from the JSON."""
+    lines = []
+    for c in summary["comparisons"]:
+        lo, hi = c["diff_ci95_pp"]
+        a, b = _side_name(c["a"]), _side_name(c["b"])
+        lines.append(
+            f"- {a} ({_pct(c['a']['accuracy'])}%) is **{_verdict(lo, hi)}** {b} ({_pct(c['b']['accuracy'])}%): "
+            f"{signed(c['diff_pp'])} points [{signed(lo)}, {signed(hi)}], exact McNemar p = "
+            f"{format_p_value(c['mcnemar_p'])}, on the same {c['n']} problems."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _accuracy_rows(summary: dict) -> dict[tuple[str, ...], tuple[str, str]]:
     """{key: (label, accuracy cell)} of a summary's references and groups, the cells as summary_markdown's."""
     rows = {

@@ -6,6 +6,8 @@ teacher cache record, so that other weights or another tokenizer under the same 
   model.init=random (the architecture is already part of the config).
 - tokenizer: the sha256 of what decides its ids: the serialised vocabulary and rules, special tokens and
   chat template.
+- teacher: what the teacher adds (teacher.*): its context's template and the sha256 of each text it reads,
+  and another model's weights identity.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import json
 import os
 from pathlib import Path
 
-from fsdistill.config import ModelConfig
+from fsdistill.config import Config, ModelConfig
 from fsdistill.files import sha256_file, write_json_atomic
+from fsdistill.modeling.loading import teacher_model_settings
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -65,3 +68,16 @@ def tokenizer_identity(tokenizer) -> str:
     rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps([tokenizer.all_special_tokens, getattr(tokenizer, "chat_template", None)])
     return hashlib.sha256((rules + extra).encode()).hexdigest()
+
+
+def teacher_identity(cfg: Config, context) -> dict:
+    """What the teacher's targets depend on beyond the config's settings, for run.json, result files and
+    the teacher-cache key: its context (a data.teacher_prompt.TeacherContext, or None: the template and
+    each text's sha256) and teacher.model's weights identity. {} for the plain k-shot base teacher."""
+    out = {}
+    if context is not None:
+        out["teacher_context"] = context.identity()
+    settings = teacher_model_settings(cfg)
+    if settings is not None:
+        out["teacher_weights"] = weights_identity(settings)
+    return out

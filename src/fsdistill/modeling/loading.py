@@ -1,14 +1,19 @@
-"""Loading the base model, and the student made from it (a LoRA adapter on it, or the model itself).
+"""Loading the base model, the student made from it (a LoRA adapter on it, or the model itself), and a
+teacher that is another model.
 
 - LoRA: only the adapter trains; the teacher is this very module with the adapter switched off
   (distill/teacher.py), so there is no second copy of the weights.
 - Full fine-tuning: every weight trains; the teacher is a frozen copy of the initial weights (one extra
   copy of the parameters: 2 bytes/parameter in bf16, 4 in fp32; ~1.1 GB for Gemma-3-270M in fp32).
+- teacher.model: the teacher is that model, frozen, in teacher.dtype, whatever the student; its tokenizer
+  must agree with the student's (modeling/vocabulary.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 from torch import nn
@@ -16,6 +21,7 @@ from torch import nn
 from fsdistill.config import Config, LoraConfig, ModelConfig
 from fsdistill.errors import UserError
 from fsdistill.modeling.answer_lm import AnswerLogitsLM
+from fsdistill.modeling.vocabulary import check_rows, shared_vocabulary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -145,3 +151,53 @@ def load_student(cfg: Config) -> AnswerLogitsLM:
     if cfg.training.use_lora:
         model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
     return AnswerLogitsLM(model)
+
+
+def teacher_model_settings(cfg: Config) -> Optional[ModelConfig]:
+    """teacher.model as a model setting (pretrained, its own config, teacher.dtype or else model.dtype,
+    model.attn_implementation), or None when the teacher is the student's own base weights."""
+    t = cfg.teacher
+    if t.model is None:
+        return None
+    return dataclasses.replace(
+        cfg.model,
+        name=t.model,
+        init="pretrained",
+        architecture={},
+        tokenizer=t.tokenizer,
+        dtype=t.dtype or cfg.model.dtype,
+        gradient_checkpointing=False,
+    )
+
+
+def teacher_vocabulary(cfg: Config, student_tokenizer) -> Optional[int]:
+    """The ids whose logits teacher.model and the student compare (modeling/vocabulary.py), its tokenizer
+    loaded and checked against the student's; None when the teacher is the student's own base."""
+    settings = teacher_model_settings(cfg)
+    if settings is None:
+        return None
+    from fsdistill.data.prompts import load_tokenizer
+
+    return shared_vocabulary(student_tokenizer, load_tokenizer(settings.tokenizer or settings.name))
+
+
+def load_teacher_model(cfg: Config, shared_ids: int, student_tokenizer_size: int) -> nn.Module:
+    """teacher.model, frozen and in eval mode, with its embedding and head checked to cover the ids it
+    reads (every id of the student's tokenizer) and compares (the `shared_ids`)."""
+    model = load_causal_lm(teacher_model_settings(cfg))
+    model.requires_grad_(False)
+    model.eval()
+    name = cfg.teacher.model
+    check_rows(
+        f"teacher.model {name}'s input embedding",
+        model.get_input_embeddings().weight.shape[0],
+        student_tokenizer_size,
+        "ids of the student's tokenizer it reads",
+    )
+    check_rows(
+        f"teacher.model {name}'s output head",
+        model.get_output_embeddings().weight.shape[0],
+        shared_ids,
+        "shared ids whose logits are compared",
+    )
+    return model

@@ -70,4 +70,4 @@ def make_task(cfg: Config) -> Task:
             )
         where = sources.get("task.scoring_callable", "the schema default")
         function = resolve_callable(cfg.task.scoring_callable, where)
-    return ConfiguredTask(cfg.task, make_scoring(cfg.task, function))
+    return ConfiguredTask(cfg.task, make_scoring(cfg.task, function), cfg.teacher.row_fields())

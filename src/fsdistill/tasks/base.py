@@ -15,7 +15,8 @@ class Example:
     question: what fills {question} in the user turn.
     answer: the worked answer a student trains on and exemplars show; None for questions-only rows.
     gold: the normalised final answer generations are scored against; None when unknown.
-    fields: the row's other values that task.question_template names, as (name, text) pairs.
+    fields: the row's other values that task.question_template names, and those the teacher reads
+        (teacher.context_field, the fields teacher.template names) when present, as (name, text) pairs.
     """
 
     row: int
@@ -61,8 +62,9 @@ class Scoring(Protocol):
 
 
 # What a use of a split needs from every row: "answer" (training on gold answers, exemplars),
-# "gold" (scoring). A row lacking one is a data error naming its file and line.
-NEEDS = ("answer", "gold")
+# "gold" (scoring), "teacher" (the row fields the teacher reads: teacher.context_field and those
+# teacher.template names). A row lacking one is a data error naming its file and line.
+NEEDS = ("answer", "gold", "teacher")
 
 
 class Task(Protocol):

@@ -29,6 +29,7 @@ PROMPT, COMPLETION = "prompt", "completion"  # TRL's prompt-completion column na
 _PURPOSE = {
     "answer": "training on gold answers and exemplars read the worked answer",
     "gold": "scoring needs the gold final answer",
+    "teacher": "the teacher reads it (teacher.context_field or teacher.template)",
 }
 # The config key that names each field a `fields` row is read from, and what to do when no row has it.
 _FIELD_KEYS = {
@@ -51,13 +52,18 @@ def _type(value: Any) -> str:
 
 
 class ConfiguredTask:
-    """A task built from `task.*` with its scoring rule (tasks.scoring.make_scoring)."""
+    """A task built from `task.*` with its scoring rule (tasks.scoring.make_scoring).
 
-    def __init__(self, settings: TaskConfig, scoring: Scoring):
+    teacher_fields: row fields the teacher reads (TeacherConfig.row_fields): kept in Example.fields when a
+    row has them, required where the teacher is built (need "teacher").
+    """
+
+    def __init__(self, settings: TaskConfig, scoring: Scoring, teacher_fields: Collection[str] = ()):
         self.settings = settings
         self.name = settings.name
         self.scoring = scoring
         self.other_fields = sorted(template_fields(settings.question_template) - {"question"})
+        self.teacher_fields = sorted(set(teacher_fields) - set(self.other_fields))
 
     # -- rows ------------------------------------------------------------------------------------
     def load(self, source: str, split: str, hub_config: str, need: Collection[str] = ()) -> list[Example]:
@@ -101,8 +107,11 @@ class ConfiguredTask:
         ):
             if what in need and have is None:
                 self._missing(obj, f"{where}: {missing} ({_PURPOSE[what]})", what, answer_name)
-        fields = tuple((name, self._template_value(obj, name, where)) for name in self.other_fields)
-        return Example(row=row, question=question, answer=answer, gold=gold, fields=fields)
+        fields = [(name, self._template_value(obj, name, where)) for name in self.other_fields]
+        for name in self.teacher_fields:
+            if obj.get(name) is not None or "teacher" in need:
+                fields.append((name, self._template_value(obj, name, where, "the teacher")))
+        return Example(row=row, question=question, answer=answer, gold=gold, fields=tuple(fields))
 
     def _missing(self, obj: dict, message: str, what: str, answer_name: str) -> None:
         """Raise the error of a row without its answer or gold: a MissingField (reported once when no row
@@ -224,21 +233,32 @@ class ConfiguredTask:
             return f"missing field '{self.settings.gold_field}' (task.gold_field)"
         return f"no gold answer: missing field '{answer_name}' to read it from (or set task.gold_field)"
 
-    def _template_value(self, obj: dict, name: str, where: str) -> str:
+    def _template_value(
+        self, obj: dict, name: str, where: str, reader: str = "task.question_template"
+    ) -> str:
         value = obj.get(name)
         if value is None:
+            if reader.startswith("task."):
+                uses, key, fix = (
+                    f"{reader} uses {{{name}}}",
+                    f"{reader}'s {{{name}}}",
+                    f"use in {reader} only fields the rows have",
+                )
+            else:
+                uses, key, fix = (
+                    f"{reader} reads field '{name}'",
+                    f"{reader}'s field '{name}' (teacher.context_field or teacher.template)",
+                    "name in the teacher section only fields the rows have",
+                )
             raise MissingField(
-                f"{where}: task.question_template uses {{{name}}}, but the row has no field '{name}' "
-                f"(its fields: {sorted(obj)})",
+                f"{where}: {uses}, but the row has no field '{name}' (its fields: {sorted(obj)})",
                 name,
-                f"task.question_template's {{{name}}}",
-                "use in task.question_template only fields the rows have",
+                key,
+                fix,
                 obj,
             )
         if isinstance(value, (dict, list)):
-            raise DataError(
-                f"{where}: field '{name}' (task.question_template) must be text, got {_type(value)}"
-            )
+            raise DataError(f"{where}: field '{name}' ({reader}) must be text, got {_type(value)}")
         return str(value)
 
     # -- prompts and scoring ---------------------------------------------------------------------

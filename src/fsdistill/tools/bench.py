@@ -241,6 +241,31 @@ def peak_bytes(fn, device) -> tuple[int, str]:
     return peak, "torch.profiler CPU allocation events: peak of the running sum of allocations and frees"
 
 
+def environment_record(device, cfg) -> dict:
+    """What a benchmark's JSON records about where and with what it ran: the device, versions, the git
+    commit, the config and the time."""
+    import torch
+    import transformers
+
+    from fsdistill.files import git_state
+
+    return {
+        "device": {
+            "type": device.type,
+            "name": device_description(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "git_commit": git_state()["commit"],
+        "config": to_dict(cfg),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -395,7 +420,6 @@ def isolated(threads: int | None, fn, *fn_args):
 
 def _run(args, cfg, fixed_cfg, argv) -> dict:
     import torch
-    import transformers
     from tqdm.auto import tqdm
 
     from fsdistill.data.batch import build_training_batches
@@ -403,7 +427,7 @@ def _run(args, cfg, fixed_cfg, argv) -> dict:
     from fsdistill.distill.alignment import answer_positions
     from fsdistill.distill.teacher import make_live_teacher, make_teacher
     from fsdistill.distill.teacher_cache import CachedTeacher, MemoryStore
-    from fsdistill.files import git_state, write_json_atomic
+    from fsdistill.files import write_json_atomic
     from fsdistill.modeling.answer_lm import check_answer_logits, eval_mode
     from fsdistill.modeling.loading import load_student, make_autocast
     from fsdistill.train.reference import reference_micro_batch_losses
@@ -589,19 +613,7 @@ def _run(args, cfg, fixed_cfg, argv) -> dict:
         "prefix": {"computed": prefix_teacher.prefix.computed, "reused": prefix_teacher.prefix.reused},
         "micro_batches": stats,
         "rounds": rounds,
-        "device": {
-            "type": device.type,
-            "name": device_description(device),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
-        "git_commit": git_state()["commit"],
-        "config": to_dict(cfg),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **environment_record(device, cfg),
     }
     out = Path(args.output)
     write_json_atomic(out, result)

@@ -6,7 +6,8 @@ the teacher see for one training example (show_batch; loads a tokenizer and the 
         model.tokenizer=../shared/tokenizers/qwen3 data.source=../shared/data/gsm8k
 
 show_batch prints the decoded student and teacher sequences with the answer part (the label positions)
-between markers, token counts, and the exemplar rows.
+between markers, token counts, the exemplar rows, and where each part of the teacher's context comes from
+(teacher.*: system text, shared context file, per-row field, template).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def show_batch(argv=None) -> None:
         shuffle = f", answers shuffled ({f.shuffle_mode})" if f.shuffle_answers else ""
         pool = f"fewshot.pool {f.pool!r}" if f.pool is not None else "the training split"
         print(f"# exemplar rows of {pool} ({f.selection}{shuffle}): {shot_rows}")
+        context = batches.prompts.teacher
+        if context is not None:
+            donor = batches.donors[row] if batches.donors else row
+            for line in context.describe(row, donor):
+                print(f"# teacher context: {line}")
     print(
         f"# student: {len(enc.student_ids)} tokens (max {cfg.data.max_student_len}); answer part: "
         f"{enc.answer_len} tokens, label positions {label_positions[0]}..{label_positions[-1]}"

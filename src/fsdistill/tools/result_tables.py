@@ -6,10 +6,13 @@ A table lives between two markers naming its kind and its file (relative to the 
     ...  rewritten from that file
     <!-- end summary-table -->
 
-Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `before-after` (pairs of
-summaries, before and after, their paths separated by spaces: the same runs' accuracy in both), `bench-step`
-(scripts/bench_step.py), `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-repeats` (several runs
-of one benchmark, their paths separated by spaces: each ratio's median and range), `vllm-agreement`
+Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `summary-reading` (the same
+JSON's paired tests as sentences with their verdict), `before-after` (pairs of summaries, before and after,
+their paths separated by spaces: the same runs' accuracy in both), `system-prompts`
+(scripts/select_system_prompt.py's choice on validation), `bench-step` (scripts/bench_step.py),
+`bench-on-policy` (scripts/bench_step.py --on_policy), `bench-shared-context` (scripts/bench_step.py
+--shared_context), `bench-repeats` (several runs of one benchmark, their paths separated by spaces: each
+ratio's median and range), `vllm-agreement`
 (scripts/vllm_agreement.py), `vllm-colocation` (several runs of scripts/vllm_colocation.py).
 
 The figures quoted in the prose are rendered the same way, from inline markers
@@ -50,17 +53,22 @@ MANY_FILES = (
 
 def renderers() -> dict:
     """{kind: function(result dict) -> Markdown}; imported here so --help stays light."""
-    from fsdistill.eval.summary import before_after_markdown, summary_markdown
+    from fsdistill.eval.summary import before_after_markdown, summary_markdown, summary_reading
+    from fsdistill.eval.system_prompts import system_prompts_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
+    from fsdistill.tools.bench_shared_context import shared_context_markdown
     from fsdistill.tools.vllm_agreement import agreement_markdown
     from fsdistill.tools.vllm_colocation import colocation_markdown
 
     return {
         "summary": summary_markdown,
+        "summary-reading": summary_reading,
+        "system-prompts": system_prompts_markdown,
         "before-after": before_after_markdown,
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
+        "bench-shared-context": shared_context_markdown,
         "bench-repeats": repeats_markdown,
         "vllm-agreement": agreement_markdown,
         "vllm-colocation": colocation_markdown,

@@ -14,12 +14,14 @@ DESCRIPTIONS = {
     "train_baseline.py": "SFT baseline: cross-entropy on the answer tokens only (LoRA or full fine-tuning, as "
     "the config says). Teacher and distillation settings (fewshot.*, distill.*, teacher.*) are refused "
     "rather than ignored.",
-    "train_online_v1.py": "Few-shot distillation: CE + λ·distillation from the same frozen model with k "
-    "exemplars in its prompt. The controls (fewshot.k=0, fewshot.shuffle_answers=true) run through "
-    "train_ablation.py.",
-    "train_ablation.py": "Causal controls of few-shot distillation: zero_shot_teacher, shuffled_answers (or "
-    "few_shot itself), from the config (fewshot.k=0: zero_shot_teacher; fewshot.shuffle_answers=true: "
-    "shuffled_answers) or --condition, which sets those keys and is checked against the result.",
+    "train_online_v1.py": "Few-shot (and context) distillation: CE + λ·distillation from a frozen teacher "
+    "that sees k exemplars and any teacher context (teacher.*: a system text, shared or per-row context, "
+    "another model). The controls (fewshot.k=0, fewshot.shuffle_answers=true, teacher.shuffle_context=true) "
+    "run through train_ablation.py.",
+    "train_ablation.py": "Causal controls of distillation: zero_shot_teacher, shuffled_answers, "
+    "other_row_context (or few_shot itself), from the config (fewshot.k=0 with no teacher context: "
+    "zero_shot_teacher; fewshot.shuffle_answers=true: shuffled_answers; teacher.shuffle_context=true: "
+    "other_row_context) or --condition, which sets those keys and is checked against the result.",
 }
 
 

@@ -37,8 +37,8 @@ from fsdistill.errors import Interrupted, UserError
 from fsdistill.files import write_json_atomic
 from fsdistill.methods import METHODS, Method
 from fsdistill.modeling.answer_lm import check_answer_logits, eval_mode
-from fsdistill.modeling.identity import tokenizer_identity, weights_identity
-from fsdistill.modeling.loading import load_student, model_config
+from fsdistill.modeling.identity import teacher_identity, tokenizer_identity, weights_identity
+from fsdistill.modeling.loading import load_student, model_config, teacher_vocabulary
 from fsdistill.modeling.sharding import local_tensor, shard, shard_record
 from fsdistill.train.checkpoint import (
     check_resume,
@@ -248,17 +248,23 @@ def setup(
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     batches = build_training_batches(cfg, tokenizer, method.teacher, nproc)
+    if method.teacher:
+        teacher_vocabulary(
+            cfg, tokenizer
+        )  # another model as teacher: its vocabulary, before any weights load
     identity = {
         "training_rows_sha256": training_rows_sha256(batches),
         "tokenizer_sha256": tokenizer_identity(tokenizer),
         "weights": weights_identity(cfg.model),
+        # The teacher's context (template, each text's sha256) and another model's weights, when set.
+        **(teacher_identity(cfg, batches.prompts.teacher) if method.teacher else {}),
     }
     if resume_from is not None:
         check_resume(resume_from, resume_meta, cfg, method.name, identity, nproc)
     fsdp = cfg.training.distributed == "fsdp"
     student = load_student(cfg)
     student.to(accelerator.device)
-    teacher = make_teacher(cfg, student, sharded=fsdp) if method.teacher else None
+    teacher = make_teacher(cfg, student, sharded=fsdp, tokenizer=tokenizer) if method.teacher else None
     with eval_mode(student):
         check_answer_logits(student, len(tokenizer), accelerator.device)
     if teacher is not None:

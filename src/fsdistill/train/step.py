@@ -39,12 +39,22 @@ class MicroLosses:
     tokens: int  # answer tokens (= distilled positions = CE positions)
 
 
-def answer_losses(cfg: Config, head, hidden, targets, teacher_targets: TeacherTargets | None, autocast):
+def answer_losses(
+    cfg: Config,
+    head,
+    hidden,
+    targets,
+    teacher_targets: TeacherTargets | None,
+    autocast,
+    vocab_size: int | None = None,
+):
     """(CE sum, distillation sum, divergence sum) over the N answer positions, the output head applied
     chunk by chunk.
 
     hidden (N, H): the student's final hidden states at the answer positions; targets (N,) the answer ids;
-    teacher_targets: the teacher's TeacherTargets at the same positions, or None (SFT). With more than
+    teacher_targets: the teacher's TeacherTargets at the same positions, or None (SFT); vocab_size: the
+    distillation term reads the student's first vocab_size logits only (a teacher with a smaller
+    vocabulary: the ids both share; the CE keeps the whole head), or None. With more than
     training.logits_chunk_size positions each chunk runs under activation checkpointing: its (chunk, V)
     logits are freed after the forward and recomputed in the backward, so the loss's extra memory is
     O(chunk x V) whatever N is (one extra output-head forward per chunk is the price).
@@ -66,7 +76,8 @@ def answer_losses(cfg: Config, head, hidden, targets, teacher_targets: TeacherTa
                     return ce, torch.zeros_like(ce), torch.zeros_like(ce)
                 # Made here, not outside: full-vocabulary teacher logits must not outlive the chunk either.
                 teacher = teacher_targets.chunk(start, end)
-                dist, divergence = distillation_sums(cfg, logits, teacher, mask, targets[start:end])
+                shared = logits if vocab_size is None else logits[:, :vocab_size]
+                dist, divergence = distillation_sums(cfg, shared, teacher, mask, targets[start:end])
                 return ce, dist, divergence
 
         if n > size:
@@ -85,16 +96,19 @@ def teacher_targets(teacher, batch, pos: AnswerPositions, autocast) -> TeacherTa
         return teacher.targets(batch, pos)
 
 
-def student_losses(cfg: Config, student, batch, pos: AnswerPositions, targets, autocast) -> MicroLosses:
+def student_losses(
+    cfg: Config, student, batch, pos: AnswerPositions, targets, autocast, vocab_size: int | None = None
+) -> MicroLosses:
     """Stage 2: the student's CE and distillation sums at the answer positions, all inside the (wrapped)
-    student's forward (see AnswerLogitsLM: DDP and FSDP see every use of the parameters)."""
+    student's forward (see AnswerLogitsLM: DDP and FSDP see every use of the parameters); vocab_size as in
+    answer_losses."""
 
     def losses(lm):
         with autocast():
             hidden = lm.hidden_at(
                 batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
             )
-        return answer_losses(cfg, lm.head, hidden, pos.targets, targets, autocast)
+        return answer_losses(cfg, lm.head, hidden, pos.targets, targets, autocast, vocab_size)
 
     ce_sum, dist_sum, divergence_sum = student(losses)
     return MicroLosses(ce_sum, dist_sum, divergence_sum.detach(), pos.count)
@@ -103,7 +117,9 @@ def student_losses(cfg: Config, student, batch, pos: AnswerPositions, targets, a
 def micro_batch_losses(cfg: Config, student, teacher, batch, autocast) -> MicroLosses:
     """CE and distillation sums of one micro-batch, at exactly the same answer positions (stages 1-2)."""
     pos = answer_positions(batch)
-    return student_losses(cfg, student, batch, pos, teacher_targets(teacher, batch, pos, autocast), autocast)
+    targets = teacher_targets(teacher, batch, pos, autocast)
+    vocab_size = None if teacher is None else teacher.vocab_size
+    return student_losses(cfg, student, batch, pos, targets, autocast, vocab_size)
 
 
 @dataclass
