@@ -1,15 +1,10 @@
-"""Helpers of tests/test_eval.py: a tiny arithmetic data set, the training entry points run in-process,
-and a recording stand-in for vLLM."""
+"""Helpers of tests/test_eval.py: a tiny arithmetic data set and the training entry points run in-process."""
 
 from __future__ import annotations
 
 import importlib
 import json
-import weakref
 from pathlib import Path
-from types import SimpleNamespace
-
-from helpers import VLLMParams
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
@@ -60,46 +55,3 @@ def train(entry: str, config: str, out: Path, *overrides: str) -> Path:
     main = getattr(importlib.import_module("fsdistill.train.entry"), entry)
     main(["--config", str(TINY / config), "--output_dir", str(out), *overrides])
     return out
-
-
-class RecordingVLLM(VLLMParams):
-    """What `generation.import_vllm()` returns (LLM, SamplingParams, LoRARequest), recording every use.
-
-    engines: the keyword arguments of each LLM(...) in creation order.
-    requests: one record per generate call (engine number, prompts, sampling params, LoRA request).
-    events: ("open", n) when engine n is made and ("closed", n) when it is garbage collected.
-    Each prompt is answered with `text_for(prompt_token_ids)`.
-    """
-
-    def __init__(self, text_for=lambda ids: f"#### {len(ids)}"):
-        self.engines: list[dict] = []
-        self.requests: list[SimpleNamespace] = []
-        self.events: list[tuple[str, int]] = []
-        recorder = self
-
-        class LLM:
-            def __init__(self, **kwargs):
-                self.number = len(recorder.engines)
-                recorder.engines.append(kwargs)
-                recorder.events.append(("open", self.number))
-                weakref.finalize(self, recorder.events.append, ("closed", self.number))
-
-            def generate(self, prompts, sampling_params=None, lora_request=None):
-                recorder.requests.append(
-                    SimpleNamespace(
-                        engine=self.number, prompts=prompts, params=sampling_params, lora=lora_request
-                    )
-                )
-                return [
-                    SimpleNamespace(outputs=[SimpleNamespace(text=text_for(p["prompt_token_ids"]))])
-                    for p in prompts
-                ]
-
-        self.LLM = LLM
-
-    def most_open_at_once(self) -> int:
-        open_now = peak = 0
-        for kind, _ in self.events:
-            open_now += 1 if kind == "open" else -1
-            peak = max(peak, open_now)
-        return peak

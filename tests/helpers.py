@@ -104,7 +104,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
 
 def student_and_teacher(cfg, with_teacher: bool = True):
     """The recipe's student and (with_teacher) teacher for cfg, on the CPU: .student, .teacher."""
-    from types import SimpleNamespace
 
     from fsdistill.distill.teacher import make_teacher
     from fsdistill.modeling.loading import load_student
@@ -120,43 +119,3 @@ def record_checksum(checkpoint: Path, name: str) -> None:
     meta = json.loads((checkpoint / "checkpoint.json").read_text())
     meta["files"][name] = sha256_file(checkpoint / name)
     (checkpoint / "checkpoint.json").write_text(json.dumps(meta))
-
-
-class VLLMParams:
-    """vLLM's SamplingParams and LoRARequest as plain namespaces (the stand-ins record what they are given)."""
-
-    @staticmethod
-    def SamplingParams(**kwargs):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(**kwargs)
-
-    @staticmethod
-    def LoRARequest(lora_name, lora_int_id, lora_path):  # noqa: N802 - vLLM's class name
-        return SimpleNamespace(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
-
-
-class RolloutVLLM(VLLMParams):
-    """A stand-in for vLLM (LLM, SamplingParams, LoRARequest) recording what the sampler asks of it."""
-
-    def __init__(self):
-        self.engines, self.requests, self.loaded = [], [], []
-        recorder = self
-
-        class LLM:
-            def __init__(self, **kwargs):
-                recorder.engines.append(kwargs)
-
-            def generate(self, prompts, sampling_params=None, lora_request=None, use_tqdm=True):
-                recorder.requests.append(
-                    SimpleNamespace(prompts=prompts, params=sampling_params, lora=lora_request)
-                )
-                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6, 2])]) for _ in prompts]
-
-            def collective_rpc(self, method, args=()):
-                worker = SimpleNamespace(
-                    model_runner=SimpleNamespace(
-                        model=SimpleNamespace(load_weights=lambda weights: recorder.loaded.append(weights))
-                    )
-                )
-                method(worker, *args)
-
-        self.LLM = LLM

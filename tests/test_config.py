@@ -501,3 +501,58 @@ def test_config_docs_check_detects_a_stale_file(tmp_path, monkeypatch):
     assert e.value.code == 1
     gen.main([])  # rewrites it
     gen.main(["--check"])
+
+
+SERVED = ["teacher.model=served-model", "teacher.server=http://127.0.0.1:8000", "distill.loss=forward_kl"]
+
+
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        (["distill.loss=topk_logit_mse"], "distill.loss", "topk_logit_mse needs raw logits"),
+        (
+            ["distill.loss=sampled_token"],
+            "distill.loss",
+            "sampled_token needs the teacher's whole distribution",
+        ),
+        (["distill.top_k=null"], "distill.top_k", "must be set with teacher.server"),
+        (
+            ["distill.topk_from=student"],
+            "distill.topk_from",
+            "student needs the teacher's logits at the student",
+        ),
+        (["distill.topk_from=union"], "distill.topk_from", "union needs the teacher's logits at the student"),
+        (
+            ["distill.topk_support=tail_bucket", "distill.temperature=2.0"],
+            "distill.temperature",
+            "the tail bucket at a temperature other than 1",
+        ),
+        (["rollout.source=teacher"], "rollout.source", "teacher rollouts"),
+        (["rollout.source=mixed"], "rollout.source", "teacher rollouts"),
+        (["teacher.cache=memory"], "teacher.cache", "not available with teacher.server"),
+        (["teacher.dtype=bfloat16"], "teacher.dtype", "vllm serve --dtype"),
+        (["teacher.model=null"], "teacher.model", "must name the model teacher.server serves"),
+        (["teacher.server=127.0.0.1:8000"], "teacher.server", "must be an http:// or https:// URL"),
+    ],
+)
+def test_a_served_teacher_refuses_what_it_cannot_give(overrides, key, message):
+    """A vLLM server returns top-K log-probabilities at temperature 1 only: each loss or setting needing more
+    is refused at config time, naming the key (exit 2 from the CLIs)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=[*SERVED, *overrides])
+    assert f"'{key}'" in str(e.value) or key in str(e.value)
+    assert message in str(e.value)
+
+
+def test_a_served_teacher_accepts_the_kl_family_at_temperature_1_and_server_settings_need_a_server():
+    for loss, support in [
+        ("forward_kl", "tail_bucket"),
+        ("reverse_kl", "renormalize"),
+        ("generalized_jsd", "tail_bucket"),
+    ]:
+        load_config(
+            str(CONFIGS / "twostep" / "distill.yaml"),
+            overrides=[*SERVED, f"distill.loss={loss}", f"distill.topk_support={support}"],
+        )
+    with pytest.raises(ConfigError, match="is only read with teacher.server"):
+        load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=["teacher.server_retries=5"])

@@ -1,7 +1,7 @@
 """eval_icl.py and eval_checkpoints.py on tiny models: result files, test subsets, prompts, resumption,
-refusals, the vLLM plumbing (a recording stand-in engine), teacher-forced metrics, and an end-to-end
-check that a model overfit on 16 rows scores >= 90% on them (a random model's ~0% would hide a prompt or
-scoring bug that marks every answer wrong).
+refusals, teacher-forced metrics, and an end-to-end check that a model overfit on 16 rows scores >= 90% on
+them (a random model's ~0% would hide a prompt or scoring bug that marks every answer wrong). The vllm
+backend against the real engine: tests/test_vllm.py.
 
 Training runs are shared per module: one LoRA SFT run, one LoRA distillation run and one full
 fine-tuning run of 2 checkpoints each, and one overfit full fine-tuning run.
@@ -9,7 +9,6 @@ fine-tuning run of 2 checkpoints each, and one overfit full fine-tuning run.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -20,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import GSM8K_DIR, OFFLINE_OVERRIDES, QWEN3_TOKENIZER
-from eval_helpers import TINY, RecordingVLLM, arithmetic_rows, train, write_arithmetic_data
+from eval_helpers import TINY, arithmetic_rows, train, write_arithmetic_data
 
 from fsdistill.config import from_dict, load_config
 from fsdistill.eval import checkpoints as eval_checkpoints
@@ -600,81 +599,6 @@ def test_an_inherited_subset_larger_than_the_split_names_the_key(tmp_path, arith
 
 
 # --------------------------------------------------------------------------------------------------
-# 3. eval_checkpoints.py --backend vllm with a recording stand-in engine
-# --------------------------------------------------------------------------------------------------
-
-
-def test_checkpoints_vllm_backend_plumbing(runs, tmp_path, monkeypatch, qwen3_tokenizer):
-    # What the hf path generates from: prompt ids and settings handed to generate_hf.
-    hf_calls = []
-    monkeypatch.setattr(
-        generation,
-        "generate_hf",
-        lambda model, tok, prompt_ids, settings, *a, **k: (
-            hf_calls.append((prompt_ids, settings)) or ["#### 0"] * len(prompt_ids)
-        ),
-    )
-    hf_out = tmp_path / "hf.json"
-    eval_checkpoints.main(checkpoints_argv(runs, hf_out, "sft", flags=["--checkpoint_steps", "1"]))
-    ((hf_prompts, hf_settings),) = hf_calls
-
-    def no_hf(*args, **kwargs):
-        raise AssertionError("the vllm backend without --teacher_forced must not load or run a hf model")
-
-    monkeypatch.setattr(generation, "generate_hf", no_hf)
-    monkeypatch.setattr(train_checkpoint, "load_checkpoint_model", no_hf)
-    recorder = RecordingVLLM()
-    monkeypatch.setattr(generation, "import_vllm", lambda: recorder)
-    out = tmp_path / "vllm.json"
-    # Full fine-tuning first: its engine must be released before the LoRA engine starts.
-    argv = checkpoints_argv(runs, out, "full_ft", "sft", "distill", extra=["eval.backend=vllm"])
-    eval_checkpoints.main(argv)
-
-    rows = [arithmetic_rows()[i] for i in ev.subset_indices(16, N)]
-    assert hf_prompts == [expected_prompt_ids(qwen3_tokenizer, r["question"]) for r in rows]
-    assert len(recorder.requests) == 6
-    for request in recorder.requests:
-        assert [p["prompt_token_ids"] for p in request.prompts] == hf_prompts
-        assert request.params.temperature == 0
-        assert request.params.max_tokens == MAX_NEW == hf_settings.max_new_tokens
-        assert request.params.stop_token_ids == list(hf_settings.stop_token_ids)
-
-    full = [runs.full_ft / "checkpoint-1", runs.full_ft / "checkpoint-2"]
-    lora = [runs.sft / "checkpoint-1", runs.sft / "checkpoint-2"]
-    lora += [runs.distill / "checkpoint-1", runs.distill / "checkpoint-2"]
-    # One engine per full fine-tuning checkpoint (the checkpoint is the model), one for all LoRA runs.
-    assert [(e["model"], e["tokenizer"], e.get("enable_lora")) for e in recorder.engines] == [
-        (str(full[0]), str(full[0]), None),
-        (str(full[1]), str(full[1]), None),
-        (None, str(QWEN3_TOKENIZER), True),
-    ]
-    assert recorder.engines[2]["max_lora_rank"] == 8
-    assert all(e["dtype"] == "float32" and e["tensor_parallel_size"] == 1 for e in recorder.engines)
-    assert [r.engine for r in recorder.requests] == [0, 1, 2, 2, 2, 2]
-    assert [r.lora for r in recorder.requests[:2]] == [None, None]
-    loras = [r.lora for r in recorder.requests[2:]]
-    assert [x.lora_path for x in loras] == [str(p) for p in lora]
-    assert sorted(x.lora_int_id for x in loras) == [1, 2, 3, 4]
-    assert len({x.lora_name for x in loras}) == 4
-    assert recorder.most_open_at_once() == 1
-    assert recorder.events[-1] == ("closed", 2)  # released at the end of the sweep
-
-    results = load_results(out)
-    assert [entry_key(e) for e in results["results"]] == [
-        ("full_ft", 1, 0),
-        ("full_ft", 2, 0),
-        ("sft", 1, 0),
-        ("sft", 2, 0),
-        ("distill", 1, 0),
-        ("distill", 2, 0),
-    ]
-    assert results["results"][4]["method"] == "few_shot_distillation"
-    for entry in results["results"]:
-        assert [ex["prediction"] for ex in entry["examples"]] == [f"#### {len(ids)}" for ids in hf_prompts]
-    assert results["settings"]["eval.backend"] == "vllm"
-
-
-# --------------------------------------------------------------------------------------------------
 # 4. Teacher-forced metrics
 # --------------------------------------------------------------------------------------------------
 
@@ -766,78 +690,3 @@ def test_overfit_model_scores_high(overfit_run, arithmetic_dir, tmp_path):
         f"predictions {[ex['prediction'] for ex in entry['examples'][:3]]}"
     )
     assert entry["accuracy"] >= 0.9, [(ex["prediction"], ex["gold"]) for ex in entry["examples"]]
-
-
-# --------------------------------------------------------------------------------------------------
-# 6. Real vLLM (GPU)
-# --------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.gpu
-def test_checkpoints_real_vllm_matches_hf(tmp_path, arithmetic_dir, qwen3_tokenizer, gsm8k_dir):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed (it lives in the separate vLLM environment, see compute.md)")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    # vLLM loads a base model folder (LoRA) or a checkpoint folder (full fine-tuning), so the random tiny
-    # model is saved first; head_dim 64 suits vLLM's attention kernels, float32 keeps the greedy paths of
-    # both backends together.
-    base_model = tmp_path / "base_model"
-    arch = AutoConfig.for_model(
-        "qwen3",
-        vocab_size=151936,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(arch, dtype=torch.float32).save_pretrained(base_model)
-    qwen3_tokenizer.save_pretrained(base_model)
-    config = tmp_path / "gpu.yaml"
-    config.write_text(
-        f"""
-model: {{name: "{base_model}", init: pretrained, tokenizer: "{QWEN3_TOKENIZER}", dtype: float32}}
-data: {{source: "{arithmetic_dir}", max_student_len: 128, max_teacher_len: 512}}
-lora: {{r: 8, alpha: 16, dropout: 0.0}}
-training: {{max_steps: 2, save_every: 2, warmup_steps: 0, lr: 1.0e-2, per_device_batch_size: 4,
-           grad_accum_steps: 1, mixed_precision: "no"}}
-output: {{log_with: []}}
-task: {{max_new_tokens: 16}}
-eval: {{n_samples: {N}, gpu_memory_utilization: 0.3}}
-"""
-    )
-    runs = tmp_path / "runs"
-    train("train_baseline", str(config), runs / "lora")
-    train("train_baseline", str(config), runs / "full", "training.use_lora=false")
-
-    def evaluate(backend: str) -> dict:
-        out = tmp_path / f"{backend}.json"
-        eval_checkpoints.main(
-            [
-                "--config",
-                str(config),
-                f"eval.backend={backend}",
-                "--base_dir",
-                str(runs),
-                "--output",
-                str(out),
-            ]
-            + ["--conditions", "full", "lora"]
-        )
-        return load_results(out)
-
-    hf, vllm = evaluate("hf"), evaluate("vllm")
-    assert [entry_key(e) for e in vllm["results"]] == [("full", 2, 0), ("lora", 2, 0)]
-    hf_full, vllm_full = (r["results"][0]["examples"] for r in (hf, vllm))
-    assert [ex["prediction"] for ex in vllm_full] == [ex["prediction"] for ex in hf_full]
-    # vLLM's LoRA kernels add the adapter in another order than peft: a greedy path may part late.
-    hf_lora, vllm_lora = (r["results"][1]["examples"] for r in (hf, vllm))
-    same = sum(a["prediction"] == b["prediction"] for a, b in zip(hf_lora, vllm_lora))
-    assert same >= N - 1, [(a["prediction"], b["prediction"]) for a, b in zip(hf_lora, vllm_lora)]

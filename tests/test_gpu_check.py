@@ -1,5 +1,5 @@
 """scripts/gpu_check.py (fsdistill.tools.gpu_check): the smoke mode on CPU writes a record for every stage;
-a run cut off mid-stage still reports; the gpu-marked tests are reported as skipped when they skip; the
+a run cut off mid-stage still reports; the gpu- and vllm-marked tests are reported as skipped when they skip; the
 preparation fills the carry folder the device tool takes along."""
 
 from __future__ import annotations

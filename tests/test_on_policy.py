@@ -1,7 +1,7 @@
 """Rollouts in the training recipe (train/rollouts.py), on the tiny random Qwen3 with the real tokenizer:
 what a sampled batch holds and masks, seeded sampling, zero loss and gradient when the teacher is the
-student, gradients only where they belong, a vLLM engine's adapter sync (against a stand-in), the config's
-refusals, and CLI runs: one per loss family, exact resumption mid-run, two processes."""
+student, gradients only where they belong, the config's refusals, and CLI runs: one per loss family, exact
+resumption mid-run, two processes. The vLLM backend against the real engine: tests/test_vllm.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import TINY, RolloutVLLM, cli_argv, common_overrides, metrics, run_cli, student_and_teacher
+from helpers import TINY, cli_argv, common_overrides, metrics, run_cli, student_and_teacher
 
 from fsdistill.config import ConfigError, load_config
 from fsdistill.data.batch import IGNORE_INDEX, build_training_batches
@@ -20,7 +20,7 @@ from fsdistill.data.prompts import load_tokenizer
 from fsdistill.distill.alignment import answer_positions
 from fsdistill.modeling.generation import SamplingSettings, sample_hf, through_stop
 from fsdistill.train.entry import train_baseline, train_online_v1
-from fsdistill.train.rollouts import Rollouts, VLLMSampler, sampling_seed, step_source
+from fsdistill.train.rollouts import Rollouts, sampling_seed, step_source
 from fsdistill.train.step import backward_step
 
 ON_POLICY = ["fewshot.k=2", "distill.top_k=8", "rollout.source=student", "rollout.max_new_tokens=6"]
@@ -213,50 +213,6 @@ def test_gradients_reach_only_the_trainable_parameters(short_gsm8k, tmp_path):
             assert p.grad is None, name
 
 
-def test_vllm_sampler_serves_each_steps_adapter_under_a_new_id(short_gsm8k, tmp_path):
-    cfg = tiny_cfg(short_gsm8k, *ON_POLICY, "rollout.backend=vllm", "rollout.top_k=5")
-    torch.manual_seed(0)
-    student = student_and_teacher(cfg, with_teacher=False).student
-    vllm = RolloutVLLM()
-    settings = SamplingSettings(0.7, 0.9, 5, 6, stop_token_ids=(2,))
-    sampler = VLLMSampler(cfg, settings, tmp_path, 0, vllm_module=vllm)
-    assert vllm.engines[0]["enable_lora"] and vllm.engines[0]["max_lora_rank"] == cfg.lora.r
-    ids = []
-    for step in range(3):
-        sampler.sync(student.model, step)
-        assert sampler.sample(None, [[1, 2, 3]], seed=11, max_new_tokens=4) == [[5, 6, 2]]
-        ids.append(vllm.requests[-1].lora.lora_int_id)
-        assert (tmp_path / "rollout_adapter" / "rank0" / "adapter_model.safetensors").is_file()
-    assert ids == [1, 2, 3]  # a reused id would keep serving the first adapter
-    params = vllm.requests[-1].params
-    assert (params.temperature, params.top_p, params.top_k, params.max_tokens, params.seed) == (
-        0.7,
-        0.9,
-        5,
-        4,
-        11,
-    )
-    assert params.stop_token_ids == [2]
-    sampler.sample(None, [[1, 2]], seed=1, max_new_tokens=4, teacher=True)
-    assert vllm.requests[-1].lora is None  # the teacher's samples: the base weights
-    sampler.close()
-    assert not (tmp_path / "rollout_adapter" / "rank0").exists()
-
-
-def test_vllm_sampler_loads_full_finetuning_weights(short_gsm8k, tmp_path):
-    cfg = tiny_cfg(short_gsm8k, *ON_POLICY, "rollout.backend=vllm", "training.use_lora=false")
-    torch.manual_seed(0)
-    student = student_and_teacher(cfg, with_teacher=False).student
-    vllm = RolloutVLLM()
-    sampler = VLLMSampler(cfg, SamplingSettings(1.0, 1.0, 0, 6, (2,)), tmp_path, 0, vllm_module=vllm)
-    assert "enable_lora" not in vllm.engines[0]
-    sampler.sync(student.model, 0)
-    names = [name for name, _ in vllm.loaded[0]]
-    assert names == list(student.model.state_dict()) and vllm.requests == []
-    sampler.sample(None, [[1]], seed=0, max_new_tokens=2)
-    assert vllm.requests[-1].params.top_k == -1  # vLLM's "all tokens"
-
-
 @pytest.mark.parametrize(
     "overrides, key",
     [
@@ -281,6 +237,17 @@ def test_config_refuses_what_rollouts_cannot_do(short_gsm8k, overrides, key):
     with pytest.raises(ConfigError) as e:
         tiny_cfg(short_gsm8k, "fewshot.k=2", "distill.top_k=8", *overrides)
     assert key in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["rollout.backend", "eval.backend"])
+def test_vllm_backends_refuse_a_model_the_engine_cannot_load(short_gsm8k, key):
+    """The engine loads model.name's own weights and config.json: random init (the tiny config's) or
+    architecture overrides would leave it serving another model than training or hf evaluation."""
+    with pytest.raises(ConfigError) as e:
+        tiny_cfg(short_gsm8k, *ON_POLICY, f"{key}=vllm")
+    message = str(e.value)
+    assert f"'{key}' is vllm, whose engine loads model.name's weights" in message
+    assert "model.init is 'random'" in message and "model.architecture overrides" in message
 
 
 def test_sft_refuses_rollout_settings(short_gsm8k, tmp_path, capsys):
@@ -397,23 +364,3 @@ def test_two_processes_sample_their_own_rows_and_agree_on_each_steps_source(tmp_
     records = metrics(out)
     assert [m["train/on_policy"] for m in records] == [float(d == "student") for d in draws]
     assert all("train/gold_ce_loss" in m for m, d in zip(records, draws) if d == "student")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_vllm_sync_under_fsdp_gathers_whole_tensors(tmp_path, short_gsm8k, lora):
-    """Under FSDP each process holds half of every tensor; the engine on each GPU must get the whole ones
-    (a saved adapter, or full fine-tuning weights in order), equal to the unsharded model's."""
-    import os
-
-    from test_distributed import REPO, accelerate_two_processes
-
-    overrides = [*common_overrides(short_gsm8k), *ON_POLICY, "rollout.backend=vllm"]
-    overrides += ["training.distributed=fsdp", f"training.use_lora={str(lora).lower()}"]
-    tests_dir = str(REPO / "tests")
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-    worker = REPO / "tests" / "vllm_sync_worker.py"
-    args = [str(TINY / "online_v1.yaml"), str(tmp_path), *overrides]
-    accelerate_two_processes(worker, args, timeout=300, PYTHONPATH=path)
-    counts = [int((tmp_path / f"rank{r}.ok").read_text()) for r in (0, 1)]
-    assert counts[0] == counts[1] > 0

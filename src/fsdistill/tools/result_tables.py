@@ -14,7 +14,8 @@ their paths separated by spaces: the same runs' accuracy in both), `system-promp
 `bench-on-policy` (scripts/bench_step.py --on_policy), `bench-shared-context` (scripts/bench_step.py
 --shared_context), `bench-repeats` (several runs of one benchmark, their paths separated by spaces: each
 ratio's median and range), `bench-compare` (scripts/bench_compare_evals.py: compare_evals.py on a million
-paired examples).
+paired examples), `vllm-agreement` (scripts/vllm_agreement.py), `vllm-colocation` (several runs of
+scripts/vllm_colocation.py).
 
 The figures quoted in the prose are rendered the same way, from inline markers
 (`<!-- value: first-step experiments/twostep/icl_eval.json base@2 -->62.0%<!-- end value -->`;
@@ -45,7 +46,11 @@ BLOCK = re.compile(
 )
 
 
-MANY_FILES = ("bench-repeats", "before-after")  # kinds whose renderer reads a list of files
+MANY_FILES = (
+    "bench-repeats",
+    "before-after",
+    "vllm-colocation",
+)  # kinds whose renderer reads a list of files
 
 
 def renderers() -> dict:
@@ -56,6 +61,8 @@ def renderers() -> dict:
     from fsdistill.tools.bench_compare import compare_bench_markdown
     from fsdistill.tools.bench_on_policy import on_policy_markdown
     from fsdistill.tools.bench_shared_context import shared_context_markdown
+    from fsdistill.tools.vllm_agreement import agreement_markdown
+    from fsdistill.tools.vllm_colocation import colocation_markdown
 
     return {
         "summary": summary_markdown,
@@ -67,6 +74,8 @@ def renderers() -> dict:
         "bench-shared-context": shared_context_markdown,
         "bench-repeats": repeats_markdown,
         "bench-compare": compare_bench_markdown,
+        "vllm-agreement": agreement_markdown,
+        "vllm-colocation": colocation_markdown,
     }
 
 

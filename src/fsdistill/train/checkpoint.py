@@ -173,13 +173,20 @@ def check_checkpoint_matches(checkpoint_dir: Path, cfg: Config) -> dict:
     return meta
 
 
+def checkpoint_model_folder(checkpoint_dir: Path, cfg: Config) -> Path:
+    """The folder holding a checkpoint's weights as peft / transformers / vLLM load them (adapter files, or
+    a model folder with its tokenizer), once its files check out and it matches cfg's model: the
+    checkpoint itself, or for a sharded (FSDP) checkpoint its consolidated/ folder, written once."""
+    meta = check_checkpoint_matches(checkpoint_dir, cfg)
+    return consolidate(checkpoint_dir) if isinstance(meta, dict) and meta.get("sharded") else checkpoint_dir
+
+
 def load_checkpoint_model(checkpoint_dir: Path, cfg: Config) -> nn.Module:
-    """The CausalLM of a checkpoint for evaluation: base + adapter (LoRA) or the saved full model. A
-    sharded (FSDP) checkpoint is consolidated first, once, into its consolidated/ folder."""
+    """The CausalLM of a checkpoint for evaluation: base + adapter (LoRA) or the saved full model (see
+    checkpoint_model_folder)."""
     from safetensors import SafetensorError
 
-    meta = check_checkpoint_matches(checkpoint_dir, cfg)
-    folder = consolidate(checkpoint_dir) if isinstance(meta, dict) and meta.get("sharded") else checkpoint_dir
+    folder = checkpoint_model_folder(checkpoint_dir, cfg)
     try:
         if cfg.training.use_lora:
             import peft

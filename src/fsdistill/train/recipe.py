@@ -391,12 +391,48 @@ def stop_on_signal(state: TrainState, step: int, received: str) -> None:
     """Write a checkpoint of `step` (unless just written) and end the run with the command to resume."""
     if state.last_saved != step:
         checkpoint(state, step)
-    command = [a for a in sys.argv if a not in ("--overwrite", "--resume")]
     raise Interrupted(
         f"{received} after step {step}: checkpoint written to {state.run_dir / f'checkpoint-{step}'}; "
-        f"resume with: {shlex.join(['python', *command, '--resume'])} (launched as before, e.g. under "
+        f"resume with: {resume_command()} (launched as before, e.g. under "
         "accelerate launch)",
         state.stop.exit_status(),
+        quiet=not state.accelerator.is_main_process,
+    )
+
+
+def resume_command() -> str:
+    """This command line with --resume (and without --overwrite)."""
+    command = [a for a in sys.argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["python", *command, "--resume"])
+
+
+def agreed_failure(accelerator, failure: str | None) -> str | None:
+    """This process's failure, or another's, or None when no process failed (a collective: every process
+    calls it, so all stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return failure
+    flag = torch.tensor([1.0 if failure else 0.0], device=accelerator.device)
+    if accelerator.reduce(flag, reduction="sum").item() == 0:
+        return None
+    return failure or "the teacher failed on another process"
+
+
+def stop_on_teacher_failure(state: TrainState, step: int, failure: str) -> None:
+    """The teacher could not give step `step`'s targets (a served teacher that stopped answering): write a
+    checkpoint of the last finished step (if this launch made one that is not written yet) and stop, exit
+    status 75 (EX_TEMPFAIL: try again later), with the command that resumes at `step`."""
+    done = step - 1
+    if done > state.start and state.last_saved != done:
+        checkpoint(state, done)
+    saved = (
+        f"checkpoint of step {done} in {state.run_dir / f'checkpoint-{done}'}"
+        if done > 0
+        else "no step finished, nothing to resume"
+    )
+    raise Interrupted(
+        f"step {step}: {failure}. Stopped before the step's update; {saved}; resume with: "
+        f"{resume_command()} once the teacher answers again",
+        75,
         quiet=not state.accelerator.is_main_process,
     )
 
@@ -435,6 +471,10 @@ def train_step(state: TrainState, step: int, micro_batches) -> StepResult:
             rollout = rollout_metrics(total, acc.num_processes)
     state.sources.append(source)
     state.rows_seen.append([r for mb in batches.micro_batches for r in mb.batch.rows.tolist() if r >= 0])
+    if state.teacher is not None:  # before the step's first collective: a served teacher's targets
+        failure = agreed_failure(acc, state.teacher.prepare_step(batches.micro_batches))
+        if failure is not None:
+            stop_on_teacher_failure(state, step, failure)
     sums = backward_step(state.cfg, acc, state.student, state.teacher, batches)
     if state.teacher is not None:
         state.teacher.end_step(acc)

