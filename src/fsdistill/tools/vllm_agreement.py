@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     from fsdistill.eval import evaluate as ev
     from fsdistill.eval.results import collect_provenance
     from fsdistill.files import write_json_atomic
-    from fsdistill.tasks.rows import data_files
+    from fsdistill.tasks.rows import data_provenance, data_roles
 
     args = parse(argv)
     cfg, _ = config_from_args(args)
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "cells": cells,
         "provenance": collect_provenance(
-            data_files(cfg.data.source, [cfg.data.train_split, cfg.data.test_split]),
+            data_provenance(cfg.data.source, data_roles(cfg, "test")),
             tokenizer=cfg.model.tokenizer or cfg.model.name,
         ),
     }
