@@ -40,6 +40,7 @@ def parse(argv):
 
 @exit_on_user_error
 def main(argv=None) -> dict:
+    args = parse(argv)  # before the imports below: --help loads no torch
     import torch
 
     from fsdistill.data.batch import build_training_batches
@@ -51,7 +52,6 @@ def main(argv=None) -> dict:
     from fsdistill.modeling.loading import load_student
     from fsdistill.tools.bench import first_micro_batches, shared_prefix_tokens
 
-    args = parse(argv)
     cfg, _ = config_from_args(args)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     stream = build_training_batches(cfg, tokenizer, with_teacher=True, num_processes=1)

@@ -47,6 +47,7 @@ def parse(argv):
 
 @exit_on_user_error
 def main(argv=None) -> dict:
+    args = parse(argv)  # before the imports below: --help loads no torch
     import dataclasses
 
     from fsdistill.eval import evaluate as ev
@@ -54,7 +55,6 @@ def main(argv=None) -> dict:
     from fsdistill.files import write_json_atomic
     from fsdistill.tasks.rows import data_provenance, data_roles
 
-    args = parse(argv)
     cfg, _ = config_from_args(args)
     session = eval_inputs(cfg)
     cells = []

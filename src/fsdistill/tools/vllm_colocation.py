@@ -42,6 +42,7 @@ def parse(argv):
 
 @exit_on_user_error
 def main(argv=None) -> dict:
+    args = parse(argv)  # before the imports below: --help loads no torch
     import torch
 
     from fsdistill.data.prompts import load_tokenizer
@@ -50,7 +51,6 @@ def main(argv=None) -> dict:
     from fsdistill.modeling.loading import load_student
     from fsdistill.train.rollouts import HFSampler, VLLMSampler
 
-    args = parse(argv)
     cfg, _ = config_from_args(args)
     student = load_student(cfg)
     step = training_micro_step(cfg, student.model, args.tokens)
