@@ -620,6 +620,10 @@ def test_result_files_name_the_task_and_its_settings():
     # The training seed draws nothing when the validation rows are a split of their own, so seeds share files.
     other_seed, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=["training.seed=2"])
     assert result_settings(other_seed, "eval_icl", "test") == settings
+    # Nor does how a vLLM engine runs: files written before the vllm section existed stay resumable.
+    eager, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=["vllm.enforce_eager=true"])
+    assert result_settings(eager, "eval_icl", "test") == settings
+    assert not any(key.startswith("vllm.") for key in settings)
     held_out = [f"data.source={CONFIGS}", "data.validation_split=null", "data.validation_size=10"]
     a, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=held_out)
     b, _ = load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=[*held_out, "training.seed=2"])
