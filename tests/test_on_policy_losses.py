@@ -96,6 +96,50 @@ def test_sampled_token_gradient_is_reverse_kl_gradient_in_expectation():
         torch.testing.assert_close(expected, exact.grad[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("clip", [None, 0.1])
+def test_sampled_token_from_the_teachers_token_log_probability_alone(clip):
+    """A served teacher gives log p_t(y) only: the same loss and gradient as from its logits (temperature 1, no
+    baseline), and the logged divergence is the single-sample estimate log p_s(y) - log p_t(y), not a KL it
+    cannot compute."""
+    y = 1
+    ps, pt = softmax(STUDENT), softmax(TEACHER)
+    from_logits = one_row(STUDENT).requires_grad_()
+    expected = sampled_token(
+        from_logits,
+        TeacherTargets(logits=one_row(TEACHER)),
+        torch.tensor([y]),
+        MASK,
+        temperature=1.0,
+        baseline=False,
+        clip=clip,
+    )
+    expected[0].backward()
+    logits = one_row(STUDENT).requires_grad_()
+    loss, divergence, count = sampled_token(
+        logits,
+        TeacherTargets(token_log_probs=torch.tensor([math.log(pt[y])])),
+        torch.tensor([y]),
+        MASK,
+        temperature=1.0,
+        baseline=False,
+        clip=clip,
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(expected[0].item(), rel=1e-6) and int(count) == 1
+    torch.testing.assert_close(logits.grad, from_logits.grad)
+    assert divergence.item() == pytest.approx(math.log(ps[y]) - math.log(pt[y]), rel=1e-5)
+    for refused in (dict(temperature=2.0), dict(baseline=True), dict(weighting=lambda kl: kl)):
+        options = {"temperature": 1.0, "baseline": False, **refused}
+        with pytest.raises(ValueError, match="whole distribution"):
+            sampled_token(
+                logits,
+                TeacherTargets(token_log_probs=torch.tensor([-1.0])),
+                torch.tensor([y]),
+                MASK,
+                **options,
+            )
+
+
 @pytest.mark.parametrize(
     "topk_from, support, ids",
     [
