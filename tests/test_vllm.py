@@ -419,4 +419,8 @@ def test_bench_on_policy_times_a_colocated_engine_beside_hf(config, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["on_policy.json"]
     assert any("colocated vLLM engine" in line for line in on_policy_markdown(result).splitlines())
     table = generation_backends_markdown([result, result, result]).splitlines()
-    assert table[2].startswith("| hf: ") and table[3].startswith("| vLLM: ") and "3 runs" in table[0]
+    assert table[2].startswith("| hf (") and table[3].startswith("| vLLM (") and "3 runs" in table[0]
+    steps = engine["decode_steps"]["median"]
+    assert engine["seconds_per_decode_step"] == pytest.approx(
+        result["seconds"]["generation_vllm"]["median"] / steps
+    )

@@ -209,7 +209,7 @@ def _run(args, cfg, reencode_cfg, vllm_cfg, engine_dir, argv) -> dict:
 
     weights = decode_weights(student)
     engine = colocated_engine(vllm_cfg, answer_len, tokenizer, batches, student, engine_dir, autocast)
-    vllm_tokens, vllm_ended = [], []
+    vllm_tokens, vllm_ended, vllm_passes = [], [], []
 
     def read_weights():
         """The fastest of READ_PASSES passes reading every weight once (seconds)."""
@@ -301,9 +301,10 @@ def _run(args, cfg, reencode_cfg, vllm_cfg, engine_dir, argv) -> dict:
                 row["seconds"][name] = read_weights()
                 continue
             if name == "generation_vllm":
-                row["seconds"][name], (_, vstats) = timed(sample, engine)
+                row["seconds"][name], (vsampled, vstats) = timed(sample, engine)
                 vllm_tokens.append(vstats.sampled_tokens)
                 vllm_ended.append(vstats.ended / max(vstats.samples, 1))
+                vllm_passes.append(max(int(b.answer_len.max()) for b in vsampled))
                 continue
             row["seconds"][name], (alone, _) = timed(sample_with_generate_alone)
             same_samples.append(
@@ -410,7 +411,10 @@ def _run(args, cfg, reencode_cfg, vllm_cfg, engine_dir, argv) -> dict:
             "tokens_per_s": statistics.median(sampled_tokens[args.warmup :]) / med["generation"],
         },
         "rollout_vllm": vllm_throughput(
-            rounds, sampled_tokens[args.warmup :], vllm_tokens[args.warmup :], vllm_ended[args.warmup :]
+            rounds,
+            {"tokens": sampled_tokens, "decode_steps": forward_passes},
+            {"tokens": vllm_tokens, "decode_steps": vllm_passes, "ended": vllm_ended},
+            args.warmup,
         )
         if engine is not None
         else {"measured": False, "why": VLLM_NOT_MEASURED},
@@ -464,24 +468,31 @@ def _run(args, cfg, reencode_cfg, vllm_cfg, engine_dir, argv) -> dict:
     return result
 
 
-def vllm_throughput(rounds: list, hf_tokens: list, vllm_tokens: list, vllm_ended: list) -> dict:
+def vllm_throughput(rounds: list, hf: dict, engine: dict, warmup: int) -> dict:
     """The colocated engine's sampled tokens / s beside hf's on the same prompts and max_new_tokens: each the
-    median tokens per step over the median seconds, and the per-round ratio (vLLM / hf). The lists are per
-    timed round."""
+    median tokens per step over the median seconds, the per-round ratio (vLLM / hf), and the seconds per
+    decoding step (the longest sample's tokens: the two backends' samples end at other lengths). hf and
+    engine: per-round lists (warm-up rounds first) of sampled tokens, decoding steps (and, for the engine,
+    the fraction of samples that ended)."""
     import vllm
 
+    hf_tokens, hf_steps = hf["tokens"][warmup:], hf["decode_steps"][warmup:]
+    vllm_tokens, vllm_steps = engine["tokens"][warmup:], engine["decode_steps"][warmup:]
     hf_s = [row["seconds"]["generation"] for row in rounds]
     vllm_s = [row["seconds"]["generation_vllm"] for row in rounds]
     return {
         "measured": True,
         "vllm_version": vllm.__version__,
         "sampled_tokens_per_step": summary(vllm_tokens),
-        "ended_fraction": summary(vllm_ended),
+        "ended_fraction": summary(engine["ended"][warmup:]),
+        "decode_steps": summary(vllm_steps),
         "tokens_per_s": statistics.median(vllm_tokens) / statistics.median(vllm_s),
         "hf_tokens_per_s": statistics.median(hf_tokens) / statistics.median(hf_s),
         "vllm/hf_paired": summary(
             [(v / vs) / (h / hs) for v, vs, h, hs in zip(vllm_tokens, vllm_s, hf_tokens, hf_s)]
         ),
+        "seconds_per_decode_step": statistics.median(vllm_s) / statistics.median(vllm_steps),
+        "hf_seconds_per_decode_step": statistics.median(hf_s) / statistics.median(hf_steps),
     }
 
 
@@ -604,15 +615,18 @@ def generation_backends_markdown(results: list[dict]) -> str:
             "a bench-generation-backends table reads runs that timed vLLM (rollout_vllm.measured)"
         )
     rows = [
-        ("hf: transformers generate (prepared linear layers)", [e["hf_tokens_per_s"] for e in engines]),
-        ("vLLM: a colocated engine (rollout.backend=vllm)", [e["tokens_per_s"] for e in engines]),
-        (
-            "vLLM / hf (per run: median of its per-round ratios)",
-            [e["vllm/hf_paired"]["median"] for e in engines],
-        ),
+        ("hf (transformers generate, prepared linear layers): sampled tokens / s", "hf_tokens_per_s", 1),
+        ("vLLM (a colocated engine, rollout.backend=vllm): sampled tokens / s", "tokens_per_s", 1),
+        ("vLLM / hf tokens / s (per run: the median of its per-round ratios)", "vllm/hf_paired", 1),
+        ("hf: ms per decoding step (the longest sample's tokens)", "hf_seconds_per_decode_step", 1e3),
+        ("vLLM: ms per decoding step", "seconds_per_decode_step", 1e3),
+    ]
+    rows = [
+        (name, [scale * (e[key]["median"] if isinstance(e[key], dict) else e[key]) for e in engines])
+        for name, key, scale in rows
     ]
     lines = [
-        f"| sampled tokens / s | median of {len(results)} runs [min, max] | each run |",
+        f"| measure | median of {len(results)} runs [min, max] | each run |",
         "| --- | --- | --- |",
     ]
     for name, values in rows:
