@@ -640,8 +640,8 @@ def generation_backends_markdown(results: list[dict]) -> str:
         "",
         f"{first['rollout']['rows_per_step']} prompts per step, at most {first['rollout']['max_new_tokens']} new "
         f"tokens, {Path(config['model']['name']).name} ({config['training']['mixed_precision']}), "
-        f"vLLM {engines[0]['vllm_version']} (enforce_eager {config['vllm']['enforce_eager']}), "
-        f"{first['rounds']} rounds per run; {first['device']['name']}, {first['device']['torch_threads']} torch "
-        f"threads; machine load (1-minute average, each run's median) {min(loads):.1f} to {max(loads):.1f}.",
+        f"vLLM {engines[0]['vllm_version']} (vllm.enforce_eager {str(config['vllm']['enforce_eager']).lower()}), "
+        f"{first['rounds']} rounds per run; {first['device']['name']}; machine load (1-minute average, each "
+        f"run's median) {min(loads):.1f} to {max(loads):.1f}.",
     ]
     return "\n".join(lines) + "\n"
