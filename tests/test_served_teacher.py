@@ -11,6 +11,7 @@ served teacher cannot give are tested without vLLM in tests/test_config.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -293,5 +294,40 @@ def test_a_server_killed_mid_run_stops_with_a_checkpoint(smollm2_dir, twostep_di
     err = capsys.readouterr().err
     assert status == 75, err
     assert "did not answer /v1/completions after 2 tries" in err and "--resume" in err
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-3").is_dir()
+    assert len([m for m in metrics(out) if "train/dist_loss" in m]) == 2
+
+
+def test_two_processes_stop_together_when_the_server_dies(smollm2_dir, twostep_dir, tmp_path):
+    """2 processes under accelerate launch train through one server; at step 3 rank 1 gets its targets, then
+    rank 0 kills the server and its own request fails: both processes stop at step 3, before its update
+    (rank 1 only because the ranks agree on the failure), with checkpoint-2 written and exit status 75; no
+    hang (the launch has a timeout)."""
+    from test_distributed import accelerate_two_processes
+
+    server = Server(smollm2_dir, tmp_path / "serve.log")
+    out = tmp_path / "run"
+    argv = overrides(
+        smollm2_dir, twostep_dir, server.url, "training.save_every=3", "training.per_device_batch_size=1"
+    )
+    argv += ["teacher.server_retries=1", "teacher.server_retry_wait=0.5", "output.log_with=[]"]
+    run = ["--config", str(CONFIGS / "twostep" / "distill.yaml"), "--output_dir", str(out), *argv]
+    try:
+        proc = accelerate_two_processes(
+            REPO / "tests" / "served_teacher_worker.py",
+            [str(tmp_path), *run],
+            expect_ok=False,
+            timeout=300,
+            SERVER_PGID=str(server.process.pid),
+        )
+    finally:
+        server.kill()
+    ranks = [json.loads((tmp_path / f"status_rank{r}.json").read_text()) for r in (0, 1)]
+    expected = [
+        {"status": 75, "steps_asked": 3, "own_request_failed": [False, False, True]},
+        {"status": 75, "steps_asked": 3, "own_request_failed": [False, False, False]},
+    ]
+    assert ranks == expected, (ranks, proc.stderr[-3000:])
+    assert "did not answer /v1/completions after 2 tries" in proc.stderr and "--resume" in proc.stderr
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-3").is_dir()
     assert len([m for m in metrics(out) if "train/dist_loss" in m]) == 2
