@@ -3,7 +3,8 @@ float32, eager. Its top-K log-probabilities equal the local teacher's on the sam
 gold-answer run and a 4-step on-policy run train through it; so does a 3-step on-policy run with the
 sampled-token estimator, whose served log-probabilities of the sampled tokens equal the local teacher's and
 whose logged divergence is the estimator's log p_s(y) - log p_t(y); a server killed mid-run ends the run
-with a checkpoint of the last finished step and exit status 75, never a silent zero.
+with a checkpoint of the last finished step and exit status 75, never a silent zero, on 1 process and on 2
+(both stop at the same step though only one's request failed).
 
 Runs in the vLLM environment (`.venv-vllm/bin/python -m pytest -m vllm`); the config's refusals of what a
 served teacher cannot give are tested without vLLM in tests/test_config.py.
