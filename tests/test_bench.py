@@ -150,11 +150,15 @@ def test_bench_step_stops_when_the_original_disagrees(gsm8k_dir, qwen3_tokenizer
     assert not out.exists()
 
 
-def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys):
+def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys, monkeypatch):
     """`bench_step.py --on_policy`: the two teachers agreed before timing (float32), every round timed every
-    stage on the same rollouts, and the FLOP-predicted ratios follow from the token counts in the JSON."""
+    stage on the same rollouts, and the FLOP-predicted ratios follow from the token counts in the JSON.
+    Without vLLM the JSON and its table say that vLLM was not measured (tests/test_vllm.py times it)."""
     import torch
 
+    from fsdistill.tools import bench_on_policy
+
+    monkeypatch.setattr(bench_on_policy, "vllm_importable", lambda: False)
     out = tmp_path / "bench" / "on_policy.json"
     rng = torch.get_rng_state()
     argv = ["--on_policy", "--config", TINY, *OFFLINE_OVERRIDES, *SMALL, "training.grad_accum_steps=2"]
@@ -194,12 +198,12 @@ def test_bench_on_policy_tiny(gsm8k_dir, qwen3_tokenizer_path, tmp_path, capsys)
     shares = saved["on_policy_step_shares"]["predicted_by_flops"]
     assert sum(shares.values()) == pytest.approx(1)
     assert "prefix_teacher/reencode" in capsys.readouterr().out
-    from fsdistill.tools.bench_on_policy import on_policy_markdown
-
-    table = on_policy_markdown(saved).splitlines()
+    table = bench_on_policy.on_policy_markdown(saved).splitlines()
     row = next(ln for ln in table if ln.startswith("| prefix_teacher/reencode"))
     assert row.endswith(f"| {predicted:.3f} | <= 0.35 |")
     assert any(ln.startswith("| generation's decode floor") for ln in table)
+    assert saved["rollout_vllm"] == {"measured": False, "why": bench_on_policy.VLLM_NOT_MEASURED}
+    assert f"vLLM not measured: {bench_on_policy.VLLM_NOT_MEASURED}." in table
 
 
 def test_decode_floor_counts_the_weights_and_the_kv_cache_by_hand():

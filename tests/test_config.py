@@ -504,17 +504,30 @@ def test_config_docs_check_detects_a_stale_file(tmp_path, monkeypatch):
 
 
 SERVED = ["teacher.model=served-model", "teacher.server=http://127.0.0.1:8000", "distill.loss=forward_kl"]
+SAMPLED = [
+    "distill.loss=sampled_token",
+    "distill.top_k=null",
+    "distill.topk_from=teacher",
+    "rollout.source=student",
+]
 
 
 @pytest.mark.parametrize(
     "overrides, key, message",
     [
         (["distill.loss=topk_logit_mse"], "distill.loss", "topk_logit_mse needs raw logits"),
-        (
-            ["distill.loss=sampled_token"],
-            "distill.loss",
-            "sampled_token needs the teacher's whole distribution",
-        ),
+        *[
+            (
+                [*SAMPLED, refused],
+                key,
+                "gives sampled_token the log-probability of the answer's own token at temperature 1",
+            )
+            for refused, key in [
+                ("distill.baseline=true", "distill.baseline"),
+                ("distill.token_weighting=top_fraction", "distill.token_weighting"),
+                ("distill.temperature=2.0", "distill.temperature"),
+            ]
+        ],
         (["distill.top_k=null"], "distill.top_k", "must be set with teacher.server"),
         (
             ["distill.topk_from=student"],
@@ -544,7 +557,7 @@ def test_a_served_teacher_refuses_what_it_cannot_give(overrides, key, message):
     assert message in str(e.value)
 
 
-def test_a_served_teacher_accepts_the_kl_family_at_temperature_1_and_server_settings_need_a_server():
+def test_a_served_teacher_accepts_the_kl_family_at_temperature_1_and_sampled_token_and_server_settings_need_a_server():
     for loss, support in [
         ("forward_kl", "tail_bucket"),
         ("reverse_kl", "renormalize"),
@@ -554,5 +567,8 @@ def test_a_served_teacher_accepts_the_kl_family_at_temperature_1_and_server_sett
             str(CONFIGS / "twostep" / "distill.yaml"),
             overrides=[*SERVED, f"distill.loss={loss}", f"distill.topk_support={support}"],
         )
+    # sampled_token reads log p_teacher(answer's own token) only, which the server gives (clipped or not)
+    for more in ([], ["distill.clip=1.0"]):
+        load_config(str(CONFIGS / "twostep" / "on_policy.yaml"), overrides=[*SERVED, *SAMPLED, *more])
     with pytest.raises(ConfigError, match="is only read with teacher.server"):
         load_config(str(CONFIGS / "twostep" / "distill.yaml"), overrides=["teacher.server_retries=5"])

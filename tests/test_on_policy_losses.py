@@ -41,6 +41,17 @@ MASK = torch.ones(1, dtype=torch.bool)
 OPTIONS = dict(temperature=1.0, beta=0.5, scale_by_temperature_squared=False)
 
 
+def sampled_token_at(y: int, teacher: TeacherTargets, **options):
+    """sampled_token on the one-row STUDENT at sampled id y (temperature 1 unless given) -> (loss, divergence,
+    count, the gradient of the loss at the student's logits)."""
+    logits = one_row(STUDENT).requires_grad_()
+    loss, divergence, count = sampled_token(
+        logits, teacher, torch.tensor([y]), MASK, **{"temperature": 1.0, **options}
+    )
+    loss.backward()
+    return loss, divergence, count, logits.grad[0]
+
+
 @pytest.mark.parametrize("baseline", [False, True])
 @pytest.mark.parametrize("clip", [None, 0.1])
 def test_sampled_token_matches_hand_computation(baseline, clip):
@@ -53,21 +64,13 @@ def test_sampled_token_matches_hand_computation(baseline, clip):
     # d/dz of -A * log p_s(y) with A held fixed: -A * (onehot(y) - p_s)
     expected_grad = [-advantage * ((1.0 if i == y else 0.0) - ps[i]) for i in range(4)]
 
-    logits = one_row(STUDENT).requires_grad_()
-    loss, divergence, count = sampled_token(
-        logits,
-        TeacherTargets(logits=one_row(TEACHER)),
-        torch.tensor([y]),
-        MASK,
-        temperature=1.0,
-        baseline=baseline,
-        clip=clip,
+    loss, divergence, count, grad = sampled_token_at(
+        y, TeacherTargets(logits=one_row(TEACHER)), baseline=baseline, clip=clip
     )
-    loss.backward()
     assert loss.item() == pytest.approx(expected_value, rel=1e-5)
     assert divergence.item() == pytest.approx(kl(ps, pt), rel=1e-5)  # what is logged: the per-token KL
     assert int(count) == 1
-    assert logits.grad[0].tolist() == pytest.approx(expected_grad, rel=1e-5, abs=1e-7)
+    assert grad.tolist() == pytest.approx(expected_grad, rel=1e-5, abs=1e-7)
 
 
 def test_sampled_token_gradient_is_reverse_kl_gradient_in_expectation():
@@ -82,18 +85,28 @@ def test_sampled_token_gradient_is_reverse_kl_gradient_in_expectation():
     for baseline in (False, True):
         expected = torch.zeros(4)
         for y in range(4):
-            logits = one_row(STUDENT).requires_grad_()
-            loss, _, _ = sampled_token(
-                logits,
-                TeacherTargets(logits=one_row(TEACHER)),
-                torch.tensor([y]),
-                MASK,
-                temperature=1.0,
-                baseline=baseline,
-            )
-            loss.backward()
-            expected += ps[y] * logits.grad[0]
+            grad = sampled_token_at(y, TeacherTargets(logits=one_row(TEACHER)), baseline=baseline)[3]
+            expected += ps[y] * grad
         torch.testing.assert_close(expected, exact.grad[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip", [None, 0.1])
+def test_sampled_token_from_the_teachers_token_log_probability_alone(clip):
+    """A served teacher gives log p_t(y) only: the same loss and gradient as from its logits (temperature 1, no
+    baseline), and the logged divergence is the single-sample estimate log p_s(y) - log p_t(y), not a KL it
+    cannot compute."""
+    y = 1
+    ps, pt = softmax(STUDENT), softmax(TEACHER)
+    options = {"baseline": False, "clip": clip}
+    expected = sampled_token_at(y, TeacherTargets(logits=one_row(TEACHER)), **options)
+    served = TeacherTargets(token_log_probs=torch.tensor([math.log(pt[y])]))
+    loss, divergence, count, grad = sampled_token_at(y, served, **options)
+    assert loss.item() == pytest.approx(expected[0].item(), rel=1e-6) and int(count) == 1
+    torch.testing.assert_close(grad, expected[3])
+    assert divergence.item() == pytest.approx(math.log(ps[y]) - math.log(pt[y]), rel=1e-5)
+    for refused in (dict(temperature=2.0), dict(baseline=True), dict(weighting=lambda kl: kl)):
+        with pytest.raises(ValueError, match="whole distribution"):
+            sampled_token_at(y, served, **{"baseline": False, **refused})
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """A teacher served by vLLM (teacher.server) against a real `vllm serve` on 127.0.0.1: SmolLM2-135M-Instruct,
 float32, eager. Its top-K log-probabilities equal the local teacher's on the same teacher ids; a 4-step
-gold-answer run and a 4-step on-policy run train through it; a server killed mid-run ends the run with a
-checkpoint of the last finished step and exit status 75, never a silent zero.
+gold-answer run and a 4-step on-policy run train through it; so does a 3-step on-policy run with the
+sampled-token estimator, whose served log-probabilities of the sampled tokens equal the local teacher's and
+whose logged divergence is the estimator's log p_s(y) - log p_t(y); a server killed mid-run ends the run
+with a checkpoint of the last finished step and exit status 75, never a silent zero, on 1 process and on 2
+(both stop at the same step though only one's request failed).
 
 Runs in the vLLM environment (`.venv-vllm/bin/python -m pytest -m vllm`); the config's refusals of what a
 served teacher cannot give are tested without vLLM in tests/test_config.py.
@@ -9,6 +12,7 @@ served teacher cannot give are tested without vLLM in tests/test_config.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -123,6 +127,7 @@ ON_POLICY = [
     "distill.loss=reverse_kl",
     "distill.topk_from=teacher",
 ]
+SAMPLED_TOKEN = [*ON_POLICY, "distill.loss=sampled_token", "distill.top_k=null", "training.max_steps=3"]
 
 
 def train(entry: str, config: str, out: Path, argv: list[str]) -> int:
@@ -134,45 +139,69 @@ def train(entry: str, config: str, out: Path, argv: list[str]) -> int:
     )
 
 
-@pytest.fixture(scope="module")
-def gold_run(server, smollm2_dir, twostep_dir, tmp_path_factory):
-    """A 4-step gold-answer distillation run through the server, every step's micro-batches and the
-    targets the server gave for them recorded."""
+def recorded_run(config: str, out: Path, argv: list[str]) -> list[list]:
+    """Train through the server, recording each step's micro-batches with the targets the server gave for
+    them: [[(batch, TeacherTargets), ...] per step]."""
     from fsdistill.distill.served_teacher import ServedTeacher, batch_key
 
-    seen = []
+    steps = []
     prepare = ServedTeacher.prepare_step
 
     def recorded(teacher, micro_batches):
         failure = prepare(teacher, micro_batches)
-        seen.extend((mb.batch, teacher.prepared[batch_key(mb.batch)]) for mb in micro_batches)
+        steps.append([(mb.batch, teacher.prepared[batch_key(mb.batch)]) for mb in micro_batches])
         return failure
 
-    out = tmp_path_factory.mktemp("gold") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ServedTeacher, "prepare_step", recorded)
-        status = train(
-            "train_online_v1", "distill.yaml", out, overrides(smollm2_dir, twostep_dir, server.url)
-        )
-    assert status == 0
-    return out, seen
+        assert train("train_online_v1", config, out, argv) == 0
+    return steps
 
 
-def test_served_logprobs_equal_the_local_teachers(gold_run, smollm2_dir):
-    """At every answer position of the run, the server's top-K log-probabilities equal the local float32
-    model's log-softmax at the same ids, and they are its top-K."""
+@pytest.fixture(scope="module")
+def gold_run(server, smollm2_dir, twostep_dir, tmp_path_factory):
+    """A 4-step gold-answer distillation run through the server, every step's micro-batches and the
+    targets the server gave for them recorded."""
+    out = tmp_path_factory.mktemp("gold") / "run"
+    steps = recorded_run("distill.yaml", out, overrides(smollm2_dir, twostep_dir, server.url))
+    return out, [seen for step in steps for seen in step]
+
+
+@pytest.fixture(scope="module")
+def sampled_token_run(server, smollm2_dir, twostep_dir, tmp_path_factory):
+    """A 3-step on-policy run with distill.loss=sampled_token through the server, recorded per step."""
+    out = tmp_path_factory.mktemp("sampled_token") / "run"
+    argv = overrides(smollm2_dir, twostep_dir, server.url, *SAMPLED_TOKEN)
+    return out, recorded_run("on_policy.yaml", out, argv)
+
+
+@pytest.fixture(scope="module")
+def local_model(smollm2_dir):
+    """The local float32 SmolLM2 (the teacher's weights, and the LoRA student's before its first update)."""
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+
+
+def answer_log_probs(model, ids, mask, rows, positions):
+    """log_softmax of the model's logits on ids (B, T) at (rows, positions) (N,): (N, V)."""
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[rows, positions].log_softmax(-1)
+
+
+def test_served_logprobs_equal_the_local_teachers(gold_run, local_model):
+    """At every answer position of the run, the server's top-K log-probabilities equal the local float32
+    model's log-softmax at the same ids, and they are its top-K."""
     from fsdistill.distill.alignment import answer_positions
 
     _, seen = gold_run
-    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     worst, positions = 0.0, 0
     for batch, targets in seen:
         pos = answer_positions(batch)
-        with torch.no_grad():
-            logits = model(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask).logits
-        logp = logits[pos.batch_index, pos.teacher_positions].log_softmax(-1)
+        logp = answer_log_probs(
+            local_model, batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions
+        )
         local = logp.gather(-1, targets.topk_indices)
         worst = max(worst, float((local - targets.topk_values).abs().max()))
         local_top = logp.topk(TOP_K).values
@@ -196,6 +225,48 @@ def test_an_on_policy_run_trains_through_the_server(server, smollm2_dir, twostep
     assert train("train_online_v1", "on_policy.yaml", out, argv) == 0
     logged = [m for m in metrics(out) if "train/dist_loss" in m]
     assert len(logged) == 4 and all(m["train/dist_loss"] > 0 for m in logged)
+
+
+def test_served_sampled_token_log_probs_equal_the_local_teachers(sampled_token_run, local_model):
+    """At every sampled answer token of the sampled-token run, the server's log p_t(y) equals the local
+    float32 teacher's log-softmax at y."""
+    from fsdistill.distill.alignment import answer_positions
+
+    _, steps = sampled_token_run
+    worst, positions = 0.0, 0
+    for batch, targets in (seen for step in steps for seen in step):
+        pos = answer_positions(batch)
+        logp = answer_log_probs(
+            local_model, batch.teacher_ids, batch.teacher_mask, pos.batch_index, pos.teacher_positions
+        )
+        local = logp.gather(-1, pos.targets.unsqueeze(-1)).squeeze(-1)
+        assert targets.topk_values is None and targets.token_log_probs.shape == local.shape
+        worst = max(worst, float((local - targets.token_log_probs).abs().max()))
+        positions += pos.count
+    print(f"\nserved vs local teacher, {positions} sampled tokens: max |difference| {worst:.2e}")
+    assert positions > 0 and worst < LOGPROB_BOUND
+
+
+def test_an_on_policy_sampled_token_run_trains_through_the_server(sampled_token_run, local_model):
+    """3 steps of the sampled-token estimator through the server; step 1's logged divergence is the
+    estimate log p_s(y) - log p_t(y) averaged over its sampled tokens (the LoRA student is still the base
+    model there), not a closed-form KL the server cannot give."""
+    from fsdistill.distill.alignment import answer_positions
+
+    out, steps = sampled_token_run
+    logged = [m for m in metrics(out) if "train/dist_loss" in m]
+    assert len(logged) == 3 and len(steps) == 3 and (out / "checkpoint-2").is_dir()
+    estimate, tokens = 0.0, 0
+    for batch, targets in steps[0]:
+        pos = answer_positions(batch)
+        logp = answer_log_probs(
+            local_model, batch.student_ids, batch.student_mask, pos.batch_index, pos.student_positions
+        )
+        student = logp.gather(-1, pos.targets.unsqueeze(-1)).squeeze(-1)
+        estimate += float((student - targets.token_log_probs).sum())
+        tokens += pos.count
+    assert tokens > 0
+    assert logged[0]["train/divergence"] == pytest.approx(estimate / tokens, abs=1e-3)
 
 
 def test_a_server_killed_mid_run_stops_with_a_checkpoint(smollm2_dir, twostep_dir, tmp_path, capsys):
@@ -224,5 +295,40 @@ def test_a_server_killed_mid_run_stops_with_a_checkpoint(smollm2_dir, twostep_di
     err = capsys.readouterr().err
     assert status == 75, err
     assert "did not answer /v1/completions after 2 tries" in err and "--resume" in err
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-3").is_dir()
+    assert len([m for m in metrics(out) if "train/dist_loss" in m]) == 2
+
+
+def test_two_processes_stop_together_when_the_server_dies(smollm2_dir, twostep_dir, tmp_path):
+    """2 processes under accelerate launch train through one server; at step 3 rank 1 gets its targets, then
+    rank 0 kills the server and its own request fails: both processes stop at step 3, before its update
+    (rank 1 only because the ranks agree on the failure), with checkpoint-2 written and exit status 75; no
+    hang (the launch has a timeout)."""
+    from test_distributed import accelerate_two_processes
+
+    server = Server(smollm2_dir, tmp_path / "serve.log")
+    out = tmp_path / "run"
+    argv = overrides(
+        smollm2_dir, twostep_dir, server.url, "training.save_every=3", "training.per_device_batch_size=1"
+    )
+    argv += ["teacher.server_retries=1", "teacher.server_retry_wait=0.5", "output.log_with=[]"]
+    run = ["--config", str(CONFIGS / "twostep" / "distill.yaml"), "--output_dir", str(out), *argv]
+    try:
+        proc = accelerate_two_processes(
+            REPO / "tests" / "served_teacher_worker.py",
+            [str(tmp_path), *run],
+            expect_ok=False,
+            timeout=300,
+            SERVER_PGID=str(server.process.pid),
+        )
+    finally:
+        server.kill()
+    ranks = [json.loads((tmp_path / f"status_rank{r}.json").read_text()) for r in (0, 1)]
+    expected = [
+        {"status": 75, "steps_asked": 3, "own_request_failed": [False, False, True]},
+        {"status": 75, "steps_asked": 3, "own_request_failed": [False, False, False]},
+    ]
+    assert ranks == expected, (ranks, proc.stderr[-3000:])
+    assert "did not answer /v1/completions after 2 tries" in proc.stderr and "--resume" in proc.stderr
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-3").is_dir()
     assert len([m for m in metrics(out) if "train/dist_loss" in m]) == 2

@@ -392,3 +392,35 @@ def test_rollouts_on_two_processes_each_beside_its_engine(tmp_path, config, mode
         check_served(probe, steps=2)
         assert [r["lora_id"] for r in probe.records] == [1, 2, 3]
     assert ranks[0]["samples"] != ranks[1]["samples"]  # each process its own rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation speed
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bench_on_policy_times_a_colocated_engine_beside_hf(config, tmp_path):
+    """`bench_step.py --on_policy` where vLLM is importable: in every round an engine built as
+    rollout.backend=vllm builds it samples the rows hf sampled (same prompts, same max_new_tokens); the JSON
+    and both tables give each backend's sampled tokens / s; the engine's adapter lives in a temporary
+    folder (nothing is written beside the output)."""
+    from fsdistill.tools.bench_cli import main as bench_step
+    from fsdistill.tools.bench_on_policy import generation_backends_markdown, on_policy_markdown
+
+    out = tmp_path / "bench" / "on_policy.json"
+    argv = ["--on_policy", "--config", str(config), "data.max_train_examples=16", "fewshot.k=2"]
+    argv += ["distill.top_k=8", "teacher.prefix_min_tokens=16", "--rounds", "2", "--output", str(out)]
+    result = bench_step(argv)
+    engine = json.loads(out.read_text())["rollout_vllm"]
+    assert engine == json.loads(json.dumps(result["rollout_vllm"])) and engine["measured"] is True
+    assert all(r["seconds"]["generation_vllm"] > 0 for r in result["rounds_detail"])
+    assert engine["sampled_tokens_per_step"]["n"] == 2 and engine["sampled_tokens_per_step"]["min"] > 0
+    assert engine["tokens_per_s"] > 0 and engine["hf_tokens_per_s"] == result["rollout"]["tokens_per_s"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["on_policy.json"]
+    assert any("colocated vLLM engine" in line for line in on_policy_markdown(result).splitlines())
+    table = generation_backends_markdown([result, result, result]).splitlines()
+    assert table[2].startswith("| hf (") and table[3].startswith("| vLLM (") and "3 runs" in table[0]
+    steps = engine["decode_steps"]["median"]
+    assert engine["seconds_per_decode_step"] == pytest.approx(
+        result["seconds"]["generation_vllm"]["median"] / steps
+    )

@@ -915,8 +915,9 @@ class TeacherConfig:
         return p
 
     def _server_problems(self, cfg: Config) -> Problems:
-        """What a served teacher cannot give: it returns log-probabilities of its top-K ids at temperature 1,
-        nothing else (no raw logits, no logits at ids the student picks, no sampling from it here)."""
+        """What a served teacher cannot give: it returns log-probabilities at temperature 1 of its top-K ids
+        and of the sequence's own tokens, nothing else (no raw logits, no logits at ids the student picks, no
+        whole distribution, no sampling from it here)."""
         if self.server is None:
             unread = ("server_timeout", "server_retries", "server_retry_wait")
             defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in unread}
@@ -927,6 +928,11 @@ class TeacherConfig:
             ]
         d, r = cfg.distill, cfg.rollout
         why = "a served teacher returns the log-probabilities of its top-K ids only"
+        sampled = d.loss == "sampled_token"
+        one_token = (
+            "a served teacher gives sampled_token the log-probability of the answer's own token at temperature 1, "
+            "not its whole distribution"
+        )
         refusals = [
             (
                 self.model is None,
@@ -949,12 +955,24 @@ class TeacherConfig:
                 f"topk_logit_mse needs raw logits, but {why} (use a KL loss)",
             ),
             (
-                d.loss == "sampled_token",
-                "distill.loss",
-                f"sampled_token needs the teacher's whole distribution, but {why}",
+                sampled and d.baseline,
+                "distill.baseline",
+                f"needs the closed-form KL(student||teacher) over the vocabulary, but {one_token}; use "
+                "distill.baseline=false",
             ),
             (
-                d.top_k is None,
+                sampled and d.token_weighting != "uniform",
+                "distill.token_weighting",
+                f"{d.token_weighting} ranks tokens by their closed-form KL, but {one_token}; use uniform",
+            ),
+            (
+                sampled and d.temperature != 1.0,
+                "distill.temperature",
+                f"is {d.temperature}: log p_teacher(token) at another temperature needs the teacher's log-normaliser "
+                f"there, but {one_token}; use distill.temperature=1",
+            ),
+            (
+                d.top_k is None and not sampled,
                 "distill.top_k",
                 f"must be set with teacher.server: {why} (a full-vocabulary loss needs all)",
             ),

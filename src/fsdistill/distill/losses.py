@@ -51,10 +51,13 @@ class TeacherTargets:
       - KL losses, ``support="renormalize"``: ``topk_values`` and ``topk_indices``.
       - KL losses, ``support="tail_bucket"``: ``topk_values``, ``topk_indices`` and ``logsumexp``
         (with ``logsumexp_temperature`` equal to the loss temperature).
+      - ``sampled_token``: ``logits``; or, from a teacher that gives no logits (a served teacher),
+        ``token_log_probs``: its log-probability at temperature 1 of the answer's own token (the
+        estimator at temperature 1, without the baseline or token weights, which need ``logits``).
 
     Shapes: ``logits`` (..., V); ``topk_values`` (..., K) raw logits (no temperature) sorted or not;
     ``topk_indices`` (..., K) long; ``logsumexp`` (...) = logsumexp(full logits / logsumexp_temperature),
-    computed before the full logits were dropped.
+    computed before the full logits were dropped; ``token_log_probs`` (...) float32.
 
     A teacher gives targets for a micro-batch's N answer positions at once, (N, ...). For full-vocabulary
     losses it gives ``hidden`` (N, H) and ``head`` ((n, H) -> (n, V)) instead of (N, V) logits, and
@@ -69,6 +72,7 @@ class TeacherTargets:
     hidden: Optional[torch.Tensor] = None
     head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     topk_valid: Optional[torch.Tensor] = None  # (..., K) bool: False marks an entry left out (a repeat)
+    token_log_probs: Optional[torch.Tensor] = None  # (...) log p_t(answer's own token), temperature 1
 
     def chunk(self, start: int, end: int) -> TeacherTargets:
         """The targets of positions [start, end) (full logits computed here from ``hidden``, without grad)."""
@@ -82,6 +86,7 @@ class TeacherTargets:
             logsumexp=None if self.logsumexp is None else self.logsumexp[start:end],
             logsumexp_temperature=self.logsumexp_temperature,
             topk_valid=None if self.topk_valid is None else self.topk_valid[start:end],
+            token_log_probs=None if self.token_log_probs is None else self.token_log_probs[start:end],
         )
 
     @staticmethod
@@ -523,19 +528,35 @@ def sampled_token(
     (the baseline -KL(p_s || p_t), in closed form over the vocabulary, lowers its variance, vOPD). ``clip``
     bounds |A| (OPSD's per-token clipping); ``weighting`` maps the per-token KL (M,) to weights (M,).
 
-    student_logits (..., V), teacher.logits (..., V), targets (...) the sampled ids, mask (...) bool ->
-    (surrogate sum, sum of the per-token KL(p_s || p_t) (what is logged as the divergence), count).
+    The teacher gives ``logits`` (then log p_t(y) and the closed-form KL come from its whole distribution)
+    or only ``token_log_probs``, log p_t(y) at temperature 1 (a served teacher). The latter is all the
+    estimator itself reads; the per-token KL is then its single-sample estimate log p_s(y) - log p_t(y)
+    (unbiased for y ~ p_s at temperature 1), and what needs the closed form (the baseline, token weights,
+    another temperature) is refused.
+
+    student_logits (..., V), targets (...) the sampled ids, mask (...) bool -> (surrogate sum, sum of the
+    per-token KL(p_s || p_t) or of its estimate (what is logged as the divergence), count).
     """
     where = "sampled_token"
     _check_mask(student_logits, mask, where)
-    _require(teacher, ("logits",), where)
     log_ps = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)
-    log_pt = F.log_softmax(
-        _select(teacher.logits, mask, "teacher.logits", where).detach().float() / temperature, dim=-1
-    )
     y = _select(targets, mask, "targets", where).unsqueeze(-1)
-    token_ps, token_pt = log_ps.gather(-1, y).squeeze(-1), log_pt.gather(-1, y).squeeze(-1)
-    kl = _kl(log_ps, log_pt).detach()
+    token_ps = log_ps.gather(-1, y).squeeze(-1)
+    if teacher.logits is not None:
+        log_pt = F.log_softmax(
+            _select(teacher.logits, mask, "teacher.logits", where).detach().float() / temperature, dim=-1
+        )
+        token_pt = log_pt.gather(-1, y).squeeze(-1)
+        kl = _kl(log_ps, log_pt).detach()
+    else:
+        _require(teacher, ("token_log_probs",), where)
+        if temperature != 1.0 or baseline or weighting is not None:
+            raise ValueError(
+                f"{where}: the teacher gives log p_t(y) at temperature 1 only; temperature {temperature}, the "
+                "baseline and token weights need its whole distribution (logits)"
+            )
+        token_pt = _select(teacher.token_log_probs, mask, "teacher.token_log_probs", where).detach().float()
+        kl = (token_ps - token_pt).detach()  # the single-sample estimate of KL(p_s || p_t)
     advantage = (token_pt - token_ps).detach() + (kl if baseline else 0.0)
     if clip is not None:
         advantage = advantage.clamp(-clip, clip)

@@ -37,7 +37,8 @@ def target_spec(cfg: Config) -> TargetSpec:
     """The targets distill.* asks for. With a teacher cache and a full-vocabulary loss, the cache keeps
     teacher.cache_top_k entries plus a tail bucket, so the loss runs on that K+1 support instead. The
     sampled-token estimator and a support taken from the student's top-K (distill.topk_from) read the
-    teacher's full distribution (hidden states + head per chunk)."""
+    teacher's full distribution (hidden states + head per chunk; a served teacher gives the sampled-token
+    estimator the answer token's log-probability instead, served_teacher.py)."""
     d = cfg.distill
     if d.loss == "sampled_token" or d.topk_from != "teacher":
         return TargetSpec(None, d.topk_support if d.top_k is not None else "full", None)

@@ -12,11 +12,14 @@ read; and vLLM does not use its prefix cache for a request that asks for prompt 
 sequence runs from its first token; the local teacher reuses a shared prefix's keys and values). The
 stdlib's urllib speaks HTTP here: one POST of JSON needs no client library in the training environment.
 
-What it gives: `TeacherTargets` with the top-K log-probabilities as `topk_values` (log-softmax values,
-which the KL losses treat as logits: a constant shift per position changes nothing) and a log-normaliser
-of 0 (a tail bucket at temperature 1: the rest of the mass is 1 - sum of the top-K probabilities). What it
-cannot give is refused by the config (config.py TeacherConfig._server_problems): raw logits, logits at the
-student's ids, a tail bucket at another temperature, samples.
+What it gives: for the KL losses over the teacher's top-K, `TeacherTargets` with the top-K
+log-probabilities as `topk_values` (log-softmax values, which the KL losses treat as logits: a constant
+shift per position changes nothing) and a log-normaliser of 0 (a tail bucket at temperature 1: the rest of
+the mass is 1 - sum of the top-K probabilities); for the sampled-token estimator (distill.top_k null), the
+log-probability of the answer's own token (`token_log_probs`), which vLLM returns at every prompt position
+whatever K is (`prompt_logprobs=0` asks for it alone). What it cannot give is refused by the config
+(config.py TeacherConfig._server_problems): raw logits, logits at the student's ids, a tail bucket at
+another temperature, the whole distribution (sampled_token's baseline and token weights), samples.
 
 Failure: a request is tried 1 + teacher.server_retries times, teacher.server_retry_wait seconds apart. The
 step's targets are fetched for all its micro-batches before any of the step's collectives
@@ -98,8 +101,8 @@ class TeacherServer:
 
     def prompt_logprobs(self, sequences: list[list[int]], top_k: int) -> list[list]:
         """For each token-id sequence, vLLM's prompt_logprobs: per position None (the first) or
-        {str(token id): {"logprob", "rank", "decoded_token"}} holding the top_k ids and the sequence's own
-        token. One request for the whole batch (vLLM batches it itself)."""
+        {str(token id): {"logprob", "rank", "decoded_token"}} holding the top_k ids (none for 0) and the
+        sequence's own token. One request for the whole batch (vLLM batches it itself)."""
         body = {
             "model": self.model,
             "prompt": sequences,
@@ -110,6 +113,16 @@ class TeacherServer:
         answer = self.call("/v1/completions", body)
         choices = sorted(answer["choices"], key=lambda c: c["index"])
         return [c["prompt_logprobs"] for c in choices]
+
+
+def own_token_log_prob(position: dict, token: int) -> float:
+    """The log-probability of the sequence's own token at one position of prompt_logprobs."""
+    entry = position.get(str(token))
+    if entry is None:
+        raise ServerUnavailable(
+            f"the server's prompt log-probabilities lack the sequence's own token {token}"
+        )
+    return entry["logprob"]
 
 
 def top_k_entries(position: dict, top_k: int) -> tuple[list[int], list[float]]:
@@ -125,14 +138,21 @@ def top_k_entries(position: dict, top_k: int) -> tuple[list[int], list[float]]:
 
 class ServedTeacher:
     """The Teacher protocol (distill/teacher.py) over a TeacherServer: targets at the answer positions from
-    the server's top-K prompt log-probabilities of the teacher's sequences.
+    the server's prompt log-probabilities of the teacher's sequences.
 
-    top_k: distill.top_k. vocab_size: the ids shared with the student (modeling/vocabulary.py), or None.
-    tokenizer: teacher.tokenizer (or teacher.model's), loaded here. tail_bucket: whether the loss reads a log-normaliser (distill.topk_support=tail_bucket; temperature 1).
+    top_k: distill.top_k: the top-K log-probabilities (KL losses); None: the answer's own token's only
+    (sampled_token). vocab_size: the ids shared with the student (modeling/vocabulary.py), or None.
+    tokenizer: teacher.tokenizer (or teacher.model's), loaded here. tail_bucket: whether the loss reads a
+    log-normaliser (distill.topk_support=tail_bucket; temperature 1).
     """
 
     def __init__(
-        self, server: TeacherServer, tokenizer, top_k: int, vocab_size: Optional[int], tail_bucket: bool
+        self,
+        server: TeacherServer,
+        tokenizer,
+        top_k: Optional[int],
+        vocab_size: Optional[int],
+        tail_bucket: bool,
     ):
         self.server = server
         self.tokenizer = tokenizer  # the served model's, as the local vocabulary check read it
@@ -157,7 +177,7 @@ class ServedTeacher:
         rows = [row for row in rows if batches[row[0]].num_answer_tokens > 0]
         tick = time.perf_counter()
         try:
-            scored = self.server.prompt_logprobs([ids for _, _, ids in rows], self.top_k) if rows else []
+            scored = self.server.prompt_logprobs([ids for _, _, ids in rows], self.top_k or 0) if rows else []
         except ServerUnavailable as e:
             return str(e)
         except urllib.error.HTTPError as e:
@@ -176,8 +196,15 @@ class ServedTeacher:
 
     def _targets(self, batch, b: int, by_row: dict) -> TeacherTargets:
         """TeacherTargets (N, top_k) at the N answer positions of micro-batch b from its rows'
-        prompt_logprobs (by_row[(b, row)])."""
+        prompt_logprobs (by_row[(b, row)]); (N,) token_log_probs when top_k is None."""
         pos = answer_positions(batch)
+        if self.top_k is None:
+            # prompt_logprobs[j] is log p(token j | tokens < j); the answer token at j = p + 1 is predicted at p.
+            own = [
+                own_token_log_prob(by_row[(b, row)][p + 1], int(batch.teacher_ids[row, p + 1]))
+                for row, p in zip(pos.batch_index.tolist(), pos.teacher_positions.tolist())
+            ]
+            return TeacherTargets(token_log_probs=torch.tensor(own, dtype=torch.float32))
         ids, values = [], []
         for row, p in zip(pos.batch_index.tolist(), pos.teacher_positions.tolist()):
             # prompt_logprobs[j] is the distribution of token j given tokens < j: predicted at position j-1.
@@ -209,10 +236,7 @@ class ServedTeacher:
             raise RuntimeError("ServedTeacher.targets: prepare_step did not fetch this micro-batch")
         device = batch.teacher_ids.device
         return TeacherTargets(
-            topk_values=targets.topk_values.to(device),
-            topk_indices=targets.topk_indices.to(device),
-            logsumexp=None if targets.logsumexp is None else targets.logsumexp.to(device),
-            logsumexp_temperature=targets.logsumexp_temperature,
+            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(targets).items()}
         )
 
     def logits_at(self, batch, pos, token_ids):
@@ -225,7 +249,7 @@ class ServedTeacher:
         """Start-up: the server answers, serves teacher.model, tokenizes as the local teacher tokenizer does
         (the one the vocabulary check read), and returns top-K log-probabilities for K = distill.top_k
         (vllm serve --max-logprobs). ServerRefused (exit 2) otherwise."""
-        check_server(self.server, self.top_k)
+        check_server(self.server, self.top_k or 0)
         served_tokenization_matches(self.server, self.tokenizer, TOKENIZATION_PROBE)
 
     def end_step(self, accelerator) -> None:
@@ -278,7 +302,8 @@ def served_tokenization_matches(server: TeacherServer, tokenizer, text: str) -> 
 
 
 def make_served_teacher(cfg, vocab_size: Optional[int]) -> ServedTeacher:
-    """The ServedTeacher of teacher.server (checked at self_check), for distill.top_k."""
+    """The ServedTeacher of teacher.server (checked at self_check), for distill.top_k (null: sampled_token,
+    which reads the answer's own token only)."""
     from fsdistill.data.prompts import load_tokenizer
 
     t, d = cfg.teacher, cfg.distill

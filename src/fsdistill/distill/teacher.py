@@ -13,7 +13,7 @@ What the training loop calls on a teacher is the :class:`Teacher` protocol; its 
   context file; modeling/prefix.py). Another model's logits are cut to the ids its tokenizer shares with the
   student's (`vocab_size`; modeling/vocabulary.py).
 - `ServedTeacher` (served_teacher.py) asks a running vLLM server (teacher.server) for the top-K
-  log-probabilities of teacher.model at the answer positions.
+  log-probabilities of teacher.model at the answer positions (for sampled_token: the answer token's own).
 - `CachedTeacher` (teacher_cache.py) puts a per-example store of those top-K targets in front of one.
 """
 

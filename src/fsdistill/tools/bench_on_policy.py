@@ -24,6 +24,13 @@ On one model, the same rows and the same rollouts, in one process:
       layers x 2 x kv_heads x head_dim x rows x (prompt width + t) cache entries. Beside FLOPs, this is the
       floor of a decode step at a few rows: each sampled token reads every weight once.
 
+  (4) where vLLM is importable (its own environment: scripts/setup_vllm.sh), the same rollouts sampled by a
+      colocated engine as rollout.backend=vllm builds it (the student's adapter served, vllm.* and
+      rollout.vllm_* as configured; on a CPU pass vllm.enforce_eager=true and set VLLM_CPU_KVCACHE_SPACE):
+      generation_vllm, the same prompts and max_new_tokens, in the same rounds; each backend's sampled
+      tokens / s (they stop at end-of-turn on their own draws). Where vLLM is not importable the JSON says
+      so (rollout_vllm.measured false).
+
 Variants are interleaved round by round, order rotated; ratios of medians, per-round paired ratios, and
 beside each the ratio a FLOP count predicts (2 x matmul parameters x tokens per forward, x2 more for the
 LoRA backward's input gradients; attention scores left out). Generation on a CPU is bound by one small
@@ -31,14 +38,18 @@ forward per new token, not by FLOPs: its measured share is far above the predict
 the number to read.
 
     python scripts/bench_step.py --on_policy --preset cpu     # -> experiments/bench/on_policy_cpu.json
+    VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/bench_step.py --on_policy --preset cpu \
+        vllm.enforce_eager=true                               # (4) as well
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,11 +122,40 @@ def main(argv=None) -> dict:
     if cfg.fewshot.k == 0:
         raise UserError("the on-policy benchmark times a k-shot teacher: fewshot.k must be at least 1")
     reencode_cfg, _ = load_config(config, overrides=[*base, "teacher.prefix_cache=false"])
+    vllm_cfg = None
+    if vllm_importable():
+        vllm_cfg, _ = load_config(config, overrides=[*base, "rollout.source=student", "rollout.backend=vllm"])
 
-    return isolated(args.threads, _run, args, cfg, reencode_cfg, argv)
+    with tempfile.TemporaryDirectory(prefix="bench-on-policy-vllm-") as engine_dir:
+        return isolated(args.threads, _run, args, cfg, reencode_cfg, vllm_cfg, Path(engine_dir), argv)
 
 
-def _run(args, cfg, reencode_cfg, argv) -> dict:
+def vllm_importable() -> bool:
+    """Whether this environment has vLLM (part (4) runs then)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+VLLM_NOT_MEASURED = (
+    "vllm is not importable in this environment: make its own (bash scripts/setup_vllm.sh) and run this "
+    "benchmark from it to time a colocated engine too"
+)
+
+
+def colocated_engine(vllm_cfg, max_new_tokens, tokenizer, batches, student, engine_dir, autocast):
+    """Rollouts through an engine as rollout.backend=vllm builds it, serving the student as training's
+    first step would (its adapter synced at step 0), or None where vLLM is not importable. engine_dir: a
+    temporary run folder for the synced adapter."""
+    from fsdistill.train.rollouts import Rollouts
+
+    if vllm_cfg is None:
+        return None
+    vllm_cfg.rollout.max_new_tokens = max_new_tokens
+    rollouts = Rollouts(vllm_cfg, tokenizer, batches.prompts, batches.by_row, engine_dir, 0, autocast)
+    rollouts.sync(student, 0)
+    return rollouts
+
+
+def _run(args, cfg, reencode_cfg, vllm_cfg, engine_dir, argv) -> dict:
     import torch
     import transformers
     from tqdm.auto import tqdm
@@ -156,8 +196,8 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
     if any(mb.dropped_rows for mb in gold):
         raise UserError("a benchmark row is over the length limits: raise data.max_*_len")
 
-    def sample():
-        data, _, stats = rollouts.step_batches(1, gold, student, teacher)
+    def sample(by=rollouts):
+        data, _, stats = by.step_batches(1, gold, student, teacher)
         return [mb.batch.to(device) for mb in data.micro_batches], stats
 
     def sample_with_generate_alone():
@@ -168,6 +208,8 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             rollouts.sampler.prepare_linears = True
 
     weights = decode_weights(student)
+    engine = colocated_engine(vllm_cfg, answer_len, tokenizer, batches, student, engine_dir, autocast)
+    vllm_tokens, vllm_ended, vllm_passes = [], [], []
 
     def read_weights():
         """The fastest of READ_PASSES passes reading every weight once (seconds)."""
@@ -227,6 +269,7 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             "sft",
             "generation_generate",
             "weights_read",
+            "generation_vllm",
         )
     }
     rounds, sampled_tokens, ended, forward_passes, same_samples = [], [], [], [], []
@@ -250,10 +293,18 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
         for name in teachers:
             t = teacher if name == "prefix_teacher" else reencode
             row["seconds"][name], _ = timed(targets, t, sampled)
-        # (3): generate alone on the same rows and seed, and the weights' read time, order alternated
-        for name in ("generation_generate", "weights_read")[:: 1 if r % 2 == 0 else -1]:
+        # (3): generate alone on the same rows and seed, and the weights' read time; (4) a colocated vLLM
+        # engine on the same rows; order alternated
+        last_parts = ("generation_generate", "weights_read", "generation_vllm")[: 3 if engine else 2]
+        for name in last_parts[:: 1 if r % 2 == 0 else -1]:
             if name == "weights_read":
                 row["seconds"][name] = read_weights()
+                continue
+            if name == "generation_vllm":
+                row["seconds"][name], (vsampled, vstats) = timed(sample, engine)
+                vllm_tokens.append(vstats.sampled_tokens)
+                vllm_ended.append(vstats.ended / max(vstats.samples, 1))
+                vllm_passes.append(max(int(b.answer_len.max()) for b in vsampled))
                 continue
             row["seconds"][name], (alone, _) = timed(sample_with_generate_alone)
             same_samples.append(
@@ -270,6 +321,8 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             rounds.append(row)
     for k in ("on_policy", "on_policy_generate_alone"):
         times[k] = [row["seconds"][k] for row in rounds]
+    if engine is not None:
+        engine.close()
 
     # --- predicted FLOP ratios -----------------------------------------------------------------------
     decoder, head = matmul_parameters(student)
@@ -357,6 +410,14 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             "ended_fraction": summary(ended[args.warmup :]),
             "tokens_per_s": statistics.median(sampled_tokens[args.warmup :]) / med["generation"],
         },
+        "rollout_vllm": vllm_throughput(
+            rounds,
+            {"tokens": sampled_tokens, "decode_steps": forward_passes},
+            {"tokens": vllm_tokens, "decode_steps": vllm_passes, "ended": vllm_ended},
+            args.warmup,
+        )
+        if engine is not None
+        else {"measured": False, "why": VLLM_NOT_MEASURED},
         "seconds": {k: summary(v) for k, v in times.items() if v},
         "load_average_1min": summary([row["load_average_1min"] for row in rounds]),
         "decode_floor": floor,
@@ -401,8 +462,38 @@ def _run(args, cfg, reencode_cfg, argv) -> dict:
             f"  {k:<12} share of the on-policy step {shares[k]:.2f} (FLOPs predict {predicted_shares[k]:.2f})"
         )
     print(f"rollout tokens/s {result['rollout']['tokens_per_s']:.1f}")
+    if engine is not None:
+        print(f"rollout tokens/s by a colocated vLLM engine {result['rollout_vllm']['tokens_per_s']:.1f}")
     print(f"wrote {out}")
     return result
+
+
+def vllm_throughput(rounds: list, hf: dict, engine: dict, warmup: int) -> dict:
+    """The colocated engine's sampled tokens / s beside hf's on the same prompts and max_new_tokens: each the
+    median tokens per step over the median seconds, the per-round ratio (vLLM / hf), and the seconds per
+    decoding step (the longest sample's tokens: the two backends' samples end at other lengths). hf and
+    engine: per-round lists (warm-up rounds first) of sampled tokens, decoding steps (and, for the engine,
+    the fraction of samples that ended)."""
+    import vllm
+
+    hf_tokens, hf_steps = hf["tokens"][warmup:], hf["decode_steps"][warmup:]
+    vllm_tokens, vllm_steps = engine["tokens"][warmup:], engine["decode_steps"][warmup:]
+    hf_s = [row["seconds"]["generation"] for row in rounds]
+    vllm_s = [row["seconds"]["generation_vllm"] for row in rounds]
+    return {
+        "measured": True,
+        "vllm_version": vllm.__version__,
+        "sampled_tokens_per_step": summary(vllm_tokens),
+        "ended_fraction": summary(engine["ended"][warmup:]),
+        "decode_steps": summary(vllm_steps),
+        "tokens_per_s": statistics.median(vllm_tokens) / statistics.median(vllm_s),
+        "hf_tokens_per_s": statistics.median(hf_tokens) / statistics.median(hf_s),
+        "vllm/hf_paired": summary(
+            [(v / vs) / (h / hs) for v, vs, h, hs in zip(vllm_tokens, vllm_s, hf_tokens, hf_s)]
+        ),
+        "seconds_per_decode_step": statistics.median(vllm_s) / statistics.median(vllm_steps),
+        "hf_seconds_per_decode_step": statistics.median(hf_s) / statistics.median(hf_steps),
+    }
 
 
 def decode_weights(student) -> list:
@@ -487,6 +578,11 @@ def on_policy_markdown(result: dict) -> str:
     lines.append(
         f"| generation throughput: sampled tokens / s | {result['rollout']['tokens_per_s']:.1f} | | |"
     )
+    engine = result.get("rollout_vllm")
+    if engine and engine["measured"]:  # written since vLLM was timed beside hf
+        lines.append(
+            f"| the same by a colocated vLLM engine (rollout.backend=vllm) | {engine['tokens_per_s']:.1f} | | |"
+        )
     floor = result.get("decode_floor")
     if floor:  # written since the decode floor was measured
         lines.append(
@@ -505,4 +601,47 @@ def on_policy_markdown(result: dict) -> str:
             f"Machine load during the rounds (1-minute load average, {result['device']['name']}): "
             f"median {load['median']:.2f} [{load['min']:.2f}, {load['max']:.2f}].",
         ]
+    if engine and not engine["measured"]:
+        lines += ["", f"vLLM not measured: {engine['why']}."]
+    return "\n".join(lines) + "\n"
+
+
+def generation_backends_markdown(results: list[dict]) -> str:
+    """Runs of the on-policy benchmark made with vLLM importable, as one table: each backend's sampled
+    tokens / s on the same prompts and max_new_tokens, median [min, max] over the runs."""
+    engines = [r["rollout_vllm"] for r in results]
+    if not all(e["measured"] for e in engines):
+        raise UserError(
+            "a bench-generation-backends table reads runs that timed vLLM (rollout_vllm.measured)"
+        )
+    rows = [
+        ("hf (transformers generate, prepared linear layers): sampled tokens / s", "hf_tokens_per_s", 1),
+        ("vLLM (a colocated engine, rollout.backend=vllm): sampled tokens / s", "tokens_per_s", 1),
+        ("vLLM / hf tokens / s (per run: the median of its per-round ratios)", "vllm/hf_paired", 1),
+        ("hf: ms per decoding step (the longest sample's tokens)", "hf_seconds_per_decode_step", 1e3),
+        ("vLLM: ms per decoding step", "seconds_per_decode_step", 1e3),
+    ]
+    rows = [
+        (name, [scale * (e[key]["median"] if isinstance(e[key], dict) else e[key]) for e in engines])
+        for name, key, scale in rows
+    ]
+    lines = [
+        f"| measure | median of {len(results)} runs [min, max] | each run |",
+        "| --- | --- | --- |",
+    ]
+    for name, values in rows:
+        each = ", ".join(f"{v:.2f}" for v in values)
+        lines.append(
+            f"| {name} | {statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}] | {each} |"
+        )
+    first, config = results[0], results[0]["config"]
+    loads = [r["load_average_1min"]["median"] for r in results]
+    lines += [
+        "",
+        f"{first['rollout']['rows_per_step']} prompts per step, at most {first['rollout']['max_new_tokens']} new "
+        f"tokens, {Path(config['model']['name']).name} ({config['training']['mixed_precision']}), "
+        f"vLLM {engines[0]['vllm_version']} (vllm.enforce_eager {str(config['vllm']['enforce_eager']).lower()}), "
+        f"{first['rounds']} rounds per run; {first['device']['name']}; machine load (1-minute average, each "
+        f"run's median) {min(loads):.1f} to {max(loads):.1f}.",
+    ]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ Kinds: `summary` (an experiment's summary JSON: accuracy and paired tests), `sum
 JSON's paired tests as sentences with their verdict), `before-after` (pairs of summaries, before and after,
 their paths separated by spaces: the same runs' accuracy in both), `system-prompts`
 (scripts/select_system_prompt.py's choice on validation), `bench-step` (scripts/bench_step.py),
-`bench-on-policy` (scripts/bench_step.py --on_policy), `bench-shared-context` (scripts/bench_step.py
+`bench-on-policy` (scripts/bench_step.py --on_policy), `bench-generation-backends` (several runs of
+scripts/bench_step.py --on_policy made with vLLM importable: hf's and vLLM's sampled tokens / s), `bench-shared-context` (scripts/bench_step.py
 --shared_context), `bench-repeats` (several runs of one benchmark, their paths separated by spaces: each
 ratio's median and range), `bench-compare` (scripts/bench_compare_evals.py: compare_evals.py on a million
 paired examples), `vllm-agreement` (scripts/vllm_agreement.py), `vllm-colocation` (several runs of
@@ -48,6 +49,7 @@ BLOCK = re.compile(
 
 MANY_FILES = (
     "bench-repeats",
+    "bench-generation-backends",
     "before-after",
     "vllm-colocation",
 )  # kinds whose renderer reads a list of files
@@ -59,7 +61,7 @@ def renderers() -> dict:
     from fsdistill.eval.system_prompts import system_prompts_markdown
     from fsdistill.tools.bench import bench_markdown, repeats_markdown
     from fsdistill.tools.bench_compare import compare_bench_markdown
-    from fsdistill.tools.bench_on_policy import on_policy_markdown
+    from fsdistill.tools.bench_on_policy import generation_backends_markdown, on_policy_markdown
     from fsdistill.tools.bench_shared_context import shared_context_markdown
     from fsdistill.tools.vllm_agreement import agreement_markdown
     from fsdistill.tools.vllm_colocation import colocation_markdown
@@ -71,6 +73,7 @@ def renderers() -> dict:
         "before-after": before_after_markdown,
         "bench-step": bench_markdown,
         "bench-on-policy": on_policy_markdown,
+        "bench-generation-backends": generation_backends_markdown,
         "bench-shared-context": shared_context_markdown,
         "bench-repeats": repeats_markdown,
         "bench-compare": compare_bench_markdown,
