@@ -46,6 +46,18 @@ def _need(path: Path) -> Path:
     return path
 
 
+def prepared_smollm2_dir() -> Path:
+    """The SmolLM2-135M-Instruct folder scripts/prepare_smollm2.py writes (FSDISTILL_SMOLLM2_DIR, else
+    models/), or a skip saying how to prepare it. One check, by the marker the preparation writes last, so
+    a half-written folder is not taken for a prepared one."""
+    from fsdistill.tools.smollm2 import default_model_dir, is_prepared
+
+    folder = default_model_dir()
+    if not is_prepared(folder):
+        pytest.skip(f"SmolLM2-135M-Instruct is not prepared at {folder}: python scripts/prepare_smollm2.py")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     return _need(GSM8K_DIR)

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, QWEN3_TOKENIZER
+from conftest import CONFIGS, QWEN3_TOKENIZER, prepared_smollm2_dir
 from helpers import cli_argv, common_overrides, run_cli
 
 from fsdistill.errors import UserError
@@ -209,15 +209,6 @@ def test_a_symlinked_out_and_a_users_temporary_folder_are_never_touched(lora_che
 # --------------------------------------------------------------------------------------------------
 
 
-def smollm2_tokenizer_dir():
-    from fsdistill.tools.smollm2 import default_model_dir, is_prepared
-
-    folder = default_model_dir()
-    if not is_prepared(folder):
-        pytest.skip(f"SmolLM2-135M-Instruct is not prepared at {folder}: python scripts/prepare_smollm2.py")
-    return folder
-
-
 @pytest.mark.parametrize("model", ["qwen3", "smollm2"])
 @pytest.mark.parametrize("system_prompt", [None, 'Answer with the number only.\nBe "brief"; ünïcode ok.'])
 def test_the_exported_template_alone_gives_the_evaluation_prompt(model, system_prompt, tmp_path, gsm8k_dir):
@@ -233,7 +224,7 @@ def test_the_exported_template_alone_gives_the_evaluation_prompt(model, system_p
     if model == "qwen3":
         config, overrides = "tiny/base.yaml", [f"model.tokenizer={QWEN3_TOKENIZER}"]
     else:
-        config, overrides = "smollm2/sft.yaml", [f"model.name={smollm2_tokenizer_dir()}"]
+        config, overrides = "smollm2/sft.yaml", [f"model.name={prepared_smollm2_dir()}"]
     mine = tmp_path / "mine.yaml"  # a YAML string: newlines, quotes and non-ASCII reach the template as typed
     mine.write_text(f"inherit: {CONFIGS / config}\ntask:\n  system_prompt: {json.dumps(system_prompt)}\n")
     cfg, _ = load_config(str(mine), overrides=[*overrides, f"data.source={gsm8k_dir}"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, OFFLINE_OVERRIDES, qwen_cfg
+from conftest import CONFIGS, OFFLINE_OVERRIDES, prepared_smollm2_dir, qwen_cfg
 from helpers import (
     TEACHER_OVERRIDES,
     cli_argv,
@@ -114,12 +114,7 @@ def test_system_text_follows_the_task_system_prompt_and_the_student_is_unchanged
 
 
 def smollm2_tokenizer():
-    from fsdistill.tools.smollm2 import default_model_dir
-
-    folder = default_model_dir()
-    if not (folder / "tokenizer_config.json").is_file():
-        pytest.skip(f"{folder}: the SmolLM2 folder (scripts/prepare_smollm2.py) is not here")
-    return load_tokenizer(str(folder))
+    return load_tokenizer(str(prepared_smollm2_dir()))
 
 
 def test_teacher_system_text_replaces_the_templates_default_system_turn(train_rows):
