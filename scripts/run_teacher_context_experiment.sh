@@ -15,7 +15,7 @@
 # 500 test problems (greedy, 40 new tokens, 0-shot answers); paired tests; figures (teacher_context_figures.sh).
 #
 #   bash scripts/run_twostep_experiment.sh           # once: its results (and sft_seed1's checkpoints) are reused
-#   bash scripts/run_teacher_context_experiment.sh   # ~50 min on 2 CPU cores (estimate; docs/teacher.md)
+#   bash scripts/run_teacher_context_experiment.sh   # 51 min on 2 CPU cores, measured (timing_one_pass.json)
 #   SMOKE=1 bash scripts/run_teacher_context_experiment.sh   # the whole pipeline in minutes: 4 steps, 20
 #                                                            # problems, into runs/teacher_context_smoke
 #
