@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONFIGS, OFFLINE_OVERRIDES
+from conftest import CONFIGS, OFFLINE_OVERRIDES, prepared_smollm2_dir
 from helpers import cli_argv, common_overrides, metrics, run_cli, student_and_teacher, train_online
 
 from fsdistill.config import load_config
@@ -103,22 +103,15 @@ def test_a_differing_token_is_named_with_both_sizes():
 
 
 def test_a_mismatched_real_tokenizer_is_refused(qwen3_tokenizer):
-    from fsdistill.tools.smollm2 import default_model_dir
-
-    folder = default_model_dir()
-    if not (folder / "tokenizer_config.json").is_file():
-        pytest.skip(f"{folder}: the SmolLM2 folder (scripts/prepare_smollm2.py) is not here")
+    folder = prepared_smollm2_dir()
     with pytest.raises(VocabularyMismatch, match=r"49,152 tokens.*151,669 tokens.*differ at id 0"):
         shared_vocabulary(qwen3_tokenizer, load_tokenizer(str(folder)))
 
 
 def test_mismatched_teacher_model_fails_before_any_weights_load(tmp_path, short_gsm8k):
-    from fsdistill.tools.smollm2 import default_model_dir
     from fsdistill.train.entry import train_online_v1
 
-    folder = default_model_dir()
-    if not (folder / "tokenizer_config.json").is_file():
-        pytest.skip(f"{folder}: the SmolLM2 folder (scripts/prepare_smollm2.py) is not here")
+    folder = prepared_smollm2_dir()
     argv = cli_argv(
         "online_v1.yaml", tmp_path / "run", *common_overrides(short_gsm8k), f"teacher.model={folder}"
     )
